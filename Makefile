@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+VPIP   := $(VPY) -m pip
+STAMP  := $(VENV)/.installed
+DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff
+NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+.PHONY: env demo test test-fast lint bench gpu-test clean
+
+env: $(STAMP)
+
+# A torch that the machine already has (e.g. a CUDA build) is reused through --system-site-packages;
+# otherwise the CPU wheel torch==2.13.0 is installed.
+$(STAMP): setup.py pyproject.toml Makefile $(NATIVE)
+	@if [ ! -x $(VPY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	$(VPY) -c "import torch" 2>/dev/null || $(VPIP) install -q torch==2.13.0
+	$(VPIP) install -q $(DEPS)
+	$(VPIP) install -q --no-build-isolation -e .
+	$(VPY) -m fls_kernels info
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) -m fls_kernels demo --out out/demo
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VPY) -m ruff check fls_kernels python benchmarks tests setup.py
+	$(VPY) -m ruff format --check fls_kernels python benchmarks tests setup.py
+
+bench: $(STAMP)
+	$(VPY) -m benchmarks kernels --device cpu
+
+# On the GPU machine (no package registry): install into its system python, then the GPU tests and benchmarks.
+gpu-test:
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
+	$(PYTHON) -m fls_kernels info
+	$(PYTHON) -m pytest -q -m "not slow" tests
+	$(PYTHON) -m benchmarks kernels --device cuda --out $${OUT:-out}/bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

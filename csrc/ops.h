@@ -1,0 +1,29 @@
+// Native kernels of the fls op contracts. Each writes into outputs allocated by the caller (so tests can
+// poison them) or updates W in place. Registered in registration.cpp as torch.ops.fls._<op>_{cpu,cuda}.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace fls {
+
+// Argument checks that name the argument; they surface in Python as ValueError / TypeError.
+void check_matrix(const at::Tensor& t, const char* name, int64_t rows, int64_t cols);
+void check_vector(const at::Tensor& t, const char* name, int64_t size);
+void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype);
+void check_device(const at::Tensor& t, const char* name, const at::Tensor& first, const char* first_name);
+void check_precision(const std::string& precision);
+
+namespace cpu {
+void kron_diag(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out);
+void obs_scores(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,
+                const at::Tensor& mask, at::Tensor& out);
+void kron_qv(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+             const std::string& precision, at::Tensor& out);
+void surgeon_update(at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+                    const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
+                    const std::string& precision);
+}  // namespace cpu
+
+}  // namespace fls

@@ -1,0 +1,35 @@
+"""fls_kernels: prune PyTorch models with the FishLeg Surgeon — a learned Kronecker inverse Fisher.
+
+Example:
+    >>> import fls_kernels as fls
+    >>> pruner = fls.FishLegPruner(model, likelihood="categorical", damping=1e-3)
+    >>> pruner.fit(calib_loader, steps=2000)
+    >>> pruner.prune(0.9, substeps=16)
+"""
+
+from fls_kernels.backends import BackendUnavailableError, use_backend
+from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
+from fls_kernels.ops import kron_diag, kron_qv, obs_scores, select_nm, select_smallest, surgeon_update_
+from fls_kernels.pruning import BasePruner, FishLegPruner, MagnitudePruner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BasePruner",
+    "Bernoulli",
+    "Categorical",
+    "FishLegPruner",
+    "Gaussian",
+    "KronBlock",
+    "Likelihood",
+    "MagnitudePruner",
+    "__version__",
+    "kron_diag",
+    "kron_qv",
+    "obs_scores",
+    "select_nm",
+    "select_smallest",
+    "surgeon_update_",
+    "use_backend",
+]

@@ -1,0 +1,178 @@
+"""The Fisher of a model restricted to its prunable layers: exact Fisher-vector products and the
+statistics (K-FAC factors, diagonal) that initialise Q.
+
+F = (1/B) Σ_b J_bᵀ H_b J_b — computed with one forward-mode JVP and one VJP through ``torch.func``.
+Curvature is always taken with the model in eval mode (no dropout, BatchNorm running statistics); the
+modes are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp
+
+from fls_kernels.curvature.layers import LayerView
+from fls_kernels.curvature.likelihoods import Likelihood
+
+
+def split_batch(batch: object) -> tuple[tuple, dict]:
+    """Model inputs of a loader batch: a tensor → (x,); a tuple/list → (batch[0],); a mapping → **batch."""
+    if isinstance(batch, Tensor):
+        return (batch,), {}
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)) and batch:
+        return (batch[0],), {}
+    raise TypeError(f"loader: cannot take model inputs from a batch of type {type(batch).__name__}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class ModelCurvature:
+    """Curvature queries on ``model`` w.r.t. the parameters of ``views``.
+
+    Args:
+        model: the network.
+        views: its prunable layers.
+        likelihood: the output distribution.
+        inputs: batch → (args, kwargs) for the model (default :func:`split_batch`).
+        output: model output → the tensor the likelihood reads (default: the output itself).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        views: list[LayerView],
+        likelihood: Likelihood,
+        *,
+        inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
+        output: Callable[[object], Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.views = views
+        self.likelihood = likelihood
+        self.inputs = inputs
+        self.output = output or (lambda out: out)
+
+    def _params(self) -> dict[str, Tensor]:
+        return {name: p.detach() for v in self.views for name, p in v.parameters().items()}
+
+    def _function(self, batch: object) -> Callable[[dict[str, Tensor]], Tensor]:
+        args, kwargs = self.inputs(batch)
+        return lambda params: self.output(functional_call(self.model, params, args, kwargs, strict=False))
+
+    def fvp(self, batch: object, vectors: list[Tensor]) -> list[Tensor]:
+        """F v for one batch: F = (1/B) Σ_b J_bᵀ H_b J_b. vectors: one [m, n] per view; returns the same."""
+        params = self._params()
+        tangents = {}
+        for view, v in zip(self.views, vectors):
+            tangents.update(zip(view.parameters(), view.split(v)))
+        f = self._function(batch)
+        with eval_mode(self.model), torch.no_grad():
+            out, jv = jvp(f, (params,), (tangents,))
+            hjv = self.likelihood.hvp(out, jv) / out.shape[0]
+            _, pullback = vjp(f, params)
+            (grads,) = pullback(hjv)
+        return [
+            view.to_matrix([grads[name] for name in view.parameters()], v.dtype) for view, v in zip(self.views, vectors)
+        ]
+
+    def statistics(
+        self, batches: Iterator[object], num_batches: int, *, kfac: bool, generator: torch.Generator | None = None
+    ) -> list[LayerStats]:
+        """Per-layer Ā = E[a aᵀ], G = E[Σ_t δ δᵀ] and diag F̂ = E[g ⊙ g] from per-sample sampled-label
+        gradients g (δ: output gradients, a: input patches, t: locations/tokens)."""
+        stats = [LayerStats(v, kfac) for v in self.views]
+        captured: dict[int, Tensor] = {}
+        handles = []
+        for i, view in enumerate(self.views):
+
+            def hook(module, args, output, i=i):
+                captured[i] = args[0].detach()
+                output.register_hook(lambda g, i=i: stats[i].add(captured.pop(i), g.detach()))
+
+            handles.append(view.module.register_forward_hook(hook))
+        try:
+            with eval_mode(self.model):
+                for _ in range(num_batches):
+                    batch = next(batches)
+                    params = {k: p.requires_grad_() for k, p in self._params().items()}
+                    with torch.enable_grad():
+                        out = self._function(batch)(params)
+                        target = self.likelihood.sample(out, generator)
+                        loss = self.likelihood.nll(out, target).sum()
+                        torch.autograd.grad(loss, list(params.values()))
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
+
+@dataclass
+class _Acc:
+    total: Tensor | None = None
+
+    def add(self, x: Tensor) -> None:
+        self.total = x if self.total is None else self.total + x
+
+
+class LayerStats:
+    """Running sums of one layer's curvature statistics (float64)."""
+
+    def __init__(self, view: LayerView, kfac: bool) -> None:
+        self.view = view
+        self.kfac = kfac
+        self.samples = 0
+        self._act, self._grad, self._diag = _Acc(), _Acc(), _Acc()
+
+    def add(self, x: Tensor, grad_out: Tensor) -> None:
+        a = self.view.patches(x).to(torch.float64)  # [B, g, T, n]
+        d = self.view.output_grads(grad_out).to(torch.float64)  # [B, g, T, m/g]
+        B, g, T, _ = a.shape
+        self.samples += B
+        if self.kfac:
+            self._act.add(torch.einsum("bgtn,bgtk->nk", a, a) / (T * g))
+            flat = d.transpose(1, 2).reshape(B, T, -1)
+            self._grad.add(torch.einsum("btm,btk->mk", flat, flat))
+        # Per-sample gradients Σ_t δ aᵀ, in chunks to bound memory at ~2²⁴ elements.
+        per = max(1, (1 << 24) // max(1, self.view.m * self.view.n))
+        acc = torch.zeros(g, d.shape[-1], a.shape[-1], dtype=torch.float64, device=a.device)
+        for s in range(0, B, per):
+            grads = torch.einsum("bgtm,bgtn->bgmn", d[s : s + per], a[s : s + per])
+            acc += (grads * grads).sum(0)
+        self._diag.add(acc.reshape(self.view.m, self.view.n))
+
+    def _mean(self, acc: _Acc) -> Tensor:
+        if acc.total is None or self.samples == 0:
+            raise RuntimeError(f"no statistics were collected for layer {self.view.name!r}")
+        return acc.total / self.samples
+
+    @property
+    def act_cov(self) -> Tensor:
+        """Ā: [n, n]."""
+        return self._mean(self._act)
+
+    @property
+    def grad_cov(self) -> Tensor:
+        """G: [m, m]."""
+        return self._mean(self._grad)
+
+    @property
+    def diag(self) -> Tensor:
+        """diag F̂: [m, n]."""
+        return self._mean(self._diag)

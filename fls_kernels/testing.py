@@ -1,0 +1,95 @@
+"""Shared test and benchmark helpers: the tolerance table, awkward shapes, poisoned outputs, error checks.
+
+Imported by the backends (for ``empty``), the tests and the benchmarks' verify step; it imports only torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+#: Maximum relative error (max-norm, against a float64 reference) per compute mode.
+TOLERANCES: dict[str, float] = {
+    "fp64": 1e-10,
+    "fp32": 1e-5,
+    "tf32": 3e-4,
+    "fp16": 2e-3,
+    "bf16": 1e-2,
+}
+
+_DTYPE_MODE = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+#: (id, m, n) matrix shapes that stress tiling: a single row or column, primes, block sizes ± 1, tall, wide.
+AWKWARD_SHAPES: list[tuple[str, int, int]] = [
+    ("1x1", 1, 1),
+    ("1-row", 1, 37),
+    ("1-col", 29, 1),
+    ("primes", 13, 7),
+    ("block+1", 17, 33),
+    ("block-1", 31, 63),
+    ("tall", 129, 5),
+    ("wide", 3, 130),
+]
+
+
+def tolerance(dtype: torch.dtype, precision: str = "fp32") -> float:
+    """The relative tolerance for results computed in ``dtype`` with GEMM mode ``precision`` (the looser)."""
+    mode = _DTYPE_MODE.get(dtype)
+    if mode is None:
+        raise TypeError(f"dtype: no tolerance for {dtype}")
+    return max(TOLERANCES[mode], TOLERANCES[precision]) if mode != "fp64" else TOLERANCES[mode]
+
+
+def poison_enabled() -> bool:
+    """True when ``FLS_POISON=1``: new outputs are pre-filled with NaN (or a sentinel) so unwritten entries show."""
+    return os.environ.get("FLS_POISON", "0") == "1"
+
+
+def empty(shape: tuple[int, ...] | torch.Size, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """``torch.empty`` that fills NaN (floats), True (bool) or −1 (ints) when ``FLS_POISON=1``."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if poison_enabled():
+        if dtype.is_floating_point:
+            out.fill_(math.nan)
+        elif dtype == torch.bool:
+            out.fill_(True)
+        else:
+            out.fill_(-1)
+    return out
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max|actual − expected| / max|expected| over finite entries, in float64 (0 when both are all zero)."""
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    finite = torch.isfinite(e)
+    if not finite.any():
+        return 0.0
+    scale = e[finite].abs().max().item()
+    err = (a[finite] - e[finite]).abs().max().item()
+    if scale == 0.0:
+        return err
+    return err / scale
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, name: str = "result") -> None:
+    """Assert shape and dtype match, NaN/±inf appear exactly where ``expected`` has them, and rel_error ≤ tol.
+
+    NaN in ``actual`` never passes unless ``expected`` has NaN in the same place.
+    """
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    a = actual.detach().cpu()
+    e = expected.detach().cpu()
+    if a.dtype == torch.bool or not a.dtype.is_floating_point:
+        bad = int((a != e).sum())
+        assert bad == 0, f"{name}: {bad} of {a.numel()} entries differ"
+        return
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    assert torch.equal(nan_a, nan_e), f"{name}: NaN at {int((nan_a & ~nan_e).sum())} unexpected places"
+    inf_e = torch.isinf(e)
+    assert torch.equal(torch.isinf(a), inf_e) and torch.equal(a[inf_e], e[inf_e]), f"{name}: ±inf pattern differs"
+    err = rel_error(a, e)
+    assert err <= tol, f"{name}: relative error {err:.3e} > tolerance {tol:.1e}"

@@ -1,0 +1,20 @@
+"""fls_reference: the pure-PyTorch oracle of every fls_kernels op, written straight from the method.
+
+One readable function per op contract. It imports nothing but torch, computes in the dtype it is given
+(float64 included) and ignores speed. ``dense`` holds the explicit-matrix forms that verify it.
+"""
+
+from fls_reference.kron import PRECISIONS, kron_diag, kron_qv
+from fls_reference.scores import obs_scores
+from fls_reference.select import select_nm, select_smallest
+from fls_reference.surgeon import surgeon_update_
+
+__all__ = [
+    "PRECISIONS",
+    "kron_diag",
+    "kron_qv",
+    "obs_scores",
+    "select_nm",
+    "select_smallest",
+    "surgeon_update_",
+]

@@ -1,0 +1,71 @@
+"""KronBlock against its dense matrix, and its three initialisations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fls_kernels.curvature import KronBlock
+from fls_reference.dense import kron_matrix
+
+F64 = torch.float64
+
+
+def randomised(m, n):
+    block = KronBlock(m, n, dtype=F64)
+    with torch.no_grad():
+        block.R.add_(torch.randn(m, m, dtype=F64) / 3)
+        block.L.add_(torch.randn(n, n, dtype=F64) / 3)
+        block.A.copy_(torch.rand(m, n, dtype=F64) + 0.5)
+    return block
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (3, 5), (7, 2)])
+def test_qv_and_diag_equal_the_dense_matrix(m, n):
+    block = randomised(m, n)
+    V = torch.randn(m, n, dtype=F64)
+    Q = kron_matrix(block.A.detach(), block.R.detach().T @ block.R.detach(), block.L.detach() @ block.L.detach().T)
+    with torch.no_grad():
+        torch.testing.assert_close(block.qv(V).reshape(-1), Q @ V.reshape(-1))
+        torch.testing.assert_close(block.diag().reshape(-1), Q.diagonal())
+        torch.testing.assert_close(block.dense(), Q)
+
+
+def test_grams_are_cached_until_lambda_changes():
+    block = randomised(3, 4)
+    with torch.no_grad():
+        g1 = block.grams()
+        assert block.grams()[0] is g1[0]
+        block.R.mul_(2)
+        g2 = block.grams()
+    assert g2[0] is not g1[0]
+    torch.testing.assert_close(g2[0], 4 * g1[0])
+
+
+def test_qv_is_differentiable_in_lambda():
+    block = randomised(3, 4)
+    block.qv(torch.randn(3, 4, dtype=F64)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+
+
+def test_identity_and_diagonal_inits():
+    block = KronBlock(3, 4, dtype=F64)
+    block.init_identity(2.5)
+    torch.testing.assert_close(block.dense(), 2.5 * torch.eye(12, dtype=F64))
+    diag = torch.rand(3, 4, dtype=F64)
+    block.init_diagonal(diag, 0.1)
+    torch.testing.assert_close(block.dense(), torch.diag(1 / (diag.reshape(-1) + 0.1)))
+    with pytest.raises(ValueError, match="scale"):
+        block.init_identity(-1.0)
+
+
+def test_kfac_init_is_the_damped_factored_inverse():
+    m, n, gamma = 3, 4, 0.04
+    Xa, Xg = torch.randn(n, 10, dtype=F64), torch.randn(m, 10, dtype=F64)
+    act, grad = Xa @ Xa.T / 10, Xg @ Xg.T / 10
+    block = KronBlock(m, n, dtype=F64)
+    block.init_kfac(act, grad, gamma)
+    pi = ((act.trace() / n) / (grad.trace() / m)).sqrt()
+    G_R = torch.linalg.inv(grad + gamma**0.5 / pi * torch.eye(m, dtype=F64))
+    G_L = torch.linalg.inv(act + pi * gamma**0.5 * torch.eye(n, dtype=F64))
+    torch.testing.assert_close(block.dense(), torch.kron(G_R, G_L))

@@ -1,0 +1,111 @@
+"""The aux-loss fitter reaches the exact inverse where the Fisher is exactly Kronecker."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fls_kernels.curvature import AuxFitter, Gaussian, KronBlock, ModelCurvature, find_layers
+
+
+def least_squares(n_in=6, m=4, N=4096, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    eig = torch.logspace(math.log10(0.03), math.log10(5.3), n_in)
+    basis, _ = torch.linalg.qr(torch.randn(n_in, n_in, generator=g))
+    X = torch.randn(N, n_in, generator=g) @ (basis * eig.sqrt()).T
+    return X, nn.Linear(n_in, m)
+
+
+def batches(X, size=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield X[torch.randint(0, len(X), (size,), generator=g)]
+
+
+def exact_inverse(X, m, gamma):
+    """F_γ⁻¹ for y = Wx + b with a unit Gaussian: F = I_m ⊗ E[x̃x̃ᵀ] (x̃ = [x, 1]), row-major."""
+    Xt = torch.cat([X, torch.ones(len(X), 1)], 1).double()
+    F = torch.kron(torch.eye(m, dtype=torch.float64), Xt.T @ Xt / len(X))
+    return torch.linalg.inv(F + gamma * torch.eye(F.shape[0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("init", ["identity", "diagonal"])
+def test_fit_converges_to_the_exact_inverse_fisher(init):
+    gamma = 1e-2
+    X, layer = least_squares()
+    views = find_layers(layer)
+    curv = ModelCurvature(layer, views, Gaussian(1.0))
+    data = batches(X)
+    stats = curv.statistics(data, 4, kfac=False)[0]
+    block = KronBlock(views[0].m, views[0].n)
+    if init == "identity":
+        block.init_identity(1 / (stats.diag.mean().item() + gamma))
+    else:
+        block.init_diagonal(stats.diag, gamma)
+    target = exact_inverse(X, views[0].m, gamma)
+
+    def error():
+        with torch.no_grad():
+            return ((block.dense().double() - target).norm() / target.norm()).item()
+
+    start = error()
+    fitter = AuxFitter([block], curv.fvp, gamma, lr=1e-3, generator=torch.Generator().manual_seed(0))
+    losses = fitter.run(data, 2500)
+    assert start > 0.5
+    assert error() < 0.05
+    # The aux loss approaches its minimum −½ tr(F_γ⁻¹) (sampled: compare the mean of the last 1000 steps).
+    floor = -0.5 * target.trace().item()
+    tail = sum(losses[-1000:]) / 1000
+    assert abs(tail - floor) < 0.05 * abs(floor), (tail, floor)
+    assert sum(losses[:50]) / 50 > floor + 0.2 * abs(floor)
+
+
+def test_masked_fit_lowers_the_masked_aux_loss_towards_its_minimum():
+    """With a mask M the aux loss only sees the kept entries: E𝒜 = ½ tr(Q_MM F_MM Q_MM) − tr(Q_MM), minimum
+    −½ tr(F_MM⁻¹). The restricted inverse is not Kronecker, so the fit approaches, not reaches, it."""
+    gamma = 1e-2
+    X, layer = least_squares(n_in=5, m=3)
+    views = find_layers(layer)
+    curv = ModelCurvature(layer, views, Gaussian(1.0))
+    data = batches(X)
+    block = KronBlock(views[0].m, views[0].n)
+    block.init_diagonal(curv.statistics(data, 4, kfac=False)[0].diag, gamma)
+    fitter = AuxFitter([block], curv.fvp, gamma, lr=1e-3, generator=torch.Generator().manual_seed(0))
+    fitter.run(data, 1500)
+    mask = torch.ones(3, 6)
+    mask[0, 1] = mask[2, 4] = mask[1, 0] = mask[1, 3] = 0
+    keep = mask.reshape(-1).bool()
+    Xt = torch.cat([X, torch.ones(len(X), 1)], 1).double()
+    F = torch.kron(torch.eye(3, dtype=torch.float64), Xt.T @ Xt / len(X)) + gamma * torch.eye(18, dtype=torch.float64)
+    F_kept = F[keep][:, keep]
+
+    def expected_aux():
+        with torch.no_grad():
+            Q = block.dense().double()[keep][:, keep]
+        return (0.5 * torch.trace(Q @ F_kept @ Q) - torch.trace(Q)).item()
+
+    floor = -0.5 * torch.linalg.inv(F_kept).trace().item()
+    before = expected_aux()
+    fitter.run(data, 1500, masks=[mask])
+    after = expected_aux()
+    assert after < before
+    assert after - floor < 0.5 * (before - floor), (before, after, floor)
+
+
+def test_divergence_raises_and_leaves_lambda_finite():
+    X, layer = least_squares()
+    views = find_layers(layer)
+    curv = ModelCurvature(layer, views, Gaussian(1.0))
+    block = KronBlock(views[0].m, views[0].n)
+    block.init_identity(1.0)
+    with torch.no_grad():
+        block.A[0, 0] = float("inf")
+    fitter = AuxFitter([block], curv.fvp, 1e-2)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="diverged"):
+        fitter.step(X[:64])
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, before[k])

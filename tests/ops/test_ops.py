@@ -1,0 +1,218 @@
+"""Every op on every backend against the float64 reference, plus opcheck, torch.compile and autograd.
+
+Backends that cannot run an op here are skipped with the registry's reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fls_kernels as fls
+import fls_reference as ref
+from fls_kernels.testing import AWKWARD_SHAPES, assert_close, tolerance
+from tests.conftest import backend_or_skip, devices
+
+BACKENDS = ["reference", "cpu", "cuda", "triton"]
+SHAPES = [pytest.param(m, n, id=i) for i, m, n in AWKWARD_SHAPES]
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
+
+
+def block(m, n, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(m, n, generator=g, dtype=torch.float64) + 0.5
+    R = torch.randn(m, m, generator=g, dtype=torch.float64) / m**0.5 + torch.eye(m, dtype=torch.float64)
+    L = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5 + torch.eye(n, dtype=torch.float64)
+    G_R, G_L = R.T @ R, L @ L.T
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    alive = torch.rand(m, n, generator=g) > 0.25
+    prune = alive & (torch.rand(m, n, generator=g) > 0.5)
+    exact = dict(
+        W=W,
+        A=A,
+        G_R=G_R,
+        G_L=G_L,
+        r=G_R.diagonal().clone(),
+        l=G_L.diagonal().clone(),
+        alive=alive,
+        prune=prune,
+        keep=alive & ~prune,
+    )
+    cast = {k: (v.to(device) if v.dtype == torch.bool else v.to(device=device, dtype=dtype)) for k, v in exact.items()}
+    return exact, cast
+
+
+def params():
+    return [pytest.param(b, d, id=f"{b}-{d}") for b in BACKENDS for d in devices()]
+
+
+@pytest.mark.parametrize("backend,device", params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n", SHAPES)
+class TestAgainstReference:
+    def test_kron_qv(self, backend, device, dtype, m, n):
+        name = backend_or_skip(backend, "kron_qv", device, dtype)
+        e, c = block(m, n, dtype, device)
+        out = fls.kron_qv(c["W"], c["A"], c["G_R"], c["G_L"], backend=name)
+        expected = ref.kron_qv(e["W"], e["A"], e["G_R"], e["G_L"]).to(dtype)
+        assert_close(out.cpu(), expected, tol=tolerance(dtype), name="kron_qv")
+
+    def test_kron_diag(self, backend, device, dtype, m, n):
+        name = backend_or_skip(backend, "kron_diag", device, dtype)
+        e, c = block(m, n, dtype, device)
+        out = fls.kron_diag(c["A"], c["r"], c["l"], backend=name)
+        assert_close(out.cpu(), ref.kron_diag(e["A"], e["r"], e["l"]).to(dtype), tol=tolerance(dtype))
+
+    def test_obs_scores(self, backend, device, dtype, m, n):
+        name = backend_or_skip(backend, "obs_scores", device, dtype)
+        e, c = block(m, n, dtype, device)
+        out = fls.obs_scores(c["W"], c["A"], c["r"], c["l"], c["alive"], backend=name)
+        expected = ref.obs_scores(e["W"], e["A"], e["r"], e["l"], e["alive"]).to(dtype)
+        assert_close(out.cpu(), expected, tol=tolerance(dtype), name="obs_scores")
+
+    def test_surgeon_update(self, backend, device, dtype, m, n):
+        name = backend_or_skip(backend, "surgeon_update_", device, dtype)
+        e, c = block(m, n, dtype, device)
+        W = c["W"].clone()
+        out = fls.surgeon_update_(W, c["A"], c["G_R"], c["G_L"], c["r"], c["l"], c["prune"], c["keep"], backend=name)
+        assert out is W
+        expected = ref.surgeon_update_(
+            e["W"].clone(), e["A"], e["G_R"], e["G_L"], e["r"], e["l"], e["prune"], e["keep"]
+        ).to(dtype)
+        assert_close(W.cpu(), expected, tol=tolerance(dtype), name="surgeon_update_")
+        assert (W.cpu()[~e["keep"]] == 0).all(), "pruned weights must be exactly zero"
+
+    def test_select_nm(self, backend, device, dtype, m, n):
+        name = backend_or_skip(backend, "select_nm", device, dtype)
+        groups = 4
+        scores = torch.randint(0, 5, (m, groups * 4), dtype=dtype).to(device)
+        out = fls.select_nm(scores, 2, 4, backend=name)
+        assert_close(out.cpu(), ref.select_nm(scores.cpu().double(), 2, 4), tol=0)
+
+
+@pytest.mark.parametrize("backend,device", params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [0, 1, 100, 311])
+def test_select_smallest(backend, device, dtype, k):
+    name = backend_or_skip(backend, "select_smallest", device, dtype)
+    scores = [torch.randint(0, 50, s, dtype=torch.float64) for s in [(13, 7), (1,), (3, 5, 11), (129,)]]
+    scores[0][3, 3] = float("inf")
+    expected = ref.select_smallest(scores, k)
+    out = fls.select_smallest([s.to(device=device, dtype=dtype) for s in scores], k, backend=name)
+    for o, e in zip(out, expected):
+        assert_close(o.cpu(), e, tol=0)
+
+
+# ---------------------------------------------------------------------------------------------- op machinery
+def op_cases(backend: str):
+    e, c = block(5, 7, torch.float64, "cpu")
+    scores = [torch.rand(5, 7, dtype=torch.float64), torch.rand(3, dtype=torch.float64)]
+    return {
+        "kron_qv": (torch.ops.fls.kron_qv.default, (c["W"], c["A"], c["G_R"], c["G_L"], "fp32", backend)),
+        "kron_diag": (torch.ops.fls.kron_diag.default, (c["A"], c["r"], c["l"], backend)),
+        "obs_scores": (torch.ops.fls.obs_scores.default, (c["W"], c["A"], c["r"], c["l"], c["alive"], backend)),
+        "select_smallest": (torch.ops.fls.select_smallest.default, (scores, 4, backend)),
+        "select_nm": (torch.ops.fls.select_nm.default, (torch.rand(5, 8, dtype=torch.float64), 2, 4, backend)),
+        "surgeon_update_": (
+            torch.ops.fls.surgeon_update_.default,
+            (c["W"].clone(), c["A"], c["G_R"], c["G_L"], c["r"], c["l"], c["prune"], c["keep"], "fp32", backend),
+        ),
+    }
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("op", fls.backends.OPS)
+def test_opcheck(op, backend):
+    backend_or_skip(backend, op, "cpu", torch.float64)
+    overload, args = op_cases(backend)[op]
+    torch.library.opcheck(overload, args)
+
+
+def test_kron_qv_autograd_matches_finite_differences():
+    e, _ = block(4, 6, torch.float64, "cpu")
+    inputs = [e[k].clone().requires_grad_() for k in ("W", "A", "G_R", "G_L")]
+    assert torch.autograd.gradcheck(lambda *t: fls.kron_qv(*t, backend="reference"), inputs)
+
+
+def test_kron_diag_autograd_matches_finite_differences():
+    e, _ = block(4, 6, torch.float64, "cpu")
+    inputs = [e[k].clone().requires_grad_() for k in ("A", "r", "l")]
+    assert torch.autograd.gradcheck(lambda *t: fls.kron_diag(*t, backend="reference"), inputs)
+
+
+def test_torch_compile_fullgraph_runs_every_op():
+    e, c = block(6, 9, torch.float32, "cpu")
+
+    def step(W, A, G_R, G_L, r, l, alive, prune, keep):
+        q = fls.kron_qv(W, A, G_R, G_L)
+        d = fls.kron_diag(A, r, l)
+        s = fls.obs_scores(W, A, r, l, alive)
+        chosen = fls.select_smallest([s], 5)[0]
+        nm = fls.select_nm(s[:, :8], 1, 4)
+        W2 = W.clone()
+        fls.surgeon_update_(W2, A, G_R, G_L, r, l, prune, keep)
+        return q, d, s, chosen, nm, W2
+
+    args = [c[k] for k in ("W", "A", "G_R", "G_L", "r", "l", "alive", "prune", "keep")]
+    eager = step(*args)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    for a, b in zip(compiled, eager):
+        assert_close(a, b, tol=tolerance(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def test_errors_name_the_argument():
+    _, c = block(4, 5, torch.float32, "cpu")
+    W, A, G_R, G_L, r, l = (c[k] for k in ("W", "A", "G_R", "G_L", "r", "l"))
+    with pytest.raises(ValueError, match="G_L"):
+        fls.kron_qv(W, A, G_R, G_R)
+    with pytest.raises(TypeError, match="A: dtype"):
+        fls.kron_qv(W, A.double(), G_R, G_L)
+    with pytest.raises(ValueError, match="A: on meta"):
+        fls.kron_qv(W, A.to("meta"), G_R, G_L)
+    with pytest.raises(ValueError, match="precision"):
+        fls.kron_qv(W, A, G_R, G_L, precision="fp8")
+    with pytest.raises(TypeError, match="mask"):
+        fls.obs_scores(W, A, r, l, torch.ones(4, 5))
+    with pytest.raises(ValueError, match="l: expected shape"):
+        fls.kron_diag(A, r, l[:-1])
+    with pytest.raises(ValueError, match="W: must be contiguous"):
+        fls.surgeon_update_(W.T.contiguous().T, A, G_R, G_L, r, l, c["prune"], c["keep"])
+    with pytest.raises(TypeError, match="k: expected an int"):
+        fls.select_smallest([W], 2.0)
+    with pytest.raises(TypeError, match="scores"):
+        fls.select_smallest(W, 2)
+    with pytest.raises(ValueError, match="divisible"):
+        fls.select_nm(W, 2, 4)
+    with pytest.raises(ValueError, match="n, m"):
+        fls.select_nm(W, 5, 4)
+
+
+def test_backend_selection_order(monkeypatch):
+    from fls_kernels import backends
+
+    device, dtype = torch.device("cpu"), torch.float64
+    assert backends.select("select_smallest", device, dtype, "reference") == "reference"
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.select("kron_qv", device, dtype, "nope")
+    with pytest.raises(backends.BackendUnavailableError, match="cuda"):
+        backends.select("kron_qv", device, dtype, "cuda")
+    monkeypatch.setenv("FLS_BACKEND", "reference")
+    assert backends.select("kron_qv", device, dtype) == "reference"
+    monkeypatch.delenv("FLS_BACKEND")
+    with fls.use_backend("reference"):
+        assert backends.select("kron_qv", device, dtype) == "reference"
+        assert backends.select("kron_qv", device, dtype, "reference") == "reference"
+    auto = backends.select("kron_qv", device, torch.float32)
+    expected = "cpu" if backends.get_backend("cpu").reason("kron_qv", device, torch.float32) is None else "reference"
+    assert auto == expected
+    # Triton runs on the CPU only when asked for explicitly.
+    assert backends.select("kron_qv", device, torch.float32) != "triton"
+
+
+def test_unavailable_backend_error_lists_reason_and_fix():
+    from fls_kernels import backends
+
+    with pytest.raises(backends.BackendUnavailableError, match="Fix:"):
+        fls.kron_diag(torch.ones(2, 2), torch.ones(2), torch.ones(2), backend="cuda")

@@ -1,0 +1,52 @@
+"""Small models and loaders shared by the pruning tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import fls_kernels as fls
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1 = nn.Linear(4 * 6 * 6, 16)
+        self.fc2 = nn.Linear(16, 5, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def loader(batches=3, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, 1, 6, 6, generator=g), torch.randint(0, 5, (size,), generator=g)) for _ in range(batches)
+    ]
+
+
+def make(kind: str, model: nn.Module, **kwargs):
+    """A pruner of ``kind`` ('fls' or 'magnitude'), fitted briefly."""
+    if kind == "fls":
+        pruner = fls.FishLegPruner(model, "categorical", refine_steps=2, init_batches=2, **kwargs)
+        pruner.fit(loader(), steps=5)
+        return pruner
+    return fls.MagnitudePruner(model, **kwargs)
+
+
+def prunable_weights(pruner):
+    return {v.name: v.weight.detach() for v in pruner.views}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        a = after[k]
+        assert torch.equal(torch.isnan(a), torch.isnan(v)), k
+        assert torch.equal(a.nan_to_num(), v.nan_to_num()), f"{k} changed"
