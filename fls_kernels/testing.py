@@ -93,3 +93,31 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, na
     assert torch.equal(torch.isinf(a), inf_e) and torch.equal(a[inf_e], e[inf_e]), f"{name}: ±inf pattern differs"
     err = rel_error(a, e)
     assert err <= tol, f"{name}: relative error {err:.3e} > tolerance {tol:.1e}"
+
+
+def random_problem(m: int, n: int, *, seed: int = 0, prune_fraction: float = 0.5) -> dict[str, torch.Tensor]:
+    """A random, well-conditioned layer problem in float64 on the CPU: W, A (in [0.5, 1.5)), G_R = RᵀR,
+    G_L = LLᵀ (R, L near the identity), r, l, and masks ``alive`` (~75%), ``prune`` ⊂ alive, ``keep``."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    R = torch.eye(m, dtype=f64) + torch.randn(m, m, generator=g, dtype=f64) / (2 * m**0.5)
+    L = torch.eye(n, dtype=f64) + torch.randn(n, n, generator=g, dtype=f64) / (2 * n**0.5)
+    G_R, G_L = R.T @ R, L @ L.T
+    alive = torch.rand(m, n, generator=g) > 0.25
+    prune = alive & (torch.rand(m, n, generator=g) < prune_fraction)
+    return dict(
+        W=torch.randn(m, n, generator=g, dtype=f64),
+        A=torch.rand(m, n, generator=g, dtype=f64) + 0.5,
+        G_R=G_R,
+        G_L=G_L,
+        r=G_R.diagonal().clone(),
+        l=G_L.diagonal().clone(),
+        alive=alive,
+        prune=prune,
+        keep=alive & ~prune,
+    )
+
+
+def cast(problem: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The problem's float tensors in ``dtype`` and every tensor on ``device`` (masks stay bool)."""
+    return {k: v.to(device) if v.dtype == torch.bool else v.to(device=device, dtype=dtype) for k, v in problem.items()}

@@ -177,7 +177,10 @@ class FishLegPruner(BasePruner):
                 block.init_kfac(s.act_cov, s.grad_cov, self.damping)
             else:
                 block.init_identity(1.0 / (mean_diag + self.damping))
-        self.fitter = AuxFitter(
+        self.fitter = self._make_fitter()
+
+    def _make_fitter(self) -> AuxFitter:
+        return AuxFitter(
             list(self.blocks),
             self.curvature.fvp,
             self.damping,
@@ -242,15 +245,7 @@ class FishLegPruner(BasePruner):
         self._stale = state["stale"]
         if state["optimizer"] is not None:
             if self.fitter is None:
-                self.fitter = AuxFitter(
-                    list(self.blocks),
-                    self.curvature.fvp,
-                    self.damping,
-                    lr=self.lr,
-                    precondition=self.precondition,
-                    precision=self.precision,
-                    generator=self.generator,
-                )
+                self.fitter = self._make_fitter()
             self.fitter.optimizer.load_state_dict(state["optimizer"])
             self.fitter.history[:] = state["history"]
         else:

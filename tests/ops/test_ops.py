@@ -10,7 +10,7 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from fls_kernels.testing import AWKWARD_SHAPES, assert_close, tolerance
+from fls_kernels.testing import AWKWARD_SHAPES, assert_close, cast, random_problem, tolerance
 from tests.conftest import backend_or_skip, devices
 
 BACKENDS = ["reference", "cpu", "cuda", "triton"]
@@ -19,27 +19,8 @@ DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id
 
 
 def block(m, n, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.rand(m, n, generator=g, dtype=torch.float64) + 0.5
-    R = torch.randn(m, m, generator=g, dtype=torch.float64) / m**0.5 + torch.eye(m, dtype=torch.float64)
-    L = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5 + torch.eye(n, dtype=torch.float64)
-    G_R, G_L = R.T @ R, L @ L.T
-    W = torch.randn(m, n, generator=g, dtype=torch.float64)
-    alive = torch.rand(m, n, generator=g) > 0.25
-    prune = alive & (torch.rand(m, n, generator=g) > 0.5)
-    exact = dict(
-        W=W,
-        A=A,
-        G_R=G_R,
-        G_L=G_L,
-        r=G_R.diagonal().clone(),
-        l=G_L.diagonal().clone(),
-        alive=alive,
-        prune=prune,
-        keep=alive & ~prune,
-    )
-    cast = {k: (v.to(device) if v.dtype == torch.bool else v.to(device=device, dtype=dtype)) for k, v in exact.items()}
-    return exact, cast
+    exact = random_problem(m, n, seed=seed)
+    return exact, cast(exact, dtype, device)
 
 
 def params():

@@ -1,0 +1,168 @@
+"""Timing with a verify step: every provider is checked against the float64 reference before it is timed."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks import registry
+from fls_kernels.testing import rel_error, tolerance
+
+#: Peaks of the H100 this project measures on (fp32/TF32/bf16 GEMM FLOP/s, copy bytes/s read+write).
+H100_PEAKS = {"fp32": 51e12, "tf32": 391e12, "bf16": 747e12, "bandwidth": 2.94e12}
+
+
+class VerifyError(AssertionError):
+    """A provider's output disagrees with the reference beyond the tolerance table."""
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    provider: str
+    precision: str
+    device: str
+    ms: float | None
+    error: float | None
+    note: str = ""
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def verify(case: registry.Case, provider: str, device: str) -> float:
+    """Max relative error of ``provider`` against the float64 reference; VerifyError beyond tolerance."""
+    inputs = registry.make_inputs(case, device)
+    exact = {k: v.double() if v.is_floating_point() else v for k, v in registry.make_inputs(case, "cpu").items()}
+    got = _outputs(registry.provider_call(case.op, provider)(inputs, case.precision))
+    want = _outputs(registry.provider_call(case.op, "reference")(exact, "fp32"))
+    worst = 0.0
+    for g, w in zip(got, want):
+        g = g.cpu()
+        if g.dtype == torch.bool:
+            if not torch.equal(g, w):
+                raise VerifyError(f"{case.op}/{provider}: {int((g != w).sum())} mask entries differ")
+            continue
+        if torch.isnan(g).any() or not torch.equal(torch.isinf(g), torch.isinf(w)):
+            raise VerifyError(f"{case.op}/{provider}: NaN or misplaced inf")
+        worst = max(worst, rel_error(g, w))
+    tol = tolerance(torch.float32, case.precision)
+    if worst > tol:
+        raise VerifyError(f"{case.op}/{provider} on {case.shape}: relative error {worst:.2e} > {tol:.0e}")
+    return worst
+
+
+def time_ms(case: registry.Case, provider: str, device: str) -> float:
+    """Median milliseconds of one call (triton.testing.do_bench on CUDA, torch.utils.benchmark on CPU)."""
+    inputs = registry.make_inputs(case, device)
+    fn = registry.provider_call(case.op, provider)
+    W0 = inputs["W"].clone()
+
+    def call():
+        if case.op == "surgeon_update_":
+            inputs["W"].copy_(W0)  # the update is in place: restart from the same weights
+        return fn(inputs, case.precision)
+
+    call()
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(call, return_mode="median"))
+    from torch.utils import benchmark
+
+    return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.5).median * 1e3
+
+
+def run(ops, providers, shapes, device: str, precision: str = "fp32") -> list[Row]:
+    rows = []
+    for op in ops:
+        for name, m, n in shapes:
+            case = registry.Case(op, name, m, n, precision)
+            for provider in providers:
+                why = registry.unavailable(op, provider, device)
+                if why is not None:
+                    rows.append(Row(op, name, provider, precision, device, None, None, why))
+                    continue
+                error = verify(case, provider, device)
+                rows.append(Row(op, name, provider, precision, device, time_ms(case, provider, device), error))
+                print(f"{op:16} {name:24} {provider:18} {rows[-1].ms:9.3f} ms  err {error:.1e}", flush=True)
+    return rows
+
+
+def stamp(device: str) -> dict[str, str]:
+    """Device, versions, commit and timestamp carried by every CSV row."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "gpu_or_cpu": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": commit or "unknown",
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def roofline_ms(case: registry.Case, device: str) -> float | None:
+    if device != "cuda":
+        return None
+    peak = H100_PEAKS[case.precision]
+    return 1e3 * max(case.flops() / peak, case.bytes() / H100_PEAKS["bandwidth"])
+
+
+def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path]:
+    """CSV (one row per measurement, stamped) and a markdown table with speed-ups and % of roofline."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = stamp(device)
+    csv_path, md_path = out / f"kernels-{device}.csv", out / f"kernels-{device}.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "shape", "provider", "precision", "device", "ms", "rel_error", "note", *meta])
+        for r in rows:
+            ms = "" if r.ms is None else f"{r.ms:.4f}"
+            err = "" if r.error is None else f"{r.error:.2e}"
+            w.writerow([r.op, r.shape, r.provider, r.precision, r.device, ms, err, r.note, *meta.values()])
+    lines = [
+        f"Device {meta['gpu_or_cpu']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}, "
+        f"{meta['timestamp']}.",
+        "",
+        "| op | shape | provider | ms | × eager ref | × compiled ref | % roofline |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    base = {(r.op, r.shape, r.provider): r.ms for r in rows}
+    for r in rows:
+        if r.ms is None:
+            continue
+        eager, compiled = base.get((r.op, r.shape, "reference")), base.get((r.op, r.shape, "reference+compile"))
+        case = registry.Case(r.op, r.shape, *next((m, n) for s, m, n in registry.SHAPES if s == r.shape))
+        roof = roofline_ms(case, device)
+        lines.append(
+            f"| {r.op} | {r.shape} | {r.provider} | {r.ms:.3f} | "
+            f"{eager / r.ms:.2f} | "
+            + (f"{compiled / r.ms:.2f}" if compiled else "—")
+            + " | "
+            + (f"{100 * roof / r.ms:.0f}%" if roof else "—")
+            + " |"
+        )
+    skipped = sorted({f"{r.provider}: {r.note}" for r in rows if r.ms is None})
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(skipped)]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
