@@ -143,8 +143,8 @@ def run(config: DemoConfig | None = None) -> DemoResult:
         pruner.fit(calib, steps=config.fit_steps)
         state, weights = pruner.state_dict(), copy.deepcopy(fitted.state_dict())
         for s in config.sparsities:
+            pruner.load_state_dict(state)  # masks back to all-alive first: reloading weights re-applies masks
             fitted.load_state_dict(weights)
-            pruner.load_state_dict(state)
             pruner.prune(s, substeps=config.substeps)
             result.accuracy.setdefault(("FLS", s), []).append(accuracy(fitted, data.x_test, data.y_test))
             baseline = copy.deepcopy(dense)

@@ -155,3 +155,19 @@ def test_layer_selection_by_type_regex_and_ignore():
     assert fls.MagnitudePruner(model, layer_types=(torch.nn.Linear,)).layer_names == ["fc1", "fc2"]
     assert fls.MagnitudePruner(model, ignore=["fc2"]).layer_names == ["conv", "fc1"]
     assert fls.MagnitudePruner(model, include=r"fc\d").layer_names == ["fc1", "fc2"]
+
+
+def test_restoring_a_checkpoint_before_pruning_restores_the_dense_model():
+    """Pruner state first (all masks alive), then the weights: the model is dense again and re-prunable."""
+    model = SmallNet()
+    pruner = make("fls", model)
+    dense_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    dense_state = pruner.state_dict()
+    pruner.prune(0.7, substeps=2)
+    pruner.load_state_dict(dense_state)
+    model.load_state_dict(dense_weights)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, dense_weights[k])
+    assert pruner.num_pruned() == 0
+    pruner.prune(0.5)
+    check_exact(pruner, math.ceil(0.5 * pruner.num_prunable()))
