@@ -19,13 +19,33 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--shapes", nargs="+", help="shape names (default: all on cuda, the small ones on cpu)")
     k.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     k.add_argument("--out", default="out/bench")
-    q = sub.add_parser("quality", help="the digits accuracy-vs-sparsity study (FLS vs magnitude)")
+    q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
     q.add_argument("--out", default="out/quality")
+    q.add_argument("--seeds", type=int, default=5)
+    q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
     args = parser.parse_args(argv)
     if args.command == "quality":
-        from fls_kernels.__main__ import main as fls_main
+        from benchmarks.quality import digits
 
-        return fls_main(["demo", "--out", args.out])
+        protocol = digits.Protocol(seeds=tuple(range(args.seeds)))
+        if args.quick:
+            protocol = digits.Protocol(
+                seeds=tuple(range(args.seeds)),
+                sparsities=(0.5, 0.8),
+                gradual_targets=(0.9,),
+                substeps=2,
+                damping_grid=(1.0,),
+                fls_fit_steps=20,
+                fls_refine_steps=2,
+                obert_grads=32,
+                finetune_steps=20,
+                prune_until=10,
+                prune_every=5,
+            )
+        results = digits.run(protocol)
+        print(digits.table(results))
+        print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
+        return 0
     shapes = registry.SHAPES if args.device == "cuda" else registry.CPU_SHAPES
     if args.shapes:
         shapes = [s for s in registry.SHAPES if s[0] in set(args.shapes)]

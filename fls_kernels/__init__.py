@@ -10,13 +10,35 @@ Example:
 from fls_kernels.backends import BackendUnavailableError, use_backend
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
 from fls_kernels.ops import kron_diag, kron_qv, obs_scores, select_nm, select_smallest, surgeon_update_
-from fls_kernels.pruning import BasePruner, FishLegPruner, MagnitudePruner
+from fls_kernels.pruning import (
+    BasePruner,
+    ConstantSchedule,
+    CoresetPruner,
+    CubicSchedule,
+    FishLegPruner,
+    KFACPruner,
+    LinearSchedule,
+    MagnitudePruner,
+    OBDPruner,
+    OBERTPruner,
+    Schedule,
+    export_semi_structured,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "BasePruner",
+    "ConstantSchedule",
+    "CoresetPruner",
+    "CubicSchedule",
+    "KFACPruner",
+    "LinearSchedule",
+    "OBDPruner",
+    "OBERTPruner",
+    "Schedule",
+    "export_semi_structured",
     "Bernoulli",
     "Categorical",
     "FishLegPruner",

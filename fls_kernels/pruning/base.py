@@ -1,9 +1,10 @@
 """The pruner life cycle shared by FishLeg and every baseline.
 
-    pruner = SomePruner(model, ...)      # picks layers (type, name regex, ignore list); masks all True
-    pruner.fit(loader, steps)            # curvature, where the method has one
-    pruner.prune(0.9, substeps=16)       # scores → selection → update, exact sparsity, all-or-nothing
-    pruner.finalize()                    # bake zeros, remove hooks
+    pruner = SomePruner(model, pattern=..., schedule=...)   # layers by type / regex / ignore; masks all True
+    pruner.fit(loader, steps)          # data (and curvature, where the method learns one)
+    pruner.prune(0.9, substeps=16)     # one-shot: scores → selection → update, exact sparsity, all-or-nothing
+    # or gradual: pruner.step() after every optimizer.step(), pruning on the schedule
+    pruner.finalize()                  # bake zeros, remove hooks
 
 A prune step either completes or leaves the model (and the pruner) exactly as it was.
 """
@@ -15,24 +16,47 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from fls_kernels import ops
 from fls_kernels.curvature.fisher import split_batch
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
 from fls_kernels.pruning import selection
+from fls_kernels.pruning.data import BatchStream
 from fls_kernels.pruning.masks import MaskKeeper
+from fls_kernels.pruning.patterns import NMPattern, parse_pattern
+from fls_kernels.pruning.schedules import Schedule, as_schedule
 
 log = logging.getLogger("fls_kernels.prune")
 
 
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a real number in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _int(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int ≥ {minimum}, got {value!r}")
+    return value
+
+
 class BasePruner:
-    """Layer selection, masks, the prune step and checkpoints; subclasses define scores and updates.
+    """Layer selection, masks, patterns, schedules, the prune step and checkpoints; subclasses define scores
+    and updates.
 
     Args:
         model: the network to prune in place.
+        pattern: "unstructured" (default), "N:M" (e.g. "2:4", along the inputs) or "blockRxC" (e.g. "block4x4").
+        schedule: for gradual pruning with :meth:`step`: a :class:`~fls_kernels.pruning.schedules.Schedule`
+            (e.g. ``CubicSchedule(0.5, 0.95, start=0, end=3000, every=100)``) or any callable step → sparsity.
+        substeps: sub-steps of each scheduled pruning step.
         layer_types: module types to prune (subset of Linear, Conv2d).
         include: regex the qualified layer name must fully match (None: every layer of those types).
         ignore: regexes of layer names to leave dense.
@@ -40,21 +64,26 @@ class BasePruner:
             sparsity); a per-layer dict can also be passed to :meth:`prune`.
         include_bias: fold biases into the layer matrices (they are never pruned, but may be updated).
         backend: force an ops backend for every step (default: automatic).
+        progress: show tqdm progress bars.
     """
 
     #: bump when the state_dict layout changes
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(
         self,
         model: nn.Module,
         *,
+        pattern: str = "unstructured",
+        schedule: Schedule | object = None,
+        substeps: int = 1,
         layer_types: Sequence[type[nn.Module]] = SUPPORTED_LAYERS,
         include: str | None = None,
         ignore: Sequence[str] = (),
         allocation: str = "global",
         include_bias: bool = True,
         backend: str | None = None,
+        progress: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -62,14 +91,18 @@ class BasePruner:
             raise ValueError(f"allocation: expected one of {selection.ALLOCATIONS}, got {allocation!r}")
         if isinstance(ignore, str):
             ignore = (ignore,)
-        for pattern in ([include] if include is not None else []) + list(ignore):
+        for pattern_re in ([include] if include is not None else []) + list(ignore):
             try:
-                re.compile(pattern)
+                re.compile(pattern_re)
             except (re.error, TypeError) as exc:
-                raise ValueError(f"include/ignore: invalid regex {pattern!r}: {exc}") from None
+                raise ValueError(f"include/ignore: invalid regex {pattern_re!r}: {exc}") from None
+        self.pattern = parse_pattern(pattern)
+        self.schedule = as_schedule(schedule)
+        self.substeps = _int("substeps", substeps, 1)
         self.model = model
         self.allocation = allocation
         self.backend = backend
+        self.progress = progress
         self.views: list[LayerView] = find_layers(
             model, layer_types=tuple(layer_types), include=include, ignore=tuple(ignore), include_bias=include_bias
         )
@@ -82,12 +115,16 @@ class BasePruner:
         if len(devices) > 1:
             where = ", ".join(f"{v.name}: {v.weight.device}" for v in self.views)
             raise ValueError(f"model: prunable layers are on several devices ({where})")
+        self.pattern.check(self.views)
         self.device = devices.pop()
         #: layer name → bool mask shaped like its weight (True = alive)
         self.masks: dict[str, Tensor] = {v.name: torch.ones_like(v.weight, dtype=torch.bool) for v in self.views}
         self._keeper = MaskKeeper(model, {v.weight: self.masks[v.name] for v in self.views})
         self._keeper.attach()
         self._finalized = False
+        self._step = 0  # training steps seen by step()
+        self._stream: BatchStream | None = None
+        self._resume_position = 0
 
     # ------------------------------------------------------------------------------------------ reporting
     @property
@@ -107,19 +144,52 @@ class BasePruner:
 
     def layer_sparsity(self) -> dict[str, float]:
         """Layer name → fraction of its weights removed."""
-        return {name: 1.0 - m.float().mean().item() for name, m in self.masks.items()}
+        return {name: int((~m).sum()) / m.numel() for name, m in self.masks.items()}
+
+    def report(self) -> str:
+        """A per-layer table: shape, weights, pruned, sparsity, and the total."""
+        lines = [f"{'layer':<32} {'matrix':>14} {'weights':>10} {'pruned':>10} {'sparsity':>9}"]
+        for v in self.views:
+            pruned = int((~self.masks[v.name]).sum())
+            total = v.m * v.n_weight
+            lines.append(f"{v.name:<32} {f'{v.m}x{v.n}':>14} {total:>10} {pruned:>10} {pruned / total:>9.4f}")
+        lines.append(
+            f"{'total':<32} {'':>14} {self.num_prunable():>10} {self.num_pruned():>10} {self.sparsity():>9.4f}"
+        )
+        return "\n".join(lines)
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes held by the pruner beside the model: masks plus what the method keeps (λ, optimizer state…)."""
+        usage = {"masks": sum(m.numel() * m.element_size() for m in self.masks.values())}
+        usage.update(self._memory())
+        usage["total"] = sum(usage.values())
+        return usage
 
     # ------------------------------------------------------------------------------------------ subclass API
     def _scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
         """Saliency of each weight of layer ``index``: [m, n_weight], +inf where pruned. W, alive: [m, n]."""
         raise NotImplementedError
 
+    def _unit_scores(self, index: int, W: Tensor, alive: Tensor, scores: Tensor) -> Tensor:
+        """Scores of the pattern's units (blocks): by default the sum of the weights' scores."""
+        return self.pattern.reduce(scores)
+
+    def _selected(self, chosen: list[Tensor]) -> None:
+        """Called with every layer's newly chosen weights ([m, n_weight] bool) before the updates."""
+
     def _update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
         """Apply the removal to W ([m, n], in place): default zeroes the removed weights only."""
         W.masked_fill_(~keep, 0)
 
+    def _fit(self, steps: int) -> list[float]:
+        """Learn what the method needs from ``self._stream`` (curvature, statistics…)."""
+        return []
+
     def _before_substep(self, substep: int) -> None:
         """Called before each sub-step's scoring (e.g. to refine curvature on the current masks)."""
+
+    def _between_prunes(self) -> None:
+        """Called by :meth:`step` on training steps that do not prune (e.g. to keep refining curvature)."""
 
     def _state(self) -> dict:
         """Extra state of the method, for :meth:`state_dict` and the all-or-nothing snapshot."""
@@ -127,6 +197,9 @@ class BasePruner:
 
     def _load_state(self, state: dict) -> None:
         """Restore what :meth:`_state` returned."""
+
+    def _memory(self) -> dict[str, int]:
+        return {}
 
     # ------------------------------------------------------------------------------------------ helpers
     def _work_dtype(self) -> torch.dtype:
@@ -151,78 +224,92 @@ class BasePruner:
                 if not bool(torch.isfinite(p.detach()).all()):
                     raise ValueError(f"model: parameter {name!r} contains NaN or Inf; nothing was pruned")
 
-    def _check_batch(self, batch: object, argname: str = "loader") -> None:
+    def _check_batch(self, batch: object) -> None:
         args, kwargs = split_batch(batch)
         for t in list(args) + list(kwargs.values()):
             if isinstance(t, Tensor) and t.device != self.device:
-                raise ValueError(f"{argname}: batch is on {t.device} but the model is on {self.device}")
+                raise ValueError(f"loader: batch is on {t.device} but the model is on {self.device}")
 
-    def _batches(self, loader: object, argname: str = "loader") -> Iterator[object]:
-        """Endless batches from a re-iterable ``loader``; ValueError when it yields nothing."""
-        if loader is None or not hasattr(loader, "__iter__"):
-            raise TypeError(f"{argname}: expected an iterable of batches, got {type(loader).__name__}")
-        first_pass = iter(loader)
-        try:
-            first = next(first_pass)
-        except StopIteration:
-            raise ValueError(f"{argname}: yielded no batches") from None
-        self._check_batch(first, argname)
+    def _pruned_units(self, view: LayerView) -> int:
+        return int((~self.masks[view.name]).sum()) // self.pattern.size
 
-        def cycle() -> Iterator[object]:
-            yield first
-            yield from first_pass
-            while True:
-                seen = False
-                for batch in loader:
-                    seen = True
-                    yield batch
-                if not seen:
-                    raise ValueError(f"{argname}: yielded no batches on a later pass (use a re-iterable loader)")
+    # ------------------------------------------------------------------------------------------ data
+    def fit(self, loader: object, steps: int = 0) -> list[float]:
+        """Attach the calibration ``loader`` and learn what the method needs (``steps`` of it, if iterative).
 
-        return cycle()
+        After :meth:`load_state_dict`, calling ``fit(loader, 0)`` re-attaches the data at the saved position.
 
-    def _parse_target(self, sparsity: object) -> tuple[int | None, dict[str, int] | None]:
-        """Validate ``sparsity``; return the global target count or per-layer target counts."""
+        Args:
+            loader: re-iterable batches (tensors, (x, y, ...) tuples or mappings of model inputs).
+            steps: iterations of the method's fit (aux steps for FLS); methods without one ignore it.
+
+        Returns:
+            the per-step losses of this call (empty for methods without an iterative fit).
+        """
+        self._check_alive()
+        steps = _int("steps", steps)
+        stream = BatchStream(loader, self._check_batch)
+        stream.skip(self._resume_position)
+        self._stream, self._resume_position = stream, 0
+        return self._fit(steps)
+
+    def _require_data(self, what: str) -> BatchStream:
+        if self._stream is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}: call fit(loader) first")
+        return self._stream
+
+    # ------------------------------------------------------------------------------------------ the step
+    def _targets(self, sparsity: object) -> tuple[str, object]:
+        """Validate ``sparsity``; return ("global", units), ("layers", {name: units}) or ("nm", zeros per group)."""
+        if isinstance(self.pattern, NMPattern):
+            if sparsity is None:
+                sparsity = self.pattern.n / self.pattern.m
+            if isinstance(sparsity, Mapping):
+                raise ValueError("sparsity: an N:M pattern prunes every layer alike; pass one number")
+            s = _real("sparsity", sparsity)
+            zeros = round(s * self.pattern.m)
+            if abs(s * self.pattern.m - zeros) > 1e-9 or zeros > self.pattern.n:
+                raise ValueError(
+                    f"sparsity: with pattern {self.pattern} use j/{self.pattern.m} for j ≤ {self.pattern.n}, got {s}"
+                )
+            if zeros < self.num_pruned() // self._groups():
+                raise ValueError(f"sparsity: {s} is below the current sparsity {self.sparsity():.6f}")
+            return "nm", zeros
+        if sparsity is None:
+            raise ValueError("sparsity: required (a number in [0, 1) or a dict of layer → sparsity)")
         current = self.layer_sparsity()
-
-        def check(value: object, what: str) -> float:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise TypeError(f"{what}: expected a real number in [0, 1), got {value!r}")
-            if not 0 <= value < 1:
-                raise ValueError(f"{what}: must be in [0, 1), got {value}")
-            return float(value)
-
         if isinstance(sparsity, Mapping):
             unknown = set(sparsity) - set(current)
             if unknown:
                 raise ValueError(f"sparsity: unknown layers {sorted(unknown)}; prunable: {sorted(current)}")
             for name, value in sparsity.items():
-                check(value, f"sparsity[{name!r}]")
+                _real(f"sparsity[{name!r}]", value)
         else:
-            check(sparsity, "sparsity")
-        targets = selection.per_layer_targets(sparsity, self.layer_names, current, self.allocation)
-        if targets is None:
-            k = selection.count(float(sparsity), self.num_prunable())
-            if k < self.num_pruned():
+            _real("sparsity", sparsity)
+        per_layer = selection.per_layer_targets(sparsity, self.layer_names, current, self.allocation)
+        if per_layer is None:
+            total = sum(self.pattern.units(v) for v in self.views)
+            k = selection.count(float(sparsity), total)
+            if k < sum(self._pruned_units(v) for v in self.views):
                 raise ValueError(f"sparsity: {sparsity} is below the current sparsity {self.sparsity():.6f}")
-            return k, None
+            return "global", k
         counts = {}
         for view in self.views:
-            k = selection.count(targets[view.name], view.m * view.n_weight)
-            if k < int((~self.masks[view.name]).sum()):
+            k = selection.count(per_layer[view.name], self.pattern.units(view))
+            if k < self._pruned_units(view):
                 raise ValueError(
-                    f"sparsity: {targets[view.name]} for layer {view.name!r} is below its current sparsity "
+                    f"sparsity: {per_layer[view.name]} for layer {view.name!r} is below its current sparsity "
                     f"{current[view.name]:.6f}"
                 )
             counts[view.name] = k
-        return None, counts
+        return "layers", counts
 
-    # ------------------------------------------------------------------------------------------ the step
-    def prune(self, sparsity: float | Mapping[str, float], substeps: int = 1) -> float:
-        """Prune to ``sparsity`` in ``substeps`` steps along a cubic path from the current sparsity.
+    def prune(self, sparsity: float | Mapping[str, float] | None = None, substeps: int = 1) -> float:
+        """Prune to ``sparsity`` in ``substeps`` rounds along a cubic path from the current sparsity.
 
-        With global allocation exactly ⌈s·d⌉ of the d prunable weights are zero afterwards (per layer for
-        uniform allocation or a dict); pruned weights are exactly 0 and never come back.
+        Unstructured, global: exactly ⌈s·d⌉ of the d prunable weights are zero afterwards (per layer for uniform
+        allocation or a dict; in whole blocks for block patterns). N:M: ``sparsity`` is j/M (default N/M) and
+        every group of M inputs then holds exactly j zeros. Pruned weights are +0 and never come back.
 
         Args:
             sparsity: target in [0, 1), or layer name → target (layers left out keep their sparsity).
@@ -235,58 +322,101 @@ class BasePruner:
             ValueError / TypeError: bad ``sparsity``/``substeps`` or NaN/Inf weights; the model is untouched.
         """
         self._check_alive()
-        if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-            raise ValueError(f"substeps: expected an int ≥ 1, got {substeps!r}")
-        total_k, layer_k = self._parse_target(sparsity)
+        substeps = _int("substeps", substeps, 1)
+        kind, target = self._targets(sparsity)
         self._check_weights()
         snapshot = self._snapshot()
         try:
-            self._run_substeps(total_k, layer_k, substeps)
+            self._run_substeps(kind, target, substeps)
         except BaseException:
             self._restore(snapshot)
             raise
         return self.sparsity()
 
-    def _run_substeps(self, total_k: int | None, layer_k: dict[str, int] | None, substeps: int) -> None:
-        d = self.num_prunable()
-        start_total = self.num_pruned()
-        start_layer = {v.name: int((~self.masks[v.name]).sum()) for v in self.views}
+    def step(self) -> float | None:
+        """Advance the schedule by one training step (call it after ``optimizer.step()``).
+
+        Prunes when the schedule's sparsity rises past the current one; otherwise lets the method keep
+        refining its curvature. Returns the sparsity reached when it pruned, else None.
+        """
+        self._check_alive()
+        if self.schedule is None:
+            raise RuntimeError(f"{type(self).__name__}.step: no schedule was given to the constructor")
+        step = self._step
+        target = self.schedule(step)
+        if isinstance(self.pattern, NMPattern):  # whole zeros per group, up to N
+            target = min(math.floor(target * self.pattern.m + 1e-9), self.pattern.n) / self.pattern.m
+        try:
+            kind, goal = self._targets(target)
+        except ValueError as exc:
+            raise ValueError(f"schedule: at step {step}, {exc}") from None
+        grows = {
+            "global": lambda: goal > sum(self._pruned_units(v) for v in self.views),
+            "nm": lambda: goal * self._groups() > self.num_pruned(),
+            "layers": lambda: any(goal[v.name] > self._pruned_units(v) for v in self.views),
+        }[kind]()
+        if grows:
+            reached = self.prune(target, self.substeps)
+            log.info("step %d: pruned to %.4f", step, reached)
+        else:
+            reached = None
+            self._between_prunes()
+        self._step += 1
+        return reached
+
+    def _groups(self) -> int:
+        return sum(v.m * v.n_weight // self.pattern.m for v in self.views)
+
+    def _run_substeps(self, kind: str, target: object, substeps: int) -> None:
+        start_units = {v.name: self._pruned_units(v) for v in self.views}
+        start_nm = self.num_pruned() // self._groups() if kind == "nm" else 0
         for step in range(substeps):
             frac = 1 - (1 - (step + 1) / substeps) ** 3  # cubic path, 1 at the last sub-step
-            if total_k is not None:
-                goal: int | list[int] = start_total + math.ceil(round((total_k - start_total) * frac, 9))
-                new: int | list[int] = goal - self.num_pruned()
+
+            def along(start: int, goal: int, frac: float = frac) -> int:
+                return start + math.ceil(round((goal - start) * frac, 9))
+
+            if kind == "global":
+                goal = along(sum(start_units.values()), target)
+                new: object = goal - sum(self._pruned_units(v) for v in self.views)
+                empty = new == 0
+            elif kind == "layers":
+                new = [along(start_units[v.name], target[v.name]) - self._pruned_units(v) for v in self.views]
+                empty = sum(new) == 0
             else:
-                goal = [
-                    start_layer[v.name] + math.ceil(round((layer_k[v.name] - start_layer[v.name]) * frac, 9))
-                    for v in self.views
-                ]
-                new = [g - int((~self.masks[v.name]).sum()) for g, v in zip(goal, self.views)]
-            if (new if isinstance(new, int) else sum(new)) == 0:
+                zeros = along(start_nm, target)
+                new = zeros
+                empty = zeros * self._groups() == self.num_pruned()
+            if empty:
                 continue
             self._before_substep(step)
-            dtype = self._work_dtype()
-            mats = [v.matrix(dtype) for v in self.views]
-            alive = [self.full_mask(i) for i in range(len(self.views))]
-            scores = [self._scores(i, W, alive[i]) for i, W in enumerate(mats)]
-            chosen = selection.select(scores, new, backend=self.backend)
-            for i, (view, W) in enumerate(zip(self.views, mats)):
-                prune = chosen[i]
-                if view.has_bias:
-                    prune = torch.cat([prune, prune.new_zeros(view.m, 1)], dim=1)
-                keep = alive[i] & ~prune
-                self._update(i, W, prune, keep)
-                view.write(W)
-                self.masks[view.name].copy_(keep[:, : view.n_weight].reshape(view.weight.shape))
-            self._keeper.apply()
-            log.info(
-                "sub-step %d/%d: sparsity %.4f (%d of %d weights)",
-                step + 1,
-                substeps,
-                self.sparsity(),
-                self.num_pruned(),
-                d,
-            )
+            self._prune_once(kind, new)
+            log.info("sub-step %d/%d: sparsity %.4f", step + 1, substeps, self.sparsity())
+
+    def _prune_once(self, kind: str, new: object) -> None:
+        dtype = self._work_dtype()
+        mats = [v.matrix(dtype) for v in self.views]
+        alive = [self.full_mask(i) for i in range(len(self.views))]
+        scores = [self._scores(i, W, alive[i]) for i, W in enumerate(mats)]
+        if kind == "nm":
+            chosen = []
+            for i, (view, s) in enumerate(zip(self.views, scores)):
+                s = s.masked_fill(~alive[i][:, : view.n_weight], float("-inf"))  # already pruned count first
+                picked = ops.select_nm(s, new, self.pattern.m, backend=self.backend)
+                chosen.append(picked & alive[i][:, : view.n_weight])
+        else:
+            units = [self._unit_scores(i, mats[i], alive[i], s) for i, s in enumerate(scores)]
+            chosen = [self.pattern.expand(c) for c in selection.select(units, new, backend=self.backend)]
+        self._selected(chosen)
+        for i, (view, W) in enumerate(zip(self.views, mats)):
+            prune = chosen[i]
+            if view.has_bias:
+                prune = torch.cat([prune, prune.new_zeros(view.m, 1)], dim=1)
+            keep = alive[i] & ~prune
+            self._update(i, W, prune, keep)
+            view.write(W)
+            self.masks[view.name].copy_(keep[:, : view.n_weight].reshape(view.weight.shape))
+        self._keeper.apply()
 
     def _snapshot(self) -> dict:
         return {
@@ -313,21 +443,31 @@ class BasePruner:
         return self.model
 
     def state_dict(self) -> dict:
-        """Masks and method state (λ, optimizer state, RNG…) — the model's own weights are not included."""
+        """Masks, schedule position, data position and method state (λ, optimizer state, RNG…) — the model's
+        own weights are not included (save ``model.state_dict()`` beside it)."""
         return {
             "version": self.STATE_VERSION,
             "method": type(self).__name__,
+            "pattern": str(self.pattern),
             "masks": {k: m.clone() for k, m in self.masks.items()},
+            "step": self._step,
+            "data_position": self._stream.position if self._stream is not None else self._resume_position,
             "state": copy.deepcopy(self._state()),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError."""
+        """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError.
+
+        Attached data restarts at the saved batch position (skipping batches); a fresh pruner re-attaches its
+        data with ``fit(loader, 0)``, which resumes there too.
+        """
         self._check_alive()
         if not isinstance(state, Mapping) or "masks" not in state:
             raise ValueError("state_dict: not a pruner state (no 'masks')")
         if state.get("method") != type(self).__name__:
             raise ValueError(f"state_dict: saved by {state.get('method')}, loading into {type(self).__name__}")
+        if state.get("pattern", str(self.pattern)) != str(self.pattern):
+            raise ValueError(f"state_dict: saved with pattern {state['pattern']}, this pruner uses {self.pattern}")
         masks = state["masks"]
         if set(masks) != set(self.masks):
             raise ValueError(f"state_dict: layers {sorted(masks)} do not match this pruner's {sorted(self.masks)}")
@@ -345,4 +485,10 @@ class BasePruner:
         except BaseException:
             self._restore(snapshot)
             raise
+        self._step = int(state.get("step", 0))
+        self._resume_position = int(state.get("data_position", 0))
+        if self._stream is not None:  # data attached: restart it at the saved position
+            self._stream = BatchStream(self._stream.loader, self._check_batch)
+            self._stream.skip(self._resume_position)
+            self._resume_position = 0
         self._keeper.apply()

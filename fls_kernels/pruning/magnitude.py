@@ -9,13 +9,11 @@ from fls_kernels.pruning.base import BasePruner
 
 
 class MagnitudePruner(BasePruner):
-    """Score ρ_q = |θ_q|; same life cycle, selection rules and exactness as :class:`FishLegPruner`.
-
-    ``fit`` is accepted (and ignored) so benchmarks can swap pruner classes.
-    """
+    """Score ρ_q = |θ_q|; same life cycle, patterns, schedules, selection rules and exactness as
+    :class:`FishLegPruner`. :meth:`fit` only attaches data (none is needed), so benchmarks can swap classes."""
 
     def fit(self, loader: object = None, steps: int = 0) -> list[float]:
-        """No curvature to learn; returns an empty history."""
+        """Accepts (and ignores) a loader; returns an empty history."""
         self._check_alive()
         return []
 

@@ -26,13 +26,21 @@ def loader(batches=3, size=16, seed=0):
     ]
 
 
+KINDS = ["fls", "magnitude", "obd", "obert", "kfac", "coreset"]
+
+
 def make(kind: str, model: nn.Module, **kwargs):
-    """A pruner of ``kind`` ('fls' or 'magnitude'), fitted briefly."""
-    if kind == "fls":
-        pruner = fls.FishLegPruner(model, "categorical", refine_steps=2, init_batches=2, **kwargs)
-        pruner.fit(loader(), steps=5)
-        return pruner
-    return fls.MagnitudePruner(model, **kwargs)
+    """A pruner of ``kind`` (see KINDS), fitted briefly on :func:`loader`."""
+    pruner = {
+        "fls": lambda: fls.FishLegPruner(model, "categorical", refine_steps=2, init_batches=2, **kwargs),
+        "magnitude": lambda: fls.MagnitudePruner(model, **kwargs),
+        "obd": lambda: fls.OBDPruner(model, stat_batches=2, **kwargs),
+        "obert": lambda: fls.OBERTPruner(model, num_grads=24, block_size=16, **kwargs),
+        "kfac": lambda: fls.KFACPruner(model, stat_batches=2, **kwargs),
+        "coreset": lambda: fls.CoresetPruner(model, calib_batches=2, **kwargs),
+    }[kind]()
+    pruner.fit(loader(), steps=5)
+    return pruner
 
 
 def prunable_weights(pruner):

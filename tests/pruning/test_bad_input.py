@@ -7,9 +7,7 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
-from tests.pruning.helpers import SmallNet, assert_identical, loader, make, snapshot
-
-KINDS = ["fls", "magnitude"]
+from tests.pruning.helpers import KINDS, SmallNet, assert_identical, loader, make, snapshot
 
 
 @pytest.mark.parametrize("kind", KINDS)

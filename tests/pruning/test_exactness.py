@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import fls_kernels as fls
-from tests.pruning.helpers import SmallNet, loader, make, prunable_weights
-
-KINDS = ["fls", "magnitude"]
+from tests.pruning.helpers import KINDS, SmallNet, loader, make, prunable_weights
 
 
 def check_exact(pruner, expected_zeros: int | None = None):

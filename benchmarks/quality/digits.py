@@ -1,0 +1,260 @@
+"""FLS vs magnitude, OBD, oBERT, K-FAC-OBS and coresets on the digits CNN, under one protocol.
+
+Protocol (identical for every method): the same trained dense model and data splits per seed; calibration
+batches from the training split; one-shot pruning in K sub-steps, each method recomputing (or, for FLS,
+refining) its curvature before every sub-step; damping chosen per method and seed from a grid of values
+relative to the mean Fisher diagonal, by validation accuracy at the sweep sparsity (the test split is never
+used for choices); gradual pruning with the same fine-tuning budget, optimizer and cubic schedule for all.
+
+``python -m benchmarks quality [--seeds 5] [--quick] [--out out/quality]`` writes quality.csv, quality.md and
+quality.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import fls_kernels as fls
+from fls_kernels import demo
+
+METHODS = ("FLS", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
+CURVATURE = {"FLS", "OBD", "oBERT", "K-FAC"}
+
+
+@dataclass
+class Protocol:
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
+    gradual_targets: tuple[float, ...] = (0.9, 0.95)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    substeps: int = 16
+    damping_grid: tuple[float, ...] = (0.1, 1.0, 10.0)  # × mean diag of each method's Fisher
+    sweep_sparsity: float = 0.8
+    fls_fit_steps: int = 1500
+    fls_refine_steps: int = 40
+    obert_grads: int = 1024
+    finetune_steps: int = 800
+    prune_until: int = 600
+    prune_every: int = 50
+    gradual_substeps: int = 4
+    finetune_lr: float = 1e-3
+    methods: tuple[str, ...] = METHODS
+
+
+@dataclass
+class Split:
+    train: list[tuple[torch.Tensor, torch.Tensor]]
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def split(seed: int) -> Split:
+    """Train (85% of the demo's training split) / validation (15%) / test (the demo's test split)."""
+    data = demo.load_digits(seed)
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed + 100))
+    n_val = len(order) * 15 // 100
+    val, train = order[:n_val], order[n_val:]
+    batches = demo.batches(data.x_train[train], data.y_train[train], 128, seed)
+    return Split(batches, data.x_train[val], data.y_train[val], data.x_test, data.y_test)
+
+
+def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.BasePruner:
+    common = dict(seed=seed, **kw)
+    if method == "FLS":
+        return fls.FishLegPruner(
+            model, relative_damping=relative_damping, refine_steps=protocol.fls_refine_steps, **common
+        )
+    if method == "OBD":
+        return fls.OBDPruner(model, relative_damping=relative_damping, **common)
+    if method == "oBERT":
+        return fls.OBERTPruner(model, relative_damping=relative_damping, num_grads=protocol.obert_grads, **common)
+    if method == "K-FAC":
+        return fls.KFACPruner(model, relative_damping=relative_damping, **common)
+    if method == "coreset":
+        return fls.CoresetPruner(model, **common)
+    return fls.MagnitudePruner(model, **{k: v for k, v in kw.items()})
+
+
+def fit(pruner: fls.BasePruner, data: Split, protocol: Protocol) -> None:
+    steps = protocol.fls_fit_steps if isinstance(pruner, fls.FishLegPruner) else 0
+    pruner.fit(data.train, steps=steps)
+
+
+def one_shot(method, dense, data, protocol, seed, relative_damping, sparsities) -> dict[float, tuple[float, float]]:
+    """(validation, test) accuracy per sparsity, from one fit reused through state_dict."""
+    model = copy.deepcopy(dense)
+    pruner = make(method, model, relative_damping, protocol, seed)
+    fit(pruner, data, protocol)
+    state, weights = pruner.state_dict(), copy.deepcopy(model.state_dict())
+    out = {}
+    for s in sparsities:
+        pruner.load_state_dict(state)
+        model.load_state_dict(weights)
+        pruner.prune(s, substeps=protocol.substeps)
+        out[s] = (demo.accuracy(model, data.x_val, data.y_val), demo.accuracy(model, data.x_test, data.y_test))
+    return out
+
+
+def gradual(method, dense, data, protocol, seed, relative_damping, target) -> float:
+    """Test accuracy after fine-tuning with a cubic schedule to ``target``, masks held, same budget for all."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(dense)
+    schedule = fls.CubicSchedule(0.5, target, start=0, end=protocol.prune_until, every=protocol.prune_every)
+    pruner = make(
+        method, model, relative_damping, protocol, seed, schedule=schedule, substeps=protocol.gradual_substeps
+    )
+    fit(pruner, data, protocol)
+    opt = torch.optim.Adam(model.parameters(), lr=protocol.finetune_lr)
+    model.train()
+    for t in range(protocol.finetune_steps):
+        x, y = data.train[t % len(data.train)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+    return demo.accuracy(model, data.x_test, data.y_test)
+
+
+@dataclass
+class Results:
+    protocol: Protocol
+    rows: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) -> Results:
+    protocol = protocol or Protocol()
+    results = Results(protocol)
+    start = time.perf_counter()
+    for seed in protocol.seeds:
+        data = split(seed)
+        torch.manual_seed(seed)
+        dense = demo.train(demo.DigitsCNN(), demo.Digits(*_train_tensors(data), data.x_test, data.y_test), seed=seed)
+        results.rows.append(
+            dict(
+                seed=seed,
+                method="dense",
+                mode="dense",
+                sparsity=0.0,
+                damping=None,
+                accuracy=demo.accuracy(dense, data.x_test, data.y_test),
+            )
+        )
+        for method in protocol.methods:
+            t0 = time.perf_counter()
+            grid = protocol.damping_grid if method in CURVATURE else (1.0,)
+            sweep = {rd: one_shot(method, dense, data, protocol, seed, rd, (protocol.sweep_sparsity,)) for rd in grid}
+            best = max(grid, key=lambda rd: sweep[rd][protocol.sweep_sparsity][0])
+            accs = one_shot(method, dense, data, protocol, seed, best, protocol.sparsities)
+            for s, (_, test) in accs.items():
+                results.rows.append(
+                    dict(
+                        seed=seed,
+                        method=method,
+                        mode="one-shot",
+                        sparsity=s,
+                        damping=best if method in CURVATURE else None,
+                        accuracy=test,
+                    )
+                )
+            for target in protocol.gradual_targets:
+                acc = gradual(method, dense, data, protocol, seed, best, target)
+                results.rows.append(
+                    dict(
+                        seed=seed,
+                        method=method,
+                        mode="gradual",
+                        sparsity=target,
+                        damping=best if method in CURVATURE else None,
+                        accuracy=acc,
+                    )
+                )
+            log(
+                f"seed {seed} {method:<9} γ×{best:<5} one-shot "
+                + " ".join(f"{s:.0%}:{accs[s][1]:.3f}" for s in protocol.sparsities)
+                + f"  ({time.perf_counter() - t0:.0f} s)"
+            )
+    results.seconds = time.perf_counter() - start
+    return results
+
+
+def _train_tensors(data: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([x for x, _ in data.train]), torch.cat([y for _, y in data.train])
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+
+
+def table(results: Results) -> str:
+    p = results.protocol
+    rows = results.rows
+    dense = [r["accuracy"] for r in rows if r["mode"] == "dense"]
+    lines = [
+        f"Digits CNN, {len(p.seeds)} seeds, dense test accuracy {_cell(dense)}. One-shot: {p.substeps} sub-steps, "
+        f"no fine-tuning. Gradual: {p.finetune_steps} Adam steps, cubic 50% → target over {p.prune_until} steps "
+        f"(every {p.prune_every}, {p.gradual_substeps} sub-steps). Damping per method and seed from "
+        f"{list(p.damping_grid)} × mean diag F̂ by validation accuracy at {p.sweep_sparsity:.0%}. "
+        f"{results.seconds / 60:.0f} min.",
+        "",
+        "| mode | sparsity | " + " | ".join(p.methods) + " |",
+        "|---|---:|" + "---:|" * len(p.methods),
+    ]
+    cells = [("one-shot", s) for s in p.sparsities] + [("gradual", s) for s in p.gradual_targets]
+    for mode, s in cells:
+        values = [
+            [r["accuracy"] for r in rows if r["mode"] == mode and r["sparsity"] == s and r["method"] == m]
+            for m in p.methods
+        ]
+        lines.append(f"| {mode} | {s:.0%} | " + " | ".join(_cell(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def write(results: Results, out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "quality.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["seed", "method", "mode", "sparsity", "damping", "accuracy"])
+        w.writeheader()
+        w.writerows(results.rows)
+    (out / "quality.md").write_text(table(results) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = results.protocol
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in p.methods:
+        means = [
+            statistics.fmean(
+                [
+                    r["accuracy"]
+                    for r in results.rows
+                    if r["mode"] == "one-shot" and r["method"] == m and r["sparsity"] == s
+                ]
+            )
+            for s in p.sparsities
+        ]
+        ax.plot([100 * s for s in p.sparsities], means, marker="o", label=m)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Digits CNN, one-shot ({len(p.seeds)} seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "quality.png", dpi=120)
+    plt.close(fig)
+    return [out / "quality.csv", out / "quality.md", out / "quality.png"]
