@@ -362,7 +362,18 @@ class BasePruner:
             reached = None
             self._between_prunes()
         self._step += 1
+        self._show_progress()
         return reached
+
+    def _show_progress(self) -> None:
+        if not self.progress:
+            return
+        if getattr(self, "_bar", None) is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=getattr(self.schedule, "end", None), initial=self._step - 1, desc="gradual")
+        self._bar.update(1)
+        self._bar.set_postfix(sparsity=f"{self.sparsity():.4f}")
 
     def _groups(self) -> int:
         return sum(v.m * v.n_weight // self.pattern.m for v in self.views)
@@ -439,6 +450,8 @@ class BasePruner:
         """Bake exact zeros into the weights, remove every hook and return the model."""
         self._keeper.apply()
         self._keeper.detach()
+        if getattr(self, "_bar", None) is not None:
+            self._bar.close()
         self._finalized = True
         return self.model
 

@@ -149,3 +149,13 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(interrupt_at):
         assert torch.equal(a, b)
     assert pruner_a.fitter.history == pruner_b.fitter.history
     assert pruner_a.sparsity() > 0.6
+
+
+def test_progress_bar_follows_the_schedule(capsys):
+    model = SmallNet()
+    pruner = fls.MagnitudePruner(model, schedule=fls.LinearSchedule(0.1, 0.5, start=0, end=4), progress=True)
+    for _ in range(5):
+        pruner.step()
+    pruner.finalize()
+    err = capsys.readouterr().err
+    assert "gradual" in err and "sparsity=0.5" in err
