@@ -33,7 +33,9 @@ class OBERTPruner(CurvaturePruner):
         block_size: B, entries per Fisher block (50 in the paper).
         num_grads: m, per-sample gradients per Fisher estimate (1024 in the paper).
         grad_chunk: per-sample gradients computed at once (memory bound).
-        targets: batch → labels (default: ``batch[1]``).
+        fisher: "empirical" (default, the paper: gradients of the loss at the batch's labels) or "sampled"
+            (labels drawn from the model: the true Fisher, for models whose data has no labels, e.g. embeddings).
+        targets: batch → labels for the empirical Fisher (default: ``batch[1]``).
         **kwargs: :class:`~fls_kernels.pruning.curvature.CurvaturePruner` arguments; ``damping`` is the
             dampening λ (default: ``relative_damping`` · mean of the empirical Fisher diagonal).
     """
@@ -45,27 +47,36 @@ class OBERTPruner(CurvaturePruner):
         block_size: int = 50,
         num_grads: int = 1024,
         grad_chunk: int = 64,
+        fisher: str = "empirical",
         targets: Callable[[object], Tensor] = _labels,
         **kwargs,
     ) -> None:
+        if fisher not in ("empirical", "sampled"):
+            raise ValueError(f"fisher: expected 'empirical' or 'sampled', got {fisher!r}")
         block_size = count("block_size", block_size, 1)
         num_grads = count("num_grads", num_grads, 1)
         grad_chunk = count("grad_chunk", grad_chunk, 1)
         super().__init__(model, *args, **kwargs)
         self.block_size, self.num_grads, self.grad_chunk = block_size, num_grads, grad_chunk
         self.targets = targets
+        self.fisher = fisher
         self.finv: list[Tensor] | None = None  # per layer [blocks, B, B]
 
     # ------------------------------------------------------------------------------------------ Fisher
     def _per_sample_grads(self, batch: object) -> list[Tensor]:
         """Per-sample gradients of the nll w.r.t. each layer's weight, as [b, m·n_weight] (masked)."""
         args, kwargs = self.inputs(batch)
-        y = self.targets(batch)
+        if self.fisher == "empirical":
+            y = self.targets(batch)
+        else:
+            with torch.no_grad():
+                y = self.likelihood.sample(self.curvature.output(self.model(*args, **kwargs)), self.generator)
         weights = {f"{v.name}.weight" if v.name else "weight": v.weight.detach() for v in self.views}
 
         def loss(params, a, k, t):
             a, k, t = tree_map(lambda x: x.unsqueeze(0), (a, k, t))
-            return self.likelihood.nll(functional_call(self.model, params, a, k, strict=False), t).sum()
+            out = self.curvature.output(functional_call(self.model, params, a, k, strict=False))
+            return self.likelihood.nll(out, t).sum()
 
         with torch.no_grad():  # torch.func.grad ignores it; it keeps the other parameters out of autograd
             per = vmap(grad(loss), in_dims=(None, 0, 0, 0), chunk_size=self.grad_chunk)(weights, args, kwargs, y)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -97,3 +98,16 @@ def test_coreset_sensitivity_and_reweighting_follow_the_definitions():
     assert torch.equal(pruner.masks["0"], ~pruned)
     expected = torch.where(pruned, torch.zeros_like(before), before * (tau / s).clamp_min(1))
     torch.testing.assert_close(model[0].weight.detach(), expected)
+
+
+def test_obert_sampled_fisher_needs_no_labels_and_empirical_does():
+    model = nn.Sequential(nn.Linear(6, 4))
+    unlabeled = [torch.randn(8, 6) for _ in range(2)]
+    pruner = fls.OBERTPruner(model, "gaussian", fisher="sampled", num_grads=12, block_size=5)
+    pruner.fit(unlabeled)
+    pruner.prune(0.5)
+    assert pruner.num_pruned() == 12
+    with pytest.raises(ValueError, match="labelled batches"):
+        fls.OBERTPruner(nn.Sequential(nn.Linear(6, 4)), num_grads=4).fit(unlabeled)
+    with pytest.raises(ValueError, match="fisher"):
+        fls.OBERTPruner(model, fisher="exact")
