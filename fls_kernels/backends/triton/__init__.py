@@ -15,7 +15,13 @@ import torch
 from fls_kernels.backends import Backend
 
 #: op name → module in this package holding its launcher (a function of the same name).
-_OP_MODULES: dict[str, str] = {}
+_OP_MODULES: dict[str, str] = {
+    "kron_qv": "kron_qv",
+    "kron_diag": "kron_diag",
+    "obs_scores": "obs_scores",
+    "select_nm": "select_nm",
+    "surgeon_update_": "surgeon_update",
+}
 
 
 def _load() -> dict[str, Callable]:
