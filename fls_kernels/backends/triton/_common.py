@@ -109,16 +109,44 @@ def left_gram_tile(
 
 
 @triton.jit
-def layer_field(table, field, g, num_layers):
-    """Entry ``field`` of layer ``g`` in a grouped launch's [fields, layers] int64 table (a size or address)."""
-    return tl.load(table + field * num_layers + g)
+def layer_shape(table, g, LAYERS, ALIGNED: tl.constexpr):
+    """(m, n) of layer ``g`` from rows 0 and 1 of a grouped launch's int64 [fields, LAYERS] table. With ALIGNED
+    both are promised to be multiples of 16, so rows of contiguous fp32 operands start 64-byte aligned."""
+    m = tl.load(table + g).to(tl.int32)
+    n = tl.load(table + LAYERS + g).to(tl.int32)
+    if ALIGNED:
+        m = tl.multiple_of(m, 16)
+        n = tl.multiple_of(n, 16)
+    return m, n
 
 
 @triton.jit
-def first_tile(pid, programs, done):
-    """The first tile of a layer that program ``pid`` owns, when ``done`` tiles precede the layer and tile t of
-    the whole launch belongs to program t mod ``programs`` (round-robin over all layers' tiles)."""
-    return (pid + programs - done % programs) % programs
+def layer_ptr(table, field, g, LAYERS, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Pointer to elements of type DTYPE rebuilt from the address in row ``field`` of the table for layer ``g``."""
+    p = tl.load(table + field * LAYERS + g).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
+
+
+@triton.jit
+def layer_tile_ends(table, LAYERS, LAYERS_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Inclusive prefix sums of the layers' tile counts, [LAYERS_POW2] in registers (padding adds no tiles).
+
+    Loaded once per program from the table's m and n rows, so finding a tile's layer later costs register
+    compares and a block reduction, not a walk over the table in memory.
+    """
+    g = tl.arange(0, LAYERS_POW2)
+    ms = tl.load(table + g, mask=g < LAYERS, other=0).to(tl.int32)
+    ns = tl.load(table + LAYERS + g, mask=g < LAYERS, other=0).to(tl.int32)
+    return tl.cumsum(tl.cdiv(ms, BLOCK_M) * tl.cdiv(ns, BLOCK_N), axis=0)
+
+
+@triton.jit
+def locate_tile(t, ends):
+    """(layer, tile index inside the layer) of tile ``t`` of the whole launch, from ``layer_tile_ends``."""
+    before = ends <= t
+    return tl.sum(before.to(tl.int32), axis=0), t - tl.max(tl.where(before, ends, 0), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------- launch helpers
@@ -128,7 +156,7 @@ def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 
 def address_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
-    """An int64 [fields, layers] table of sizes and addresses for a grouped launch, copied in one transfer."""
+    """The int64 [fields, layers] table of a grouped launch (rows 0, 1: m, n; then addresses), in one transfer."""
     table = torch.tensor(rows, dtype=torch.int64, pin_memory=device.type == "cuda")
     return table.to(device, non_blocking=True)
 
@@ -192,11 +220,14 @@ def prune_gemm_configs(configs: list[triton.Config], named_args: dict, **kwargs)
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
 
 
-def max_programs(device: torch.device) -> int:
-    """Programs of a persistent (grouped) launch: two per SM on CUDA, a few under the interpreter."""
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+def persistent_programs(device: torch.device, meta: dict, tiles: int) -> int:
+    """Programs of a persistent (grouped) launch with tile config ``meta``: one per SM for tiles of 128×128 and
+    up (8 warps and 100+ KiB of pipelined operands leave no room for a second), two per SM for smaller ones;
+    never more than there are tiles. A few under the interpreter, which runs programs one after another."""
+    if device.type != "cuda":
+        return max(1, min(tiles, 4))
+    per_sm = 1 if meta["BLOCK_M"] * meta["BLOCK_N"] >= 128 * 128 else 2
+    return max(1, min(tiles, per_sm * torch.cuda.get_device_properties(device).multi_processor_count))
 
 
 def elementwise_blocks(m: int, n: int) -> tuple[int, int]:
