@@ -38,12 +38,13 @@ from fls_kernels.testing import empty
 _V, _A, _G_R, _G_L, _T, _Y = (tl.constexpr(i) for i in range(2, 8))
 
 
+# One compiled kernel for every list: the sizes only key the tuning (and LAYERS bounds the table reads).
 @triton.autotune(
     configs=gemm_configs(),
     key=["LAYERS", "MAX_M", "MAX_N", "TOTAL", "DTYPE", "PRECISION", "ALIGNED"],
     prune_configs_by={"early_config_prune": prune_gemm_configs},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["LAYERS", "MAX_M", "MAX_N", "TOTAL"])
 def _kron_qv_grouped_right_kernel(
     table,
     LAYERS,
@@ -74,12 +75,13 @@ def _kron_qv_grouped_right_kernel(
         )
 
 
+# One compiled kernel for every list: the sizes only key the tuning (and LAYERS bounds the table reads).
 @triton.autotune(
     configs=gemm_configs(),
     key=["LAYERS", "MAX_M", "MAX_N", "TOTAL", "DTYPE", "PRECISION", "ALIGNED"],
     prune_configs_by={"early_config_prune": prune_gemm_configs},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["LAYERS", "MAX_M", "MAX_N", "TOTAL"])
 def _kron_qv_grouped_left_kernel(
     table,
     LAYERS,

@@ -37,12 +37,13 @@ from fls_kernels.testing import empty
 _W, _A, _G_R, _G_L, _R, _L, _PRUNE, _KEEP, _T = (tl.constexpr(i) for i in range(2, 11))
 
 
+# One compiled kernel for every list: the sizes only key the tuning (and LAYERS bounds the table reads).
 @triton.autotune(
     configs=gemm_configs(),
     key=["LAYERS", "MAX_M", "MAX_N", "TOTAL", "DTYPE", "PRECISION", "ALIGNED"],
     prune_configs_by={"early_config_prune": prune_gemm_configs},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["LAYERS", "MAX_M", "MAX_N", "TOTAL"])
 def _surgeon_update_grouped_right_kernel(
     table,
     LAYERS,
@@ -80,7 +81,7 @@ def _surgeon_update_grouped_right_kernel(
 # Not autotuned: it updates the weights in place, and the autotuner can replay a launch only on tensors it
 # can restore — not on layers reached through an address table. It reuses the tile config tuned for the
 # first pass, which covers the same [m_g, n_g] outputs.
-@triton.jit
+@triton.jit(do_not_specialize=["LAYERS"])
 def _surgeon_update_grouped_left_kernel(
     table,
     LAYERS,
