@@ -3,12 +3,13 @@
 ``precision`` selects how a GEMM multiplies its operands, never how it accumulates (always fp32):
 
     "fp32" → tl.dot(..., input_precision="ieee")     fp32 FMA on the CUDA cores
-    "tf32" → tl.dot(..., input_precision="tf32")     tensor cores, operands rounded to a 10-bit mantissa
-    "bf16" → tl.dot(a.to(bf16), b.to(bf16))          tensor cores, operands rounded to a 7-bit mantissa
+    "tf32" → tl.dot(..., input_precision="tf32")     tensor cores on the fp32 bits; they read a 10-bit mantissa
+                                                     (Hopper's wgmma truncates: no rounding instruction is issued)
+    "bf16" → tl.dot(a.to(bf16), b.to(bf16))          tensor cores, operands rounded to nearest (7-bit mantissa)
 
 Under ``TRITON_INTERPRET=1`` the interpreter multiplies fp32 whatever mode is asked (and bf16 operands as raw
-integers), so there the operands are rounded to the mode's mantissa first: CPU tests then see the rounding
-error the tensor cores would make.
+integers), so there the operands are cut to the mode's mantissa the way the GPU does first: CPU tests then see
+the error the tensor cores would make.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float
 
 
 @triton.jit
-def _round_mantissa(x, DROP: tl.constexpr):
-    """x rounded to nearest-even with the lowest ``DROP`` mantissa bits cleared (13: tf32, 16: bf16)."""
+def _cut_mantissa(x, DROP: tl.constexpr, NEAREST: tl.constexpr):
+    """fp32 ``x`` with its lowest DROP mantissa bits cleared (13: tf32, 16: bf16), rounded to nearest even
+    when NEAREST, else truncated."""
     bits = x.to(tl.uint32, bitcast=True)
-    bits = bits + ((1 << (DROP - 1)) - 1) + ((bits >> DROP) & 1)
+    if NEAREST:
+        bits = bits + ((1 << (DROP - 1)) - 1) + ((bits >> DROP) & 1)
     bits = bits & (0xFFFFFFFF ^ ((1 << DROP) - 1))
     return bits.to(tl.float32, bitcast=True)
 
@@ -41,11 +44,11 @@ def mma(a, b, acc, PRECISION: tl.constexpr):
     """acc + a @ b with fp32 operands ``a`` [BM, BK], ``b`` [BK, BN] multiplied in mode ``PRECISION``."""
     if INTERPRET:
         if PRECISION == "tf32":
-            a = _round_mantissa(a, 13)
-            b = _round_mantissa(b, 13)
+            a = _cut_mantissa(a, 13, False)
+            b = _cut_mantissa(b, 13, False)
         elif PRECISION == "bf16":
-            a = _round_mantissa(a, 16)
-            b = _round_mantissa(b, 16)
+            a = _cut_mantissa(a, 16, True)
+            b = _cut_mantissa(b, 16, True)
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         if PRECISION == "bf16":
