@@ -4,8 +4,8 @@ poisoned outputs, opcheck, torch.compile, autograd and fitting on the Triton bac
 Without CUDA every kernel runs through Triton's interpreter on the CPU (tests/conftest.py sets
 TRITON_INTERPRET=1), so shapes stay small; the large layers are GPU-only.
 
-Reduced precisions follow the rule "at most 2× the error of plain PyTorch in the same precision, and never
-looser than the tolerance table": the baseline is the same two GEMMs in float64 on operands rounded the way a
+Reduced precisions follow the rule "error at most the tolerance table's, or 2× the error of plain PyTorch in the
+same precision where that is larger": the baseline is the same two GEMMs in float64 on operands cut the way a
 tensor core reads them (bf16: round to nearest even, as ``Tensor.to(torch.bfloat16)``; tf32: the top 19 bits,
 as Hopper tensor cores read an fp32 operand: Triton issues no rounding before wgmma).
 """
