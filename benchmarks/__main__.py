@@ -1,4 +1,4 @@
-"""``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--out DIR]``
+"""``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--groups ...] [--out DIR]``
 and ``python -m benchmarks quality`` (the digits study)."""
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--ops", nargs="+", default=list(registry.OPS), choices=registry.OPS)
     k.add_argument("--providers", nargs="+", default=list(registry.PROVIDERS), choices=registry.PROVIDERS)
     k.add_argument("--shapes", nargs="+", help="shape names (default: all on cuda, the small ones on cpu)")
+    k.add_argument(
+        "--groups",
+        nargs="+",
+        choices=list(registry.GROUPS),
+        help="whole-model layer lists for the grouped ops and per-layer loops (default: all on cuda, none on cpu)",
+    )
     k.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     k.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
@@ -49,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = registry.SHAPES if args.device == "cuda" else registry.CPU_SHAPES
     if args.shapes:
         shapes = [s for s in registry.SHAPES if s[0] in set(args.shapes)]
-    rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision)
+    groups = args.groups if args.groups is not None else (list(registry.GROUPS) if args.device == "cuda" else [])
+    rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision, groups)
     csv_path, md_path = runner.write(rows, args.out, args.device)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")

@@ -27,36 +27,80 @@ SHAPES: list[tuple[str, int, int]] = [
 #: Shapes small enough for the 2-core CPU suite.
 CPU_SHAPES = [s for s in SHAPES if s[1] * s[2] <= 3072 * 768]
 
+_BERT_BLOCK = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]  # Q, K, V, attention output; FFN in, FFN out
+#: (name, [(m, n) per layer]): whole-model prune steps. The grouped ops take the list in one call; the
+#: per-layer ops (kron_qv, surgeon_update_) run it as a loop of single-layer calls, for comparison.
+GROUPS: dict[str, list[tuple[int, int]]] = {
+    "bert-base 72 layers": _BERT_BLOCK * 12,
+}
+
 PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton")
-OPS = ("kron_qv", "obs_scores", "surgeon_update_", "select_smallest")
+OPS = ("kron_qv", "obs_scores", "surgeon_update_", "select_smallest", "kron_qv_grouped", "surgeon_update_grouped_")
+#: Ops that take lists of layers (only run on GROUPS); ops that can also run a group as a per-layer loop.
+GROUPED_OPS = ("kron_qv_grouped", "surgeon_update_grouped_")
+LOOPED_OPS = ("kron_qv", "surgeon_update_")
 
 
 @dataclass
 class Case:
+    """One op on one layer (m, n) or, when ``layers`` is set, on a list of layers (m, n are then the largest)."""
+
     op: str
     shape: str
     m: int
     n: int
     precision: str = "fp32"
+    layers: tuple[tuple[int, int], ...] | None = None
+
+    @classmethod
+    def group(cls, op: str, name: str, precision: str = "fp32") -> Case:
+        layers = tuple(GROUPS[name])
+        return cls(op, name, max(m for m, _ in layers), max(n for _, n in layers), precision, layers)
+
+    def _each(self) -> list[tuple[int, int]]:
+        return list(self.layers) if self.layers is not None else [(self.m, self.n)]
 
     def flops(self) -> float:
-        if self.op in ("kron_qv", "surgeon_update_"):
-            return 2.0 * self.m * self.n * (self.m + self.n)  # G_R·X (2m²n) and X·G_L (2mn²)
-        return 4.0 * self.m * self.n
+        if self.op.rstrip("_").removesuffix("_grouped") in ("kron_qv", "surgeon_update"):
+            return sum(2.0 * m * n * (m + n) for m, n in self._each())  # G_R·X (2m²n) and X·G_L (2mn²)
+        return sum(4.0 * m * n for m, n in self._each())
 
     def bytes(self) -> float:
-        mn, f = self.m * self.n, 4
-        return {
-            "kron_qv": f * (3 * mn + self.m**2 + self.n**2),
-            "obs_scores": f * (3 * mn + self.m + self.n) + mn,
-            "surgeon_update_": f * (3 * mn + self.m**2 + self.n**2 + self.m + self.n) + 2 * mn,
-            "select_smallest": f * mn + mn,
-        }[self.op]
+        op, f, total = self.op.rstrip("_").removesuffix("_grouped"), 4, 0
+        for m, n in self._each():
+            mn = m * n
+            total += {
+                "kron_qv": f * (3 * mn + m**2 + n**2),
+                "obs_scores": f * (3 * mn + m + n) + mn,
+                "surgeon_update": f * (3 * mn + m**2 + n**2 + m + n) + 2 * mn,
+                "select_smallest": f * mn + mn,
+            }[op]
+        return total
 
 
 def make_inputs(case: Case, device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """Random, well-conditioned inputs of the op (10% of the alive weights pruned)."""
-    return cast(random_problem(case.m, case.n, seed=seed, prune_fraction=0.1), dtype, device)
+    """Random, well-conditioned inputs of the op (10% of the alive weights pruned).
+
+    For a group, a dict of lists, one entry per layer: layers of one shape share their random values but
+    not their storage (each is its own tensor, as in a model).
+    """
+    if case.layers is None:
+        return cast(random_problem(case.m, case.n, seed=seed, prune_fraction=0.1), dtype, device)
+    base = {shape: cast(random_problem(*shape, seed=seed, prune_fraction=0.1), dtype, device) for shape in case._each()}
+    layers = [{k: v.clone() for k, v in base[shape].items()} for shape in case._each()]
+    return {k: [layer[k] for layer in layers] for k in layers[0]}
+
+
+_UPDATE_ARGS = ("W", "A", "G_R", "G_L", "r", "l", "prune", "keep")
+
+
+def _looped(call: Callable[[dict, str], object]) -> Callable[[dict, str], object]:
+    """A single-layer call run over every layer of a group's inputs (a dict of lists)."""
+
+    def run(t: dict, p: str) -> list:
+        return [call({k: v[i] for k, v in t.items()}, p) for i in range(len(t["W"]))]
+
+    return run
 
 
 def _reference_call(op: str) -> Callable[[dict, str], object]:
@@ -67,6 +111,8 @@ def _reference_call(op: str) -> Callable[[dict, str], object]:
             t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"], precision=p
         ),
         "select_smallest": lambda t, p: ref.select_smallest([t["W"]], t["W"].numel() // 2),
+        "kron_qv_grouped": lambda t, p: ref.kron_qv_grouped(t["W"], t["A"], t["G_R"], t["G_L"], precision=p),
+        "surgeon_update_grouped_": lambda t, p: ref.surgeon_update_grouped_(*(t[k] for k in _UPDATE_ARGS), precision=p),
     }[op]
 
 
@@ -78,16 +124,35 @@ def _backend_call(op: str, backend: str) -> Callable[[dict, str], object]:
             t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"], precision=p, backend=backend
         ),
         "select_smallest": lambda t, p: fls.select_smallest([t["W"]], t["W"].numel() // 2, backend=backend),
+        "kron_qv_grouped": lambda t, p: fls.kron_qv_grouped(
+            t["W"], t["A"], t["G_R"], t["G_L"], precision=p, backend=backend
+        ),
+        "surgeon_update_grouped_": lambda t, p: fls.surgeon_update_grouped_(
+            *(t[k] for k in _UPDATE_ARGS), precision=p, backend=backend
+        ),
     }[op]
 
 
-def provider_call(op: str, provider: str) -> Callable[[dict, str], object]:
-    """A callable (inputs, precision) → output of ``op`` on ``provider``."""
+def provider_call(op: str, provider: str, grouped_inputs: bool = False) -> Callable[[dict, str], object]:
+    """A callable (inputs, precision) → output of ``op`` on ``provider``; with ``grouped_inputs`` a per-layer
+    op runs as a loop over the layers of a group."""
     if provider == "reference":
-        return _reference_call(op)
-    if provider == "reference+compile":
-        return torch.compile(_reference_call(op), dynamic=False)
-    return _backend_call(op, provider)
+        call = _reference_call(op)
+    elif provider == "reference+compile":
+        call = _reference_call(op)
+        if grouped_inputs and op not in GROUPED_OPS:
+            call = _looped(call)
+        return torch.compile(call, dynamic=False)
+    else:
+        call = _backend_call(op, provider)
+    return _looped(call) if grouped_inputs and op not in GROUPED_OPS else call
+
+
+def cases(op: str, shapes: list[tuple[str, int, int]], groups: list[str], precision: str) -> list[Case]:
+    """The cases of ``op``: its shapes (not for grouped ops) and, for grouped and looped ops, the groups."""
+    single = [] if op in GROUPED_OPS else [Case(op, name, m, n, precision) for name, m, n in shapes]
+    grouped = [Case.group(op, name, precision) for name in groups] if op in GROUPED_OPS + LOOPED_OPS else []
+    return single + grouped
 
 
 def unavailable(op: str, provider: str, device: str) -> str | None:

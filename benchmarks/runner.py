@@ -35,15 +35,25 @@ class Row:
 
 
 def _outputs(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in _outputs(item)]
+    return [out]
+
+
+def _float64(value):
+    if isinstance(value, list):
+        return [_float64(v) for v in value]
+    return value.double() if value.is_floating_point() else value
 
 
 def verify(case: registry.Case, provider: str, device: str) -> float:
-    """Max relative error of ``provider`` against the float64 reference; VerifyError beyond tolerance."""
+    """Max relative error of ``provider`` against the float64 reference (computed on ``device``, which on a GPU
+    takes milliseconds where the CPU takes minutes for LLM layers); VerifyError beyond tolerance."""
+    grouped = case.layers is not None
     inputs = registry.make_inputs(case, device)
-    exact = {k: v.double() if v.is_floating_point() else v for k, v in registry.make_inputs(case, "cpu").items()}
-    got = _outputs(registry.provider_call(case.op, provider)(inputs, case.precision))
-    want = _outputs(registry.provider_call(case.op, "reference")(exact, "fp32"))
+    exact = {k: _float64(v) for k, v in registry.make_inputs(case, device).items()}
+    got = _outputs(registry.provider_call(case.op, provider, grouped)(inputs, case.precision))
+    want = [w.cpu() for w in _outputs(registry.provider_call(case.op, "reference", grouped)(exact, "fp32"))]
     worst = 0.0
     for g, w in zip(got, want):
         g = g.cpu()
@@ -61,14 +71,16 @@ def verify(case: registry.Case, provider: str, device: str) -> float:
 
 
 def time_ms(case: registry.Case, provider: str, device: str) -> float:
-    """Median milliseconds of one call (triton.testing.do_bench on CUDA, torch.utils.benchmark on CPU)."""
+    """Median milliseconds of one call (triton.testing.do_bench on CUDA, torch.utils.benchmark on CPU).
+
+    In-place updates are not undone between calls (a restore would add a copy of every W to the timing):
+    after the first call the pruned weights are zero, so Z = 0 and W stays put, while the kernels do the same
+    work as on fresh weights.
+    """
     inputs = registry.make_inputs(case, device)
-    fn = registry.provider_call(case.op, provider)
-    W0 = inputs["W"].clone()
+    fn = registry.provider_call(case.op, provider, case.layers is not None)
 
     def call():
-        if case.op == "surgeon_update_":
-            inputs["W"].copy_(W0)  # the update is in place: restart from the same weights
         return fn(inputs, case.precision)
 
     call()
@@ -81,11 +93,12 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
     return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.5).median * 1e3
 
 
-def run(ops, providers, shapes, device: str, precision: str = "fp32") -> list[Row]:
+def run(ops, providers, shapes, device: str, precision: str = "fp32", groups=()) -> list[Row]:
+    """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``."""
     rows = []
     for op in ops:
-        for name, m, n in shapes:
-            case = registry.Case(op, name, m, n, precision)
+        for case in registry.cases(op, shapes, list(groups), precision):
+            name = case.shape
             for provider in providers:
                 why = registry.unavailable(op, provider, device)
                 if why is not None:
@@ -93,8 +106,15 @@ def run(ops, providers, shapes, device: str, precision: str = "fp32") -> list[Ro
                     continue
                 error = verify(case, provider, device)
                 rows.append(Row(op, name, provider, precision, device, time_ms(case, provider, device), error))
-                print(f"{op:16} {name:24} {provider:18} {rows[-1].ms:9.3f} ms  err {error:.1e}", flush=True)
+                print(f"{op:24} {name:24} {provider:18} {rows[-1].ms:9.3f} ms  err {error:.1e}", flush=True)
     return rows
+
+
+def _case(row: Row) -> registry.Case:
+    if row.shape in registry.GROUPS:
+        return registry.Case.group(row.op, row.shape, row.precision)
+    m, n = next((m, n) for s, m, n in registry.SHAPES if s == row.shape)
+    return registry.Case(row.op, row.shape, m, n, row.precision)
 
 
 def stamp(device: str) -> dict[str, str]:
@@ -151,8 +171,7 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
         if r.ms is None:
             continue
         eager, compiled = base.get((r.op, r.shape, "reference")), base.get((r.op, r.shape, "reference+compile"))
-        case = registry.Case(r.op, r.shape, *next((m, n) for s, m, n in registry.SHAPES if s == r.shape))
-        roof = roofline_ms(case, device)
+        roof = roofline_ms(_case(r), device)
         lines.append(
             f"| {r.op} | {r.shape} | {r.provider} | {r.ms:.3f} | "
             f"{eager / r.ms:.2f} | "

@@ -9,7 +9,16 @@ Example:
 
 from fls_kernels.backends import BackendUnavailableError, use_backend
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
-from fls_kernels.ops import kron_diag, kron_qv, obs_scores, select_nm, select_smallest, surgeon_update_
+from fls_kernels.ops import (
+    kron_diag,
+    kron_qv,
+    kron_qv_grouped,
+    obs_scores,
+    select_nm,
+    select_smallest,
+    surgeon_update_,
+    surgeon_update_grouped_,
+)
 from fls_kernels.pruning import (
     BasePruner,
     ConstantSchedule,
@@ -49,9 +58,11 @@ __all__ = [
     "__version__",
     "kron_diag",
     "kron_qv",
+    "kron_qv_grouped",
     "obs_scores",
     "select_nm",
     "select_smallest",
     "surgeon_update_",
+    "surgeon_update_grouped_",
     "use_backend",
 ]

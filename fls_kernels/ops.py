@@ -7,6 +7,8 @@ ops themselves, so they work under ``torch.compile(fullgraph=True)`` and ``torch
 
 A layer is a matrix W: [m, n] (bias folded in as the last column) with its block of
 Q = D_A (G_R ⊗ G_L) D_A: A: [m, n], G_R = RᵀR: [m, m], G_L = LLᵀ: [n, n], r = diag G_R, l = diag G_L.
+The ``*_grouped`` ops take one list per argument, a layer per entry, so a model's many small layers share
+one launch; their errors name the list and the layer (``Ws[3]: ...``).
 """
 
 from __future__ import annotations
@@ -364,4 +366,158 @@ def surgeon_update_(
     return W
 
 
-__all__ = ["PRECISIONS", "kron_diag", "kron_qv", "obs_scores", "select_nm", "select_smallest", "surgeon_update_"]
+# ----------------------------------------------------------------------------------------------- grouped ops
+def _layers(name: str, seq: object, count: int | None = None) -> list[Tensor]:
+    if isinstance(seq, Tensor) or not isinstance(seq, Sequence) or len(seq) == 0:
+        raise TypeError(f"{name}: expected a non-empty list of tensors, one per layer")
+    if count is not None and len(seq) != count:
+        raise ValueError(f"{name}: expected {count} tensors (one per layer), got {len(seq)}")
+    return list(seq)
+
+
+def _grouped_blocks(first: str, Xs: object, As: object, G_Rs: object, G_Ls: object) -> list[tuple[int, int]]:
+    """Validate per-layer [m, n] blocks of one dtype; errors name the list and the layer (``As[3]: ...``)."""
+    Xs = _layers(first, Xs)
+    As, G_Rs, G_Ls = (_layers(name, seq, len(Xs)) for name, seq in (("As", As), ("G_Rs", G_Rs), ("G_Ls", G_Ls)))
+    like = _matrix(f"{first}[0]", Xs[0])
+    shapes = []
+    for i, X in enumerate(Xs):
+        X = _matrix(f"{first}[{i}]", X)
+        if X.dtype != like.dtype:
+            raise TypeError(f"{first}[{i}]: dtype {X.dtype} differs from {like.dtype} of {first}[0]")
+        m, n = X.shape
+        _float(f"As[{i}]", As[i], (m, n), like)
+        _float(f"G_Rs[{i}]", G_Rs[i], (m, m), like)
+        _float(f"G_Ls[{i}]", G_Ls[i], (n, n), like)
+        shapes.append((m, n))
+    return shapes
+
+
+def _grouped_device(**lists: list[Tensor]) -> torch.device:
+    return _same_device(**{f"{name}[{i}]": t for name, seq in lists.items() for i, t in enumerate(seq)})
+
+
+@torch.library.custom_op("fls::kron_qv_grouped", mutates_args=())
+def _kron_qv_grouped(
+    Vs: list[Tensor], As: list[Tensor], G_Rs: list[Tensor], G_Ls: list[Tensor], precision: str, backend: str
+) -> list[Tensor]:
+    return kernel(backend, "kron_qv_grouped")(Vs, As, G_Rs, G_Ls, precision=precision)
+
+
+@_kron_qv_grouped.register_fake
+def _(Vs, As, G_Rs, G_Ls, precision, backend):
+    return [V.new_empty(V.shape) for V in Vs]
+
+
+def kron_qv_grouped(
+    Vs: Sequence[Tensor],
+    As: Sequence[Tensor],
+    G_Rs: Sequence[Tensor],
+    G_Ls: Sequence[Tensor],
+    *,
+    precision: str = "fp32",
+    backend: str | None = None,
+) -> list[Tensor]:
+    """[A_g ⊙ (G_R,g · (A_g ⊙ V_g) · G_L,g) for every layer g] — many layers' Q(V) in one (or a few) launches.
+
+    Args:
+        Vs: non-empty list of [m_g, n_g]; As: [m_g, n_g]; G_Rs: [m_g, m_g]; G_Ls: [n_g, n_g]; one floating
+            dtype and one device for all.
+        precision: GEMM mode, "fp32" | "tf32" | "bf16" (accumulation is fp32).
+        backend: force a backend.
+
+    Returns:
+        one new [m_g, n_g] tensor per layer.
+
+    Example:
+        >>> Ys = fls_kernels.kron_qv_grouped([V1, V2], [A1, A2], [GR1, GR2], [GL1, GL2], precision="tf32")
+    """
+    _grouped_blocks("Vs", Vs, As, G_Rs, G_Ls)
+    device = _grouped_device(Vs=Vs, As=As, G_Rs=G_Rs, G_Ls=G_Ls)
+    precision = _precision(precision)
+    name = backends.select("kron_qv_grouped", device, Vs[0].dtype, backend)
+    return _kron_qv_grouped(list(Vs), list(As), list(G_Rs), list(G_Ls), precision, name)
+
+
+@torch.library.custom_op("fls::surgeon_update_grouped_", mutates_args=("Ws",))
+def _surgeon_update_grouped(
+    Ws: list[Tensor],
+    As: list[Tensor],
+    G_Rs: list[Tensor],
+    G_Ls: list[Tensor],
+    rs: list[Tensor],
+    ls: list[Tensor],
+    prunes: list[Tensor],
+    keeps: list[Tensor],
+    precision: str,
+    backend: str,
+) -> None:
+    kernel(backend, "surgeon_update_grouped_")(Ws, As, G_Rs, G_Ls, rs, ls, prunes, keeps, precision=precision)
+
+
+@_surgeon_update_grouped.register_fake
+def _(Ws, As, G_Rs, G_Ls, rs, ls, prunes, keeps, precision, backend):
+    return None
+
+
+def surgeon_update_grouped_(
+    Ws: Sequence[Tensor],
+    As: Sequence[Tensor],
+    G_Rs: Sequence[Tensor],
+    G_Ls: Sequence[Tensor],
+    rs: Sequence[Tensor],
+    ls: Sequence[Tensor],
+    prunes: Sequence[Tensor],
+    keeps: Sequence[Tensor],
+    *,
+    precision: str = "fp32",
+    backend: str | None = None,
+) -> list[Tensor]:
+    """In place, for every layer g: Z_g = prune_g ⊙ W_g ⊘ (A_g² ⊙ r_g l_gᵀ);
+    W_g ← keep_g ⊙ (W_g − A_g ⊙ (G_R,g (A_g ⊙ Z_g) G_L,g)) — a whole model's surgeon step in a few launches.
+
+    Args:
+        Ws: non-empty list of [m_g, n_g] contiguous weights (distinct tensors), modified in place.
+        As: [m_g, n_g]; G_Rs: [m_g, m_g]; G_Ls: [n_g, n_g]; rs: [m_g]; ls: [n_g] — the Q blocks, Ws' dtype.
+        prunes: [m_g, n_g] bool, removed now; keeps: [m_g, n_g] bool, alive afterwards.
+        precision: GEMM mode, "fp32" | "tf32" | "bf16".
+        backend: force a backend.
+
+    Returns:
+        Ws (as a list).
+    """
+    shapes = _grouped_blocks("Ws", Ws, As, G_Rs, G_Ls)
+    count = len(shapes)
+    rs, ls, prunes, keeps = (
+        _layers(name, seq, count) for name, seq in (("rs", rs), ("ls", ls), ("prunes", prunes), ("keeps", keeps))
+    )
+    for i, (m, n) in enumerate(shapes):
+        if not Ws[i].is_contiguous():
+            raise ValueError(f"Ws[{i}]: must be contiguous to be updated in place")
+        for j in range(i):
+            if Ws[j] is Ws[i]:
+                raise ValueError(f"Ws[{i}]: the same tensor as Ws[{j}]; each layer must be updated once")
+        _float(f"rs[{i}]", rs[i], (m,), Ws[0])
+        _float(f"ls[{i}]", ls[i], (n,), Ws[0])
+        _bool(f"prunes[{i}]", prunes[i], (m, n))
+        _bool(f"keeps[{i}]", keeps[i], (m, n))
+    device = _grouped_device(Ws=Ws, As=As, G_Rs=G_Rs, G_Ls=G_Ls, rs=rs, ls=ls, prunes=prunes, keeps=keeps)
+    precision = _precision(precision)
+    name = backends.select("surgeon_update_grouped_", device, Ws[0].dtype, backend)
+    _surgeon_update_grouped(
+        list(Ws), list(As), list(G_Rs), list(G_Ls), list(rs), list(ls), list(prunes), list(keeps), precision, name
+    )
+    return list(Ws)
+
+
+__all__ = [
+    "PRECISIONS",
+    "kron_diag",
+    "kron_qv",
+    "kron_qv_grouped",
+    "obs_scores",
+    "select_nm",
+    "select_smallest",
+    "surgeon_update_",
+    "surgeon_update_grouped_",
+]

@@ -14,7 +14,9 @@ import torch
 TOLERANCES: dict[str, float] = {
     "fp64": 1e-10,
     "fp32": 1e-5,
-    "tf32": 3e-4,
+    # TF32 keeps 10 mantissa bits; Hopper's wgmma truncates fp32 operands rather than rounding them, which
+    # biases every product by up to 2⁻¹⁰: measured 1–2e-3 on these ops (3e-4 holds only for rounded operands).
+    "tf32": 2e-3,
     "fp16": 2e-3,
     "bf16": 1e-2,
 }

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 import torch
 
 #: Every op of the contract, in documentation order.
-OPS = ("kron_qv", "kron_diag", "obs_scores", "select_smallest", "select_nm", "surgeon_update_")
+OPS = (
+    "kron_qv",
+    "kron_diag",
+    "obs_scores",
+    "select_smallest",
+    "select_nm",
+    "surgeon_update_",
+    "kron_qv_grouped",
+    "surgeon_update_grouped_",
+)
 
 
 class BackendUnavailableError(RuntimeError):

@@ -19,6 +19,8 @@ def _load() -> dict[str, Callable]:
         "select_smallest": ref.select_smallest,
         "select_nm": ref.select_nm,
         "surgeon_update_": ref.surgeon_update_,
+        "kron_qv_grouped": ref.kron_qv_grouped,
+        "surgeon_update_grouped_": ref.surgeon_update_grouped_,
     }
 
 

@@ -4,6 +4,7 @@ One readable function per op contract. It imports nothing but torch, computes in
 (float64 included) and ignores speed. ``dense`` holds the explicit-matrix forms that verify it.
 """
 
+from fls_reference.grouped import kron_qv_grouped, surgeon_update_grouped_
 from fls_reference.kron import PRECISIONS, kron_diag, kron_qv
 from fls_reference.scores import obs_scores
 from fls_reference.select import select_nm, select_smallest
@@ -13,8 +14,10 @@ __all__ = [
     "PRECISIONS",
     "kron_diag",
     "kron_qv",
+    "kron_qv_grouped",
     "obs_scores",
     "select_nm",
     "select_smallest",
     "surgeon_update_",
+    "surgeon_update_grouped_",
 ]

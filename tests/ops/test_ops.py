@@ -87,7 +87,12 @@ def test_select_smallest(backend, device, dtype, k):
 # ---------------------------------------------------------------------------------------------- op machinery
 def op_cases(backend: str):
     e, c = block(5, 7, torch.float64, "cpu")
+    layers = [c, block(3, 4, torch.float64, "cpu", seed=1)[1]]
     scores = [torch.rand(5, 7, dtype=torch.float64), torch.rand(3, dtype=torch.float64)]
+
+    def each(key):
+        return [layer[key].clone() if key == "W" else layer[key] for layer in layers]
+
     return {
         "kron_qv": (torch.ops.fls.kron_qv.default, (c["W"], c["A"], c["G_R"], c["G_L"], "fp32", backend)),
         "kron_diag": (torch.ops.fls.kron_diag.default, (c["A"], c["r"], c["l"], backend)),
@@ -97,6 +102,14 @@ def op_cases(backend: str):
         "surgeon_update_": (
             torch.ops.fls.surgeon_update_.default,
             (c["W"].clone(), c["A"], c["G_R"], c["G_L"], c["r"], c["l"], c["prune"], c["keep"], "fp32", backend),
+        ),
+        "kron_qv_grouped": (
+            torch.ops.fls.kron_qv_grouped.default,
+            (each("W"), each("A"), each("G_R"), each("G_L"), "fp32", backend),
+        ),
+        "surgeon_update_grouped_": (
+            torch.ops.fls.surgeon_update_grouped_.default,
+            (*(each(k) for k in ("W", "A", "G_R", "G_L", "r", "l", "prune", "keep")), "fp32", backend),
         ),
     }
 
@@ -168,6 +181,55 @@ def test_errors_name_the_argument():
         fls.select_nm(W, 2, 4)
     with pytest.raises(ValueError, match="n, m"):
         fls.select_nm(W, 5, 4)
+
+
+def test_grouped_errors_name_the_list_and_layer():
+    layers = [block(m, n, torch.float32, "cpu", seed=i)[1] for i, (m, n) in enumerate([(4, 5), (3, 2), (6, 6)])]
+
+    def args(**change):
+        lists = {k: [layer[k] for layer in layers] for k in ("W", "A", "G_R", "G_L", "r", "l", "prune", "keep")}
+        lists["W"] = [W.clone() for W in lists["W"]]
+        lists.update(change)
+        return list(lists.values())
+
+    with pytest.raises(ValueError, match=r"As\[1\]: expected shape \(3, 2\)"):
+        fls.kron_qv_grouped(*args(A=[layers[0]["A"]] * 3)[:4])
+    with pytest.raises(ValueError, match="G_Ls: expected 3 tensors"):
+        fls.kron_qv_grouped(*args(G_L=[layers[0]["G_L"]])[:4])
+    with pytest.raises(TypeError, match="Vs: expected a non-empty list"):
+        fls.kron_qv_grouped(layers[0]["W"], *args()[1:4])
+    with pytest.raises(TypeError, match=r"Vs\[2\]: dtype torch.float64 differs"):
+        fls.kron_qv_grouped(*args(W=[layers[0]["W"], layers[1]["W"], layers[2]["W"].double()])[:4])
+    with pytest.raises(ValueError, match="precision"):
+        fls.kron_qv_grouped(*args()[:4], precision="fp8")
+    with pytest.raises(ValueError, match=r"Ws\[1\]: must be contiguous"):
+        Ws = args()[0]
+        fls.surgeon_update_grouped_(*args(W=[Ws[0], Ws[1].T.contiguous().T, Ws[2]]))
+    with pytest.raises(ValueError, match=r"Ws\[1\]: the same tensor as Ws\[0\]"):
+        W = layers[0]["W"].clone()
+        fls.surgeon_update_grouped_(
+            [W, W], *([layers[0][k]] * 2 for k in ("A", "G_R", "G_L", "r", "l", "prune", "keep"))
+        )
+    with pytest.raises(TypeError, match=r"keeps\[0\]: expected a bool mask"):
+        fls.surgeon_update_grouped_(*args(keep=[layers[0]["W"], layers[1]["keep"], layers[2]["keep"]]))
+    with pytest.raises(ValueError, match=r"rs\[2\]: expected shape \(6,\)"):
+        fls.surgeon_update_grouped_(*args(r=[layers[0]["r"], layers[1]["r"], layers[0]["r"]]))
+    with pytest.raises(ValueError, match=r"prunes\[1\]: on meta"):
+        fls.surgeon_update_grouped_(
+            *args(prune=[layers[0]["prune"], layers[1]["prune"].to("meta"), layers[2]["prune"]])
+        )
+
+
+def test_grouped_reference_is_the_per_layer_reference():
+    layers = [block(m, n, torch.float64, "cpu", seed=i)[1] for i, (m, n) in enumerate([(4, 5), (1, 7), (6, 1)])]
+    keys = ("A", "G_R", "G_L", "r", "l", "prune", "keep")
+    Ys = fls.kron_qv_grouped(*([c[k] for c in layers] for k in ("W", "A", "G_R", "G_L")), backend="reference")
+    Ws = fls.surgeon_update_grouped_(
+        [c["W"].clone() for c in layers], *([c[k] for c in layers] for k in keys), backend="reference"
+    )
+    for Y, W, c in zip(Ys, Ws, layers):
+        assert torch.equal(Y, ref.kron_qv(c["W"], c["A"], c["G_R"], c["G_L"]))
+        assert torch.equal(W, ref.surgeon_update_(c["W"].clone(), *(c[k] for k in keys)))
 
 
 def test_backend_selection_order(monkeypatch):

@@ -15,13 +15,21 @@ import torch
 from fls_kernels.backends import Backend
 
 #: op name → module in this package holding its launcher (a function of the same name).
-_OP_MODULES: dict[str, str] = {}
+_OP_MODULES: dict[str, str] = {
+    "kron_qv": "kron_qv",
+    "kron_diag": "kron_diag",
+    "obs_scores": "obs_scores",
+    "select_nm": "select_nm",
+    "surgeon_update_": "surgeon_update",
+    "kron_qv_grouped": "kron_qv_grouped",
+    "surgeon_update_grouped_": "surgeon_update_grouped",
+}
 
 
 def _load() -> dict[str, Callable]:
     import triton  # noqa: F401
 
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not torch.cuda.is_available() and not _INTERPRET:
         raise RuntimeError("no CUDA device and TRITON_INTERPRET is not 1")
     kernels = {}
     for op, module in _OP_MODULES.items():
@@ -29,11 +37,15 @@ def _load() -> dict[str, Callable]:
     return kernels
 
 
+# Compiled kernels take CUDA tensors; interpreted ones run on host memory (the grouped kernels dereference
+# addresses taken from the tensors, so the interpreter cannot stand in for a GPU with CUDA tensors).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 BACKENDS = [
     Backend(
         name="triton",
         priority=30,
-        devices=("cuda", "cpu"),
+        devices=("cpu",) if _INTERPRET else ("cuda",),
         auto_devices=("cuda",),
         dtypes=(torch.float32, torch.bfloat16, torch.float16),
         loader=_load,

@@ -1,0 +1,241 @@
+"""Pieces shared by the Triton kernels: the GEMM step in each precision mode, tile ordering, autotuning configs.
+
+``precision`` selects how a GEMM multiplies its operands, never how it accumulates (always fp32):
+
+    "fp32" → tl.dot(..., input_precision="ieee")     fp32 FMA on the CUDA cores
+    "tf32" → tl.dot(..., input_precision="tf32")     tensor cores on the fp32 bits; they read a 10-bit mantissa
+                                                     (Hopper's wgmma truncates: no rounding instruction is issued)
+    "bf16" → tl.dot(a.to(bf16), b.to(bf16))          tensor cores, operands rounded to nearest (7-bit mantissa)
+
+Under ``TRITON_INTERPRET=1`` the interpreter multiplies fp32 whatever mode is asked (and bf16 operands as raw
+integers), so there the operands are cut to the mode's mantissa the way the GPU does first: CPU tests then see
+the error the tensor cores would make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+#: True when kernels run through Triton's CPU interpreter (read once, as ``triton.jit`` itself does).
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+#: torch dtype → Triton element type, for pointers rebuilt from addresses in the grouped kernels.
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _cut_mantissa(x, DROP: tl.constexpr, NEAREST: tl.constexpr):
+    """fp32 ``x`` with its lowest DROP mantissa bits cleared (13: tf32, 16: bf16), rounded to nearest even
+    when NEAREST, else truncated."""
+    bits = x.to(tl.uint32, bitcast=True)
+    if NEAREST:
+        bits = bits + ((1 << (DROP - 1)) - 1) + ((bits >> DROP) & 1)
+    bits = bits & (0xFFFFFFFF ^ ((1 << DROP) - 1))
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mma(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b with fp32 operands ``a`` [BM, BK], ``b`` [BK, BN] multiplied in mode ``PRECISION``."""
+    if INTERPRET:
+        if PRECISION == "tf32":
+            a = _cut_mantissa(a, 13, False)
+            b = _cut_mantissa(b, 13, False)
+        elif PRECISION == "bf16":
+            a = _cut_mantissa(a, 16, True)
+            b = _cut_mantissa(b, 16, True)
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        if PRECISION == "bf16":
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        elif PRECISION == "tf32":
+            return tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    """(row block, column block) of linear ``tile`` in grouped-M order.
+
+    Consecutive tiles walk down a band of ``GROUP_M`` row blocks before moving right, so programs that run
+    together share the same column panel of the right operand (and the same few row panels of the left) in L2.
+    """
+    per_band = GROUP_M * tiles_n
+    band = tile // per_band
+    first_m = band * GROUP_M
+    band_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    within = tile % per_band
+    return first_m + within % band_m, within // band_m
+
+
+@triton.jit
+def left_gram_tile(
+    G,
+    X,
+    k_total,
+    rm,
+    rn,
+    row_ok,
+    col_ok,
+    s_gm,
+    s_gk,
+    s_xk,
+    s_xn,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """(G · X)[rm, rn] in fp32: the G_R product of Q = D_A (G_R ⊗ G_L) D_A, shared by every second pass.
+
+    G: [·, k_total] and X: [k_total, ·] by strides; ``row_ok``/``col_ok`` mask rows of G and columns of X.
+    The K loop advances both tile pointers by BLOCK_K; tails are zero-filled so they add nothing.
+    """
+    rk = tl.arange(0, BLOCK_K)
+    g_ptrs = G + rm.to(tl.int64)[:, None] * s_gm + rk[None, :] * s_gk
+    x_ptrs = X + rk.to(tl.int64)[:, None] * s_xk + rn[None, :] * s_xn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_total, BLOCK_K):
+        k_ok = (k0 + rk) < k_total
+        g = tl.load(g_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        x = tl.load(x_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        acc = mma(g, x, acc, PRECISION)
+        g_ptrs += BLOCK_K * s_gk
+        x_ptrs += BLOCK_K * s_xk
+    return acc
+
+
+@triton.jit
+def layer_shape(table, g, LAYERS, ALIGNED: tl.constexpr):
+    """(m, n) of layer ``g`` from rows 0 and 1 of a grouped launch's int64 [fields, LAYERS] table. With ALIGNED
+    both are promised to be multiples of 16, so rows of contiguous fp32 operands start 64-byte aligned."""
+    m = tl.load(table + g).to(tl.int32)
+    n = tl.load(table + LAYERS + g).to(tl.int32)
+    if ALIGNED:
+        m = tl.multiple_of(m, 16)
+        n = tl.multiple_of(n, 16)
+    return m, n
+
+
+@triton.jit
+def layer_ptr(table, field, g, LAYERS, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Pointer to elements of type DTYPE rebuilt from the address in row ``field`` of the table for layer ``g``."""
+    p = tl.load(table + field * LAYERS + g).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
+
+
+@triton.jit
+def layer_tile_ends(table, LAYERS, LAYERS_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Inclusive prefix sums of the layers' tile counts, [LAYERS_POW2] in registers (padding adds no tiles).
+
+    Loaded once per program from the table's m and n rows, so finding a tile's layer later costs register
+    compares and a block reduction, not a walk over the table in memory.
+    """
+    g = tl.arange(0, LAYERS_POW2)
+    ms = tl.load(table + g, mask=g < LAYERS, other=0).to(tl.int32)
+    ns = tl.load(table + LAYERS + g, mask=g < LAYERS, other=0).to(tl.int32)
+    return tl.cumsum(tl.cdiv(ms, BLOCK_M) * tl.cdiv(ns, BLOCK_N), axis=0)
+
+
+@triton.jit
+def locate_tile(t, ends):
+    """(layer, tile index inside the layer) of tile ``t`` of the whole launch, from ``layer_tile_ends``."""
+    before = ends <= t
+    return tl.sum(before.to(tl.int32), axis=0), t - tl.max(tl.where(before, ends, 0), axis=0)
+
+
+# ----------------------------------------------------------------------------------------------- launch helpers
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``t``'s GPU the current one for a launch (a no-op on the CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def address_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """The int64 [fields, layers] table of a grouped launch (rows 0, 1: m, n; then addresses), in one transfer."""
+    table = torch.tensor(rows, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return table.to(device, non_blocking=True)
+
+
+def all_aligned(sizes: list[int], tensors: list[torch.Tensor]) -> bool:
+    """True when every size is a multiple of 16 and every tensor starts on a 16-byte boundary, so the grouped
+    kernels may promise the compiler 16-element row pitches and aligned bases (vectorised 16-byte accesses)."""
+    return all(s % 16 == 0 for s in sizes) and all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------- autotuning
+def gemm_configs() -> list[triton.Config]:
+    """Tile configs of the GEMM kernels; a single small one under the interpreter (it never benchmarks).
+
+    The large tiles are H100 choices: 128×128×32 fp32 operand tiles take 32 KiB of shared memory per stage,
+    so 3–4 stages fit next to each other; 256-wide tiles for the big square/LLM layers; 64-deep K steps only
+    for bf16, whose tiles are cast after loading. Small tiles keep 1-row and narrow layers from wasting work.
+    """
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    shapes = [
+        # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
+        (128, 256, 32, 8, 3),
+        (256, 128, 32, 8, 3),
+        (128, 128, 32, 8, 3),
+        (128, 128, 32, 8, 4),
+        (128, 128, 64, 8, 3),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (64, 64, 64, 4, 3),
+        (32, 64, 32, 4, 4),
+        (16, 64, 32, 4, 4),
+        (16, 32, 32, 2, 3),
+    ]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in shapes
+    ]
+
+
+def prune_gemm_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop configs whose tiles overhang the problem (``M``, ``N``, ``K`` or, for grouped launches, ``MAX_M``
+    and ``MAX_N``) in any dimension, and 64-deep K steps outside bf16 mode; keeps at least the smallest tile."""
+    args = {**named_args, **kwargs}
+    m = args.get("M", args.get("MAX_M"))
+    n = args.get("N", args.get("MAX_N"))
+    k = args.get("K", max(m, n))
+    precision = args.get("PRECISION")
+    floor_m = min(c.kwargs["BLOCK_M"] for c in configs)
+    floor_n = min(c.kwargs["BLOCK_N"] for c in configs)
+    floor_k = min(c.kwargs["BLOCK_K"] for c in configs)
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_M"] <= max(floor_m, triton.next_power_of_2(m))
+        and c.kwargs["BLOCK_N"] <= max(floor_n, triton.next_power_of_2(n))
+        and c.kwargs["BLOCK_K"] <= max(floor_k, triton.next_power_of_2(k))
+        and (c.kwargs["BLOCK_K"] == floor_k or precision == "bf16")
+    ]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+
+
+def persistent_programs(device: torch.device, meta: dict, tiles: int) -> int:
+    """Programs of a persistent (grouped) launch with tile config ``meta``: one per SM for tiles of 128×128 and
+    up (8 warps and 100+ KiB of pipelined operands leave no room for a second), two per SM for smaller ones;
+    never more than there are tiles. A few under the interpreter, which runs programs one after another."""
+    if device.type != "cuda":
+        return max(1, min(tiles, 4))
+    per_sm = 1 if meta["BLOCK_M"] * meta["BLOCK_N"] >= 128 * 128 else 2
+    return max(1, min(tiles, per_sm * torch.cuda.get_device_properties(device).multi_processor_count))
+
+
+def elementwise_blocks(m: int, n: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of a memory-bound [m, n] kernel: rows of up to 128 contiguous columns (512-byte
+    coalesced fp32 reads per warp row), about 4096 elements per program."""
+    block_n = min(128, triton.next_power_of_2(n))
+    block_m = min(triton.next_power_of_2(m), max(1, 4096 // block_n))
+    return block_m, block_n
