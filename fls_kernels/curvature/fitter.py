@@ -32,6 +32,7 @@ class AuxFitter:
         precondition: apply Q to the residual before backpropagation (a Newton-like step on λ).
         precision: GEMM mode of the Q products.
         generator: RNG of the probes.
+        backend: ops backend of the Q products (None: automatic).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class AuxFitter:
         precondition: bool = True,
         precision: str = "fp32",
         generator: torch.Generator | None = None,
+        backend: str | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
@@ -53,6 +55,7 @@ class AuxFitter:
         self.precondition = precondition
         self.precision = precision
         self.generator = generator
+        self.backend = backend
         self.optimizer = torch.optim.Adam([p for b in blocks for p in b.parameters()], lr=lr)
         #: aux loss 𝒜 of every step taken, in order.
         self.history: list[float] = []
@@ -73,7 +76,7 @@ class AuxFitter:
             if masks is not None:
                 u = u * masks[i]
             grams.append(block.grams())
-            v = block.qv(u, grams=grams[-1], precision=self.precision)
+            v = block.qv(u, grams=grams[-1], precision=self.precision, backend=self.backend)
             if masks is not None:
                 v = v * masks[i]
             us.append(u)
@@ -94,7 +97,7 @@ class AuxFitter:
             )
             if self.precondition:
                 residuals = [
-                    b.qv(r, grams=(G_R.detach(), G_L.detach()), precision=self.precision)
+                    b.qv(r, grams=(G_R.detach(), G_L.detach()), precision=self.precision, backend=self.backend)
                     for b, r, (G_R, G_L) in zip(self.blocks, residuals, grams)
                 ]
                 if masks is not None:

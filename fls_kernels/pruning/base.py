@@ -63,7 +63,8 @@ class BasePruner:
         allocation: "global" (one ranking over all layers, default) or "uniform" (each layer to the same
             sparsity); a per-layer dict can also be passed to :meth:`prune`.
         include_bias: fold biases into the layer matrices (they are never pruned, but may be updated).
-        backend: force an ops backend for every step (default: automatic).
+        backend: preferred ops backend (default: automatic); ops it does not implement (e.g. Triton has no
+            ``select_smallest``) run on the automatic choice.
         progress: show tqdm progress bars.
     """
 
@@ -101,6 +102,10 @@ class BasePruner:
         self.substeps = _int("substeps", substeps, 1)
         self.model = model
         self.allocation = allocation
+        if backend is not None:
+            from fls_kernels.backends import get_backend
+
+            get_backend(backend)  # ValueError naming `backend` when unknown
         self.backend = backend
         self.progress = progress
         self.views: list[LayerView] = find_layers(
@@ -229,6 +234,17 @@ class BasePruner:
         for t in list(args) + list(kwargs.values()):
             if isinstance(t, Tensor) and t.device != self.device:
                 raise ValueError(f"loader: batch is on {t.device} but the model is on {self.device}")
+
+    def _backend(self, op: str) -> str | None:
+        """The pruner's backend for ``op`` when it implements it, else None (automatic selection)."""
+        if self.backend is None:
+            return None
+        from fls_kernels.backends import get_backend
+
+        backend = get_backend(self.backend)
+        if backend.load() is not None:  # unavailable: keep it, so the op raises with the reason and the fix
+            return self.backend
+        return self.backend if op in backend.kernels else None
 
     def _pruned_units(self, view: LayerView) -> int:
         return int((~self.masks[view.name]).sum()) // self.pattern.size
@@ -413,11 +429,13 @@ class BasePruner:
             chosen = []
             for i, (view, s) in enumerate(zip(self.views, scores)):
                 s = s.masked_fill(~alive[i][:, : view.n_weight], float("-inf"))  # already pruned count first
-                picked = ops.select_nm(s, new, self.pattern.m, backend=self.backend)
+                picked = ops.select_nm(s, new, self.pattern.m, backend=self._backend("select_nm"))
                 chosen.append(picked & alive[i][:, : view.n_weight])
         else:
             units = [self._unit_scores(i, mats[i], alive[i], s) for i, s in enumerate(scores)]
-            chosen = [self.pattern.expand(c) for c in selection.select(units, new, backend=self.backend)]
+            chosen = [
+                self.pattern.expand(c) for c in selection.select(units, new, backend=self._backend("select_smallest"))
+            ]
         self._selected(chosen)
         for i, (view, W) in enumerate(zip(self.views, mats)):
             prune = chosen[i]

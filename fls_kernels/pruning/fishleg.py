@@ -107,6 +107,7 @@ class FishLegPruner(KronOBSPruner):
             precondition=self.precondition,
             precision=self.precision,
             generator=self.generator,
+            backend=self._backend("kron_qv"),
         )
 
     def _fit_masks(self) -> list[Tensor] | None:

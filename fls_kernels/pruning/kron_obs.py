@@ -47,7 +47,7 @@ class KronOBSPruner(CurvaturePruner):
         block = self.blocks[index]
         with torch.no_grad():
             r, l = block.factor_diags()
-            rho = ops.obs_scores(W, block.A.detach(), r, l, alive, backend=self.backend)
+            rho = ops.obs_scores(W, block.A.detach(), r, l, alive, backend=self._backend("obs_scores"))
         return rho[:, : self.views[index].n_weight].contiguous()
 
     def _group_solve(self, index: int, W: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,12 +92,25 @@ class KronOBSPruner(CurvaturePruner):
                 Z = torch.zeros_like(W)
                 Z[:, : view.n_weight] = lams.reshape(bm, bn, R, C).permute(0, 2, 1, 3).reshape(view.m, view.n_weight)
                 Z.masked_fill_(~prune, 0)
-                W.sub_(ops.kron_qv(Z, block.A.detach(), G_R, G_L, precision=self.precision, backend=self.backend))
+                W.sub_(
+                    ops.kron_qv(
+                        Z, block.A.detach(), G_R, G_L, precision=self.precision, backend=self._backend("kron_qv")
+                    )
+                )
                 W.masked_fill_(~keep, 0)
             else:
                 r, l = block.factor_diags()
                 ops.surgeon_update_(
-                    W, block.A.detach(), G_R, G_L, r, l, prune, keep, precision=self.precision, backend=self.backend
+                    W,
+                    block.A.detach(),
+                    G_R,
+                    G_L,
+                    r,
+                    l,
+                    prune,
+                    keep,
+                    precision=self.precision,
+                    backend=self._backend("surgeon_update_"),
                 )
 
     def _memory(self) -> dict[str, int]:

@@ -169,3 +169,23 @@ def test_restoring_a_checkpoint_before_pruning_restores_the_dense_model():
     assert pruner.num_pruned() == 0
     pruner.prune(0.5)
     check_exact(pruner, math.ceil(0.5 * pruner.num_prunable()))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_a_pruner_on_a_preferred_backend_prunes_exactly(backend):
+    """Ops the backend lacks (Triton has no select_smallest) run on the automatic choice."""
+    why = fls.backends.get_backend(backend).load()
+    if why is not None:
+        pytest.skip(f"{backend}: {why}")
+    pruner = make("fls", SmallNet(), backend=backend)
+    pruner.prune(0.6, substeps=2)
+    check_exact(pruner, math.ceil(0.6 * pruner.num_prunable()))
+
+
+def test_an_unavailable_backend_raises_with_the_reason():
+    with pytest.raises(ValueError, match="backend"):
+        fls.MagnitudePruner(SmallNet(), backend="nope")
+    if fls.backends.get_backend("cuda").load() is not None:
+        pruner = fls.MagnitudePruner(SmallNet(), backend="cuda")
+        with pytest.raises(fls.BackendUnavailableError, match="cuda"):
+            pruner.prune(0.5)
