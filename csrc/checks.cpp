@@ -28,4 +28,43 @@ void check_precision(const std::string& precision) {
                     "precision: expected fp32, tf32 or bf16, got ", precision);
 }
 
+void check_select_lists(at::TensorList scores, at::TensorList outs, c10::DeviceType device) {
+  TORCH_CHECK_VALUE(!scores.empty(), "scores: expected a non-empty list of tensors");
+  TORCH_CHECK_VALUE(outs.size() == scores.size(), "outs: expected ", scores.size(), " tensors (one per score), got ",
+                    outs.size());
+  const auto dtype = scores[0].scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, "scores[0]: expected float32 or float64, got ",
+                   dtype);
+  for (size_t t = 0; t < scores.size(); ++t) {
+    TORCH_CHECK_TYPE(scores[t].scalar_type() == dtype, "scores[", t, "]: dtype ", scores[t].scalar_type(),
+                     " differs from ", dtype, " of scores[0]");
+    TORCH_CHECK_VALUE(scores[t].device().type() == device, "scores[", t, "]: expected a ", device,
+                      " tensor, got one on ", scores[t].device());
+    TORCH_CHECK_VALUE(scores[t].device() == scores[0].device(), "scores[", t, "]: on ", scores[t].device(),
+                      " but scores[0] is on ", scores[0].device());
+    TORCH_CHECK_TYPE(outs[t].scalar_type() == at::kBool, "outs[", t, "]: expected dtype bool, got ",
+                     outs[t].scalar_type());
+    TORCH_CHECK_VALUE(outs[t].sizes() == scores[t].sizes(), "outs[", t, "]: expected shape ", scores[t].sizes(),
+                      ", got ", outs[t].sizes());
+    TORCH_CHECK_VALUE(outs[t].device() == scores[t].device(), "outs[", t, "]: on ", outs[t].device(), " but scores[",
+                      t, "] is on ", scores[t].device());
+    TORCH_CHECK_VALUE(outs[t].is_contiguous(), "outs[", t, "]: must be contiguous");
+  }
+}
+
+void check_select_nm(const at::Tensor& scores, int64_t n, int64_t m, const at::Tensor& out, c10::DeviceType device) {
+  TORCH_CHECK_VALUE(scores.dim() == 2, "scores: expected a matrix [rows, cols], got ", scores.sizes());
+  TORCH_CHECK_TYPE(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
+                   "scores: expected float32 or float64, got ", scores.scalar_type());
+  TORCH_CHECK_VALUE(scores.device().type() == device, "scores: expected a ", device, " tensor, got one on ",
+                    scores.device());
+  TORCH_CHECK_VALUE(m >= 1 && n >= 0 && n <= m, "n, m: need 0 ≤ n ≤ m and m ≥ 1, got n=", n, ", m=", m);
+  TORCH_CHECK_VALUE(scores.size(1) % m == 0, "scores: ", scores.size(1), " columns are not divisible into groups of m=",
+                    m);
+  check_matrix(out, "out", scores.size(0), scores.size(1));
+  check_dtype(out, "out", at::kBool);
+  check_device(out, "out", scores, "scores");
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out: must be contiguous");
+}
+
 }  // namespace fls

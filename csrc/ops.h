@@ -14,6 +14,9 @@ void check_vector(const at::Tensor& t, const char* name, int64_t size);
 void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype);
 void check_device(const at::Tensor& t, const char* name, const at::Tensor& first, const char* first_name);
 void check_precision(const std::string& precision);
+// Checks of the selection ops' arguments; `device` is the device type the kernel runs on.
+void check_select_lists(at::TensorList scores, at::TensorList outs, c10::DeviceType device);
+void check_select_nm(const at::Tensor& scores, int64_t n, int64_t m, const at::Tensor& out, c10::DeviceType device);
 
 namespace cpu {
 void kron_diag(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out);
@@ -24,6 +27,10 @@ void kron_qv(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, co
 void surgeon_update(at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
                     const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
                     const std::string& precision);
+// outs[t] = the scores of scores[t] among the k smallest of all of them (ties: lower (t, flat index) first).
+void select_smallest(at::TensorList scores, int64_t k, at::TensorList outs);
+// out = the n smallest of every group of m consecutive entries of each row (ties: lower column first).
+void select_nm(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor& out);
 }  // namespace cpu
 
 }  // namespace fls

@@ -27,6 +27,14 @@ void surgeon_update_cpu(at::Tensor W, const at::Tensor& A, const at::Tensor& G_R
   fls::cpu::surgeon_update(W, A, G_R, G_L, r, l, prune, keep, std::string(precision));
 }
 
+void select_smallest_cpu(at::TensorList scores, int64_t k, at::TensorList outs) {
+  fls::cpu::select_smallest(scores, k, outs);
+}
+
+void select_nm_cpu(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor out) {
+  fls::cpu::select_nm(scores, n, m, out);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fls, m) {
@@ -36,6 +44,8 @@ TORCH_LIBRARY_FRAGMENT(fls, m) {
   m.def(
       "_surgeon_update_cpu(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, "
       "Tensor keep, str precision) -> ()");
+  m.def("_select_smallest_cpu(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()");
+  m.def("_select_nm_cpu(Tensor scores, int n, int m, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fls, CPU, m) {
@@ -43,6 +53,8 @@ TORCH_LIBRARY_IMPL(fls, CPU, m) {
   m.impl("_obs_scores_cpu", &obs_scores_cpu);
   m.impl("_kron_qv_cpu", &kron_qv_cpu);
   m.impl("_surgeon_update_cpu", &surgeon_update_cpu);
+  m.impl("_select_smallest_cpu", &select_smallest_cpu);
+  m.impl("_select_nm_cpu", &select_nm_cpu);
 }
 
 #ifdef FLS_PYTHON_MODULE
