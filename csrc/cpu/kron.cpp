@@ -4,7 +4,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "../ops.h"
+#include "blend.h"
 
 namespace fls::cpu {
 namespace {
@@ -64,25 +68,23 @@ void surgeon_update(at::Tensor& W, const at::Tensor& A_in, const at::Tensor& G_R
     const bool *pr = prune.const_data_ptr<bool>(), *kp = keep.const_data_ptr<bool>();
     scalar_t* w = W.mutable_data_ptr<scalar_t>();
     scalar_t* az = AZ.mutable_data_ptr<scalar_t>();
+    const auto pr_bytes = reinterpret_cast<const uint8_t*>(pr), kp_bytes = reinterpret_cast<const uint8_t*>(kp);
+    const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
     // Prologue: A ⊙ Z = prune ⊙ W ⊘ (A ⊙ r lᵀ)  (one factor of A cancels against diag Q = A² r lᵀ).
-    at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
+    // Inner loops are branch-free (blend) so they vectorise.
+    at::parallel_for(0, m, rows_per_task, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t q = i * n + j;
-          az[q] = pr[q] ? w[q] / (a[q] * (rp[i] * lp[j])) : scalar_t(0);
+        const scalar_t ri = rp[i];
+        for (int64_t q = i * n, j = 0; j < n; ++j, ++q) {
+          az[q] = blend(pr_bytes[q], w[q] / (a[q] * (ri * lp[j])), scalar_t(0));
         }
       }
     });
     const auto T = at::mm(at::mm(G_R, AZ), G_L);
     const scalar_t* t = T.const_data_ptr<scalar_t>();
     // Epilogue: W ← keep ⊙ (W − A ⊙ T).
-    at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t q = i * n + j;
-          w[q] = kp[q] ? w[q] - a[q] * t[q] : scalar_t(0);
-        }
-      }
+    at::parallel_for(0, m * n, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) w[q] = blend(kp_bytes[q], w[q] - a[q] * t[q], scalar_t(0));
     });
   });
 }
