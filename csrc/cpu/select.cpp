@@ -2,15 +2,15 @@
 //
 // select_smallest is a radix select on order-preserving unsigned keys (select_keys.h: float32 → uint32,
 // float64 → uint64) read straight from the input tensors; nothing is concatenated:
-//   1. a histogram of the top 16 key bits of every score, which also counts NaN (keys beyond ±inf's);
+//   1. a histogram of the top 16 key bits of every score; the same pass counts NaN;
 //   2. the bin holding the k-th smallest fixes 16 more bits of the threshold key. While that bin holds more
 //      than a quarter of the scores, the next digit is counted over the full input, filtered by the prefix;
 //      otherwise the prefix's keys are compacted once into per-thread buffers and the remaining digits only
 //      read (and further compact) those buffers;
-//   3. with the threshold T and `take`, the number of scores equal to T that are selected, one parallel
-//      marking pass writes x < T, or x ≤ T when every tie is taken. Otherwise a counting pass gives each chunk
-//      its number of ties and an exclusive scan its first tie rank, so ties are taken in (tensor, flat index)
-//      order and the marking pass stays parallel.
+//   3. with the threshold key T and `take`, the number of keys equal to T that are selected, one parallel
+//      marking pass writes key < T, or key ≤ T when every tie is taken. Otherwise a counting pass gives each
+//      chunk its number of ties and an exclusive scan its first tie rank, so ties are taken in (tensor, flat
+//      index) order and the marking pass stays parallel.
 // Every pass is an at::parallel_for over chunks of at most 2^16 scores of one tensor, with per-thread
 // histograms (two interleaved uint32 tables, so runs of one digit do not serialise on one counter).
 #include <ATen/Dispatch.h>
@@ -156,10 +156,10 @@ class Selector {
       }
       hist = buffered ? count_buffers(d, buffers) : count_filtered(d);
     }
-    const T threshold = K::value(d.prefix);
+    const U threshold = d.prefix;
     const int64_t take = k - less;  // of the `group` scores equal to the threshold
     if (take == group) {
-      mark([threshold](T x) { return x <= threshold; });
+      mark([threshold](T x) { return K::key(x) <= threshold; });
     } else {
       mark_with_ties(threshold, take);
     }
@@ -318,15 +318,16 @@ class Selector {
     });
   }
 
-  // out = x < threshold, plus the first `take` scores equal to it in (tensor, flat index) order.
-  void mark_with_ties(T threshold, int64_t take) {
+  // out = key < threshold, plus the first `take` keys equal to it in (tensor, flat index) order. Comparing
+  // keys rather than values keeps the order the histograms used even where denormals are flushed to zero.
+  void mark_with_ties(U threshold, int64_t take) {
     std::vector<int64_t> first(chunks_.size() + 1, 0);  // ties per chunk, then their exclusive scan
     over_chunks([&](int64_t begin, int64_t end, int) {
       for (int64_t c = begin; c < end; ++c) {
         const T* x = chunk_scores(c);
         const int64_t n = chunk_size(c);
         int64_t ties = 0;
-        for (int64_t i = 0; i < n; ++i) ties += x[i] == threshold;
+        for (int64_t i = 0; i < n; ++i) ties += K::key(x[i]) == threshold;
         first[size_t(c) + 1] = ties;
       }
     });
@@ -337,14 +338,15 @@ class Selector {
         bool* o = chunk_out(c);
         const int64_t n = chunk_size(c);
         if (first[size_t(c)] >= take) {
-          for (int64_t i = 0; i < n; ++i) o[i] = x[i] < threshold;
+          for (int64_t i = 0; i < n; ++i) o[i] = K::key(x[i]) < threshold;
         } else if (first[size_t(c) + 1] <= take) {
-          for (int64_t i = 0; i < n; ++i) o[i] = x[i] <= threshold;
+          for (int64_t i = 0; i < n; ++i) o[i] = K::key(x[i]) <= threshold;
         } else {
           int64_t left = take - first[size_t(c)];  // ties this chunk still takes
           for (int64_t i = 0; i < n; ++i) {
-            const bool tie = x[i] == threshold;
-            o[i] = x[i] < threshold || (tie && left > 0);
+            const U key = K::key(x[i]);
+            const bool tie = key == threshold;
+            o[i] = key < threshold || (tie && left > 0);
             left -= int64_t(tie);
           }
         }
