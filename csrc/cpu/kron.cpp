@@ -11,30 +11,9 @@
 #include "blend.h"
 
 namespace fls::cpu {
-namespace {
-
-void check_q_block(const at::Tensor& X, const char* x_name, const at::Tensor& A, const at::Tensor& G_R,
-                   const at::Tensor& G_L) {
-  TORCH_CHECK_VALUE(X.dim() == 2, x_name, ": expected a matrix, got ", X.sizes());
-  const int64_t m = X.size(0), n = X.size(1);
-  check_matrix(A, "A", m, n);
-  check_matrix(G_R, "G_R", m, m);
-  check_matrix(G_L, "G_L", n, n);
-  for (auto [t, name] : {std::pair{&A, "A"}, std::pair{&G_R, "G_R"}, std::pair{&G_L, "G_L"}}) {
-    check_dtype(*t, name, X.scalar_type());
-    check_device(*t, name, X, x_name);
-  }
-}
-
-}  // namespace
-
 void kron_qv(const at::Tensor& V, const at::Tensor& A_in, const at::Tensor& G_R, const at::Tensor& G_L,
              const std::string& precision, at::Tensor& out) {
-  check_q_block(V, "V", A_in, G_R, G_L);
-  check_precision(precision);
-  check_matrix(out, "out", V.size(0), V.size(1));
-  check_dtype(out, "out", V.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), "out: must be contiguous");
+  check_qv_args(V, A_in, G_R, G_L, precision, out);
   const auto A = A_in.contiguous();
   const auto P = at::mm(at::mm(G_R, A * V), G_L);
   at::mul_out(out, A, P);
@@ -43,22 +22,8 @@ void kron_qv(const at::Tensor& V, const at::Tensor& A_in, const at::Tensor& G_R,
 void surgeon_update(at::Tensor& W, const at::Tensor& A_in, const at::Tensor& G_R, const at::Tensor& G_L,
                     const at::Tensor& r_in, const at::Tensor& l_in, const at::Tensor& prune_in,
                     const at::Tensor& keep_in, const std::string& precision) {
-  check_q_block(W, "W", A_in, G_R, G_L);
-  check_precision(precision);
+  check_surgeon_args(W, A_in, G_R, G_L, r_in, l_in, prune_in, keep_in, precision);
   const int64_t m = W.size(0), n = W.size(1);
-  check_vector(r_in, "r", m);
-  check_vector(l_in, "l", n);
-  check_matrix(prune_in, "prune", m, n);
-  check_matrix(keep_in, "keep", m, n);
-  for (auto [t, name] : {std::pair{&r_in, "r"}, std::pair{&l_in, "l"}}) {
-    check_dtype(*t, name, W.scalar_type());
-    check_device(*t, name, W, "W");
-  }
-  for (auto [t, name] : {std::pair{&prune_in, "prune"}, std::pair{&keep_in, "keep"}}) {
-    check_dtype(*t, name, at::kBool);
-    check_device(*t, name, W, "W");
-  }
-  TORCH_CHECK_VALUE(W.is_contiguous(), "W: must be contiguous to be updated in place");
   const auto A = A_in.contiguous(), r = r_in.contiguous(), l = l_in.contiguous();
   const auto prune = prune_in.contiguous(), keep = keep_in.contiguous();
   auto AZ = at::empty_like(W);
