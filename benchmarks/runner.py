@@ -6,6 +6,7 @@ import csv
 import datetime
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
             inputs["W"].copy_(W0)  # the update is in place: restart from the same weights
         return fn(inputs, case.precision)
 
+    return median_ms(call, device)
+
+
+def median_ms(call: Callable[[], object], device: str, min_run_time: float = 0.5) -> float:
+    """Median milliseconds of ``call()`` after one warm-up call: triton.testing.do_bench on CUDA,
+    torch.utils.benchmark (at least ``min_run_time`` seconds of runs) on CPU."""
     call()
     if device == "cuda":
         import triton.testing
@@ -78,7 +85,7 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
         return float(triton.testing.do_bench(call, return_mode="median"))
     from torch.utils import benchmark
 
-    return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.5).median * 1e3
+    return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def run(ops, providers, shapes, device: str, precision: str = "fp32") -> list[Row]:

@@ -15,7 +15,6 @@ The native result is verified against the reference (fls_reference.select_smalle
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from benchmarks.runner import stamp
+from benchmarks.runner import median_ms, stamp
 
 #: N per device: 10⁷ on the 2-core CPU; 1.1·10⁸ (a ResNet-50-sized model is 2.5·10⁷) and 10⁹ on a GPU.
 SIZES = {"cpu": [10**7], "cuda": [110_000_000, 1_000_000_000]}
@@ -48,18 +47,6 @@ def make_scores(n: int, device: str, dtype: torch.dtype = torch.float32, parts: 
         s[torch.rand(size, generator=g, device=device) < 0.1] = float("inf")
         scores.append(s)
     return scores
-
-
-def time_ms(fn: Callable[[], object], device: str) -> float:
-    """Median milliseconds of one call (triton.testing.do_bench on CUDA, torch.utils.benchmark on CPU)."""
-    fn()
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, return_mode="median"))
-    from torch.utils import benchmark
-
-    return benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
 
 
 def verify(scores: list[torch.Tensor], k: int, backend: str) -> None:
@@ -92,7 +79,7 @@ def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
         calls["torch.sort"] = lambda: torch.sort(flat, stable=True)
     for name, fn in calls.items():
         try:
-            rows.append(Row(n, name, time_ms(fn, device)))
+            rows.append(Row(n, name, median_ms(fn, device, min_run_time=1.0)))
         except torch.OutOfMemoryError as exc:
             rows.append(Row(n, name, None, f"out of memory: {str(exc).splitlines()[0]}"))
             torch.cuda.empty_cache()

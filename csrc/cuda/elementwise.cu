@@ -14,7 +14,7 @@ template <typename T>
 __global__ void kron_diag_kernel(const T* __restrict__ a, const T* __restrict__ r, const T* __restrict__ l,
                                  T* __restrict__ out, int64_t m, int64_t n) {
   const int64_t total = m * n;
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < total; q += int64_t(gridDim.x) * blockDim.x) {
+  FLS_GRID_STRIDE(q, total) {
     const int64_t i = q / n, j = q - i * n;
     const T aq = a[q];
     out[q] = aq * aq * (r[i] * l[j]);
@@ -26,7 +26,7 @@ __global__ void obs_scores_kernel(const T* __restrict__ w, const T* __restrict__
                                   const T* __restrict__ l, const bool* __restrict__ alive, T* __restrict__ out,
                                   int64_t m, int64_t n) {
   const int64_t total = m * n;
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < total; q += int64_t(gridDim.x) * blockDim.x) {
+  FLS_GRID_STRIDE(q, total) {
     const int64_t i = q / n, j = q - i * n;
     const T aq = a[q], wq = w[q];
     const T diag = aq * aq * (r[i] * l[j]);

@@ -69,9 +69,6 @@ at::ScalarType operand_dtype(at::ScalarType dtype, const std::string& precision)
   return dtype == at::kFloat && precision == "bf16" ? at::kBFloat16 : dtype;
 }
 
-#define FLS_GRID_STRIDE(q, total) \
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < (total); q += int64_t(gridDim.x) * blockDim.x)
-
 // U = A ⊙ V in the operand dtype.
 template <typename T, typename Op>
 __global__ void scale_kernel(const T* __restrict__ a, const T* __restrict__ v, Op* __restrict__ u, int64_t total) {
@@ -102,8 +99,6 @@ __global__ void surgeon_epilogue_kernel(T* __restrict__ w, const T* __restrict__
                                         const bool* __restrict__ keep, int64_t total) {
   FLS_GRID_STRIDE(q, total) { w[q] = keep[q] ? w[q] - a[q] * t[q] : T(0); }
 }
-
-#undef FLS_GRID_STRIDE
 
 }  // namespace
 

@@ -9,6 +9,10 @@
 #include <algorithm>
 #include <cstdint>
 
+// for (q = this thread's first index; q < total; q += all threads of the grid)
+#define FLS_GRID_STRIDE(q, total) \
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < (total); q += int64_t(gridDim.x) * blockDim.x)
+
 namespace fls::cuda {
 
 constexpr int kThreads = 256;

@@ -293,7 +293,7 @@ template <typename T>
 __global__ void select_nm_kernel(const T* __restrict__ x, bool* __restrict__ out, int64_t total, int64_t n,
                                  int64_t m) {
   using K = Keys<T>;
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < total; q += int64_t(gridDim.x) * blockDim.x) {
+  FLS_GRID_STRIDE(q, total) {
     const int64_t group = q - q % m, j = q - group;
     const auto key = K::sort_key(x[q]);
     int64_t rank = 0;
