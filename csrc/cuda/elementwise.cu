@@ -24,13 +24,13 @@ __global__ void kron_diag_kernel(const T* __restrict__ a, const T* __restrict__ 
 template <typename T>
 __global__ void obs_scores_kernel(const T* __restrict__ w, const T* __restrict__ a, const T* __restrict__ r,
                                   const T* __restrict__ l, const bool* __restrict__ alive, T* __restrict__ out,
-                                  int64_t m, int64_t n) {
+                                  int64_t m, int64_t n, T inf) {
   const int64_t total = m * n;
   FLS_GRID_STRIDE(q, total) {
     const int64_t i = q / n, j = q - i * n;
     const T aq = a[q], wq = w[q];
     const T diag = aq * aq * (r[i] * l[j]);
-    out[q] = alive[q] ? wq * wq / (T(2) * diag) : std::numeric_limits<T>::infinity();
+    out[q] = alive[q] ? wq * wq / (T(2) * diag) : inf;
   }
 }
 
@@ -61,7 +61,8 @@ void obs_scores(const at::Tensor& W_in, const at::Tensor& A_in, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "fls_obs_scores_cuda", [&] {
     obs_scores_kernel<scalar_t><<<grid_for(m * n), kThreads, 0, stream()>>>(
         W.const_data_ptr<scalar_t>(), A.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
-        l.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), out.mutable_data_ptr<scalar_t>(), m, n);
+        l.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), out.mutable_data_ptr<scalar_t>(), m, n,
+        std::numeric_limits<scalar_t>::infinity());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -76,10 +76,12 @@ __global__ void set_rank_kernel(State<U>* state, long long k) {
   state->rank = k - 1;
 }
 
-// Counts digit (key >> shift) & (2^bits − 1) of the keys that have the prefix, into `hist`.
+// Counts digit (key >> shift) & (2^bits − 1) of the keys that have the prefix, into `hist`. At the top level
+// it also counts NaN: keys below key(−inf) = `lowest` or above key(+inf) = `highest`.
 template <typename T, bool kTop>
 __global__ void histogram_kernel(const Segment* segments, int count, int64_t tiles, State<typename Keys<T>::U>* state,
-                                 unsigned long long* hist, int shift, int bits) {
+                                 unsigned long long* hist, int shift, int bits, typename Keys<T>::U lowest,
+                                 typename Keys<T>::U highest) {
   using K = Keys<T>;
   using U = typename K::U;
   __shared__ unsigned int sub[kSubHistograms][kBins];
@@ -87,7 +89,6 @@ __global__ void histogram_kernel(const Segment* segments, int count, int64_t til
   __syncthreads();
   const U prefix = kTop ? U(0) : state->prefix, mask = kTop ? U(0) : state->prefix_mask;
   const U digit_mask = U((U(1) << bits) - 1);
-  const U lowest = K::key(-std::numeric_limits<T>::infinity()), highest = K::key(std::numeric_limits<T>::infinity());
   unsigned int* mine = sub[(threadIdx.x / 32) % kSubHistograms];
   unsigned long long nan = 0;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -240,9 +241,10 @@ void select_smallest_impl(at::TensorList scores, int64_t k, at::TensorList outs)
   // uint32 shared-memory counters: keep every block's share of the scores below 2^31.
   const int64_t blocks = std::min<int64_t>(tiles, std::max<int64_t>(int64_t(sm_count()) * 8, total >> 31));
   int shift = K::kBits - kDigitBits;
-  const int inf_bin = int(K::key(std::numeric_limits<T>::infinity()) >> shift);
+  const U lowest = K::key(-std::numeric_limits<T>::infinity()), highest = K::key(std::numeric_limits<T>::infinity());
+  const int inf_bin = int(highest >> shift);
   histogram_kernel<T, true><<<unsigned(blocks), kThreads, 0, stream()>>>(segments, count, tiles, state, hist, shift,
-                                                                         kDigitBits);
+                                                                         kDigitBits, lowest, highest);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   pick_kernel<U><<<1, kPickThreads, 0, stream()>>>(state, hist, shift, kDigitBits, inf_bin);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -263,7 +265,7 @@ void select_smallest_impl(at::TensorList scores, int64_t k, at::TensorList outs)
       const int bits = std::min(kDigitBits, shift);
       shift -= bits;
       histogram_kernel<T, false><<<unsigned(blocks), kThreads, 0, stream()>>>(segments, count, tiles, state, hist,
-                                                                              shift, bits);
+                                                                              shift, bits, lowest, highest);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       pick_kernel<U><<<1, kPickThreads, 0, stream()>>>(state, hist, shift, bits, -1);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
