@@ -13,6 +13,7 @@
 //      index) order and the marking pass stays parallel.
 // Every pass is an at::parallel_for over chunks of at most 2^16 scores of one tensor, with per-thread
 // histograms (two interleaved uint32 tables, so runs of one digit do not serialise on one counter).
+// Up to 2^15 scores in all, one thread copies the keys and uses std::nth_element instead.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -33,6 +34,7 @@ namespace {
 constexpr int kDigitBits = 16;
 constexpr int64_t kBins = int64_t(1) << kDigitBits;
 constexpr int64_t kChunk = int64_t(1) << 16;  // scores per work item of the full passes
+constexpr int64_t kSmall = int64_t(1) << 15;  // inputs up to this size take the single-threaded path
 
 // A contiguous piece of one input tensor: the unit of parallel work and of tie counting.
 struct Chunk {
@@ -110,7 +112,7 @@ class Selector {
   using U = typename K::U;
 
  public:
-  Selector(at::TensorList scores, at::TensorList outs) : threads_(at::get_num_threads()), hist_(threads_) {
+  Selector(at::TensorList scores, at::TensorList outs) : threads_(at::get_num_threads()) {
     for (size_t t = 0; t < scores.size(); ++t) {
       data_.push_back(scores[t].contiguous());
       ptr_.push_back(data_.back().template const_data_ptr<T>());
@@ -122,6 +124,11 @@ class Selector {
   }
 
   void run(int64_t k) {
+    if (total_ <= kSmall) {
+      run_small(k);
+      return;
+    }
+    hist_ = std::make_unique<Histograms>(threads_);
     Digit<U> d{U(0), U(0), K::kBits - kDigitBits};
     auto hist = count_top_digit(d);
     const auto inf_bin = int64_t(K::key(std::numeric_limits<T>::infinity()) >> d.shift);
@@ -156,8 +163,41 @@ class Selector {
       }
       hist = buffered ? count_buffers(d, buffers) : count_filtered(d);
     }
-    const U threshold = d.prefix;
-    const int64_t take = k - less;  // of the `group` scores equal to the threshold
+    finish(d.prefix, k - less, group);
+  }
+
+ private:
+  // Inputs this small skip the histograms (whose tables alone are ~1 MiB per thread): one thread copies the
+  // keys and finds the k-th smallest with std::nth_element.
+  void run_small(int64_t k) {
+    const U highest = K::key(std::numeric_limits<T>::infinity());
+    std::vector<U> keys;
+    keys.reserve(size_t(total_));
+    bool nan = false;
+    for (int64_t c = 0; c < int64_t(chunks_.size()); ++c) {
+      const T* x = chunk_scores(c);
+      for (int64_t i = 0; i < chunk_size(c); ++i) {
+        nan |= x[i] != x[i];
+        keys.push_back(K::key(x[i]));
+      }
+    }
+    if (nan) raise_nan();
+    const auto selectable = int64_t(std::count_if(keys.begin(), keys.end(), [&](U key) { return key < highest; }));
+    TORCH_CHECK_VALUE(k <= selectable, "k: ", k, " exceeds the ", selectable, " scores below +inf");
+    if (k == 0) {
+      mark([](T) { return false; });
+      return;
+    }
+    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end());
+    const U threshold = keys[size_t(k - 1)];
+    const auto less =
+        int64_t(std::count_if(keys.begin(), keys.begin() + (k - 1), [&](U key) { return key < threshold; }));
+    const auto group = int64_t(std::count(keys.begin(), keys.end(), threshold));
+    finish(threshold, k - less, group);
+  }
+
+  // Marks the keys below `threshold` and the first `take` of the `group` keys equal to it.
+  void finish(U threshold, int64_t take, int64_t group) {
     if (take == group) {
       mark([threshold](T x) { return K::key(x) <= threshold; });
     } else {
@@ -165,7 +205,6 @@ class Selector {
     }
   }
 
- private:
   const T* chunk_scores(int64_t c) const { return ptr_[size_t(chunks_[size_t(c)].tensor)] + chunks_[size_t(c)].begin; }
   bool* chunk_out(int64_t c) const { return out_[size_t(chunks_[size_t(c)].tensor)] + chunks_[size_t(c)].begin; }
   int64_t chunk_size(int64_t c) const { return chunks_[size_t(c)].end - chunks_[size_t(c)].begin; }
@@ -182,19 +221,19 @@ class Selector {
   template <typename Count>
   std::vector<int64_t> histogram(const Count& count) {
     over_chunks([&](int64_t begin, int64_t end, int tid) {
-      uint32_t* tables = hist_.tables(tid);
+      uint32_t* tables = hist_->tables(tid);
       int64_t pending = 0;
       for (int64_t c = begin; c < end; ++c) {
         if (pending > (int64_t(1) << 31)) {
-          hist_.flush(tid);
+          hist_->flush(tid);
           pending = 0;
         }
         count(chunk_scores(c), chunk_size(c), tables, tid);
         pending += chunk_size(c);
       }
-      hist_.flush(tid);
+      hist_->flush(tid);
     });
-    return hist_.merge_and_clear();
+    return hist_->merge_and_clear();
   }
 
   // The top digit of every key; NaN raises. Blocks of digits (and the NaN test) are computed first, in a
@@ -283,7 +322,7 @@ class Selector {
     const Digit<U> dd = d;
     at::parallel_for(0, n, held < 2 * kChunk ? n : 1, [&](int64_t begin, int64_t end) {
       const int tid = at::get_thread_num();
-      uint32_t* tables = hist_.tables(tid);
+      uint32_t* tables = hist_->tables(tid);
       for (int64_t t = begin; t < end; ++t) {
         U* keys = buffers[size_t(t)].data();
         const int64_t size = buffers[size_t(t)].size();
@@ -297,12 +336,12 @@ class Selector {
             keys[kept] = key;
             kept += match;
           }
-          hist_.flush(tid);
+          hist_->flush(tid);
         }
         buffers[size_t(t)].resize(kept);
       }
     });
-    return hist_.merge_and_clear();
+    return hist_->merge_and_clear();
   }
 
   // out = chosen(x) for every score.
@@ -362,7 +401,7 @@ class Selector {
   }
 
   int threads_;
-  Histograms hist_;
+  std::unique_ptr<Histograms> hist_;  // only for inputs above kSmall
   std::vector<at::Tensor> data_;
   std::vector<const T*> ptr_;
   std::vector<bool*> out_;
