@@ -79,7 +79,7 @@ def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
         calls["torch.sort"] = lambda: torch.sort(flat, stable=True)
     for name, fn in calls.items():
         try:
-            rows.append(Row(n, name, median_ms(fn, device, min_run_time=1.0)))
+            rows.append(Row(n, name, median_ms(fn, device, min_run_time=1.0, num_threads=torch.get_num_threads())))
         except torch.OutOfMemoryError as exc:
             rows.append(Row(n, name, None, f"out of memory: {str(exc).splitlines()[0]}"))
             torch.cuda.empty_cache()
