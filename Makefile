@@ -45,6 +45,7 @@ gpu-test:
 	$(PYTHON) -m fls_kernels info
 	$(PYTHON) -m pytest -q -m "not slow" tests
 	$(PYTHON) -m benchmarks kernels --device cuda --out $${OUT:-out}/bench
+	$(PYTHON) -m benchmarks select --device cuda --out $${OUT:-out}/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

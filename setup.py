@@ -33,7 +33,7 @@ def _extension():
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     macros = [("FLS_PYTHON_MODULE", None)]
     with_cuda = bool(cuda_sources) and torch.version.cuda is not None and CUDA_HOME is not None
     if cuda_sources and not with_cuda:
@@ -46,7 +46,7 @@ def _extension():
             "fls_kernels._C",
             sources + cuda_sources,
             define_macros=[*macros, ("FLS_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
     else:

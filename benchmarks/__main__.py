@@ -1,5 +1,6 @@
-"""``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--groups ...] [--out DIR]``
-and ``python -m benchmarks quality`` (the digits study)."""
+"""``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--groups ...] [--out DIR]``,
+``python -m benchmarks select [--device cpu|cuda] [--sizes N ...]`` (global k-smallest against torch's
+kthvalue/topk/sort) and ``python -m benchmarks quality`` (the digits study)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     k.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     k.add_argument("--out", default="out/bench")
+    s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--sizes", nargs="+", type=int, help="N values (default: 1e7 on cpu; 1.1e8 and 1e9 on cuda)")
+    s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort"])
+    s.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
     q.add_argument("--out", default="out/quality")
     q.add_argument("--seeds", type=int, default=5)
@@ -51,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         results = digits.run(protocol)
         print(digits.table(results))
         print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
+        return 0
+    if args.command == "select":
+        from benchmarks import select
+
+        rows = select.run(args.device, args.sizes or select.SIZES[args.device], args.providers)
+        csv_path, md_path = select.write(rows, args.out, args.device)
+        print(md_path.read_text())
+        print(f"wrote {csv_path} and {md_path}")
         return 0
     shapes = registry.SHAPES if args.device == "cuda" else registry.CPU_SHAPES
     if args.shapes:

@@ -6,6 +6,7 @@ import csv
 import datetime
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
     def call():
         return fn(inputs, case.precision)
 
+    return median_ms(call, device, num_threads=1)
+
+
+def median_ms(call: Callable[[], object], device: str, min_run_time: float = 0.5, num_threads: int = 1) -> float:
+    """Median milliseconds of ``call()`` after one warm-up call: triton.testing.do_bench on CUDA,
+    torch.utils.benchmark on CPU (at least ``min_run_time`` seconds of runs, with ``num_threads`` torch threads)."""
     call()
     if device == "cuda":
         import triton.testing
@@ -90,7 +97,8 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
         return float(triton.testing.do_bench(call, return_mode="median"))
     from torch.utils import benchmark
 
-    return benchmark.Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.5).median * 1e3
+    timer = benchmark.Timer("call()", globals={"call": call}, num_threads=num_threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def run(ops, providers, shapes, device: str, precision: str = "fp32", groups=()) -> list[Row]:

@@ -14,6 +14,18 @@ void check_vector(const at::Tensor& t, const char* name, int64_t size);
 void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype);
 void check_device(const at::Tensor& t, const char* name, const at::Tensor& first, const char* first_name);
 void check_precision(const std::string& precision);
+// Checks of every argument of one op (shared by its CPU and CUDA kernels).
+void check_diag_args(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, const at::Tensor& out);
+void check_obs_args(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,
+                    const at::Tensor& mask, const at::Tensor& out);
+void check_qv_args(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+                   const std::string& precision, const at::Tensor& out);
+void check_surgeon_args(const at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+                        const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
+                        const std::string& precision);
+// Checks of the selection ops' arguments; `device` is the device type the kernel runs on.
+void check_select_lists(at::TensorList scores, at::TensorList outs, c10::DeviceType device);
+void check_select_nm(const at::Tensor& scores, int64_t n, int64_t m, const at::Tensor& out, c10::DeviceType device);
 
 namespace cpu {
 void kron_diag(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out);
@@ -24,6 +36,25 @@ void kron_qv(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, co
 void surgeon_update(at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
                     const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
                     const std::string& precision);
+// outs[t] = the scores of scores[t] among the k smallest of all of them (ties: lower (t, flat index) first).
+void select_smallest(at::TensorList scores, int64_t k, at::TensorList outs);
+// out = the n smallest of every group of m consecutive entries of each row (ties: lower column first).
+void select_nm(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor& out);
 }  // namespace cpu
+
+// The same contracts on CUDA tensors (csrc/cuda, built with FLS_WITH_CUDA). `precision` picks the GEMM mode
+// of kron_qv and surgeon_update: fp32 (IEEE), tf32, or bf16 operands with fp32 accumulation.
+namespace cuda {
+void kron_diag(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out);
+void obs_scores(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,
+                const at::Tensor& mask, at::Tensor& out);
+void kron_qv(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+             const std::string& precision, at::Tensor& out);
+void surgeon_update(at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
+                    const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
+                    const std::string& precision);
+void select_smallest(at::TensorList scores, int64_t k, at::TensorList outs);
+void select_nm(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor& out);
+}  // namespace cuda
 
 }  // namespace fls

@@ -97,19 +97,22 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, na
     assert err <= tol, f"{name}: relative error {err:.3e} > tolerance {tol:.1e}"
 
 
-def random_problem(m: int, n: int, *, seed: int = 0, prune_fraction: float = 0.5) -> dict[str, torch.Tensor]:
-    """A random, well-conditioned layer problem in float64 on the CPU: W, A (in [0.5, 1.5)), G_R = RᵀR,
-    G_L = LLᵀ (R, L near the identity), r, l, and masks ``alive`` (~75%), ``prune`` ⊂ alive, ``keep``."""
-    g = torch.Generator().manual_seed(seed)
-    f64 = torch.float64
-    R = torch.eye(m, dtype=f64) + torch.randn(m, m, generator=g, dtype=f64) / (2 * m**0.5)
-    L = torch.eye(n, dtype=f64) + torch.randn(n, n, generator=g, dtype=f64) / (2 * n**0.5)
+def random_problem(
+    m: int, n: int, *, seed: int = 0, prune_fraction: float = 0.5, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """A random, well-conditioned layer problem in float64 on ``device`` (the CPU by default; large problems are
+    quicker to build on a GPU): W, A (in [0.5, 1.5)), G_R = RᵀR, G_L = LLᵀ (R, L near the identity), r, l, and
+    masks ``alive`` (~75%), ``prune`` ⊂ alive, ``keep``. The values depend on the device's generator."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    f64 = dict(dtype=torch.float64, device=device)
+    R = torch.eye(m, **f64) + torch.randn(m, m, generator=g, **f64) / (2 * m**0.5)
+    L = torch.eye(n, **f64) + torch.randn(n, n, generator=g, **f64) / (2 * n**0.5)
     G_R, G_L = R.T @ R, L @ L.T
-    alive = torch.rand(m, n, generator=g) > 0.25
-    prune = alive & (torch.rand(m, n, generator=g) < prune_fraction)
+    alive = torch.rand(m, n, generator=g, device=device) > 0.25
+    prune = alive & (torch.rand(m, n, generator=g, device=device) < prune_fraction)
     return dict(
-        W=torch.randn(m, n, generator=g, dtype=f64),
-        A=torch.rand(m, n, generator=g, dtype=f64) + 0.5,
+        W=torch.randn(m, n, generator=g, **f64),
+        A=torch.rand(m, n, generator=g, **f64) + 0.5,
         G_R=G_R,
         G_L=G_L,
         r=G_R.diagonal().clone(),

@@ -15,7 +15,7 @@ from fls_kernels.backends import Backend
 from fls_kernels.testing import empty
 
 _BUILD_FIX = (
-    "install with `FLS_BUILD_EXT=1 pip install --no-build-isolation -e .` (needs a C++17 compiler; nvcc for cuda)"
+    "install with `FLS_BUILD_EXT=1 pip install --no-build-isolation -e .` (needs a C++20 compiler; nvcc for cuda)"
 )
 
 
