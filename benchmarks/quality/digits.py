@@ -38,8 +38,8 @@ class Protocol:
     substeps: int = 16
     damping_grid: tuple[float, ...] = (0.1, 1.0, 10.0)  # × mean diag of each method's Fisher
     sweep_sparsity: float = 0.8
-    fls_fit_steps: int = 1500
-    fls_refine_steps: int = 40
+    fls_fit_steps: int = 3000
+    fls_refine_steps: int = 100
     obert_grads: int = 1024
     finetune_steps: int = 800
     prune_until: int = 600
