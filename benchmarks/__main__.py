@@ -1,11 +1,13 @@
 """``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--groups ...] [--out DIR]``,
 ``python -m benchmarks select [--device cpu|cuda] [--sizes N ...]`` (global k-smallest against torch's
-kthvalue/topk/sort) and ``python -m benchmarks quality`` (the digits study)."""
+kthvalue/topk/sort), ``python -m benchmarks e2e`` (a whole-model prune, time split by stage) and
+``python -m benchmarks quality`` (the digits study)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from benchmarks import registry, runner
 
@@ -26,11 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     k.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     k.add_argument("--out", default="out/bench")
+    k.add_argument("--base", help="also run at this git ref and write a speed-up table against it")
     s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--sizes", nargs="+", type=int, help="N values (default: 1e7 on cpu; 1.1e8 and 1e9 on cuda)")
     s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort"])
     s.add_argument("--out", default="out/bench")
+    e = sub.add_parser("e2e", help="a whole-model FLS prune per backend, time split by stage")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    e.add_argument("--model", choices=["digits", "mlp"], default="digits")
+    e.add_argument("--backends", nargs="+", default=["reference", "cpu", "cuda", "triton"])
+    e.add_argument("--fit-steps", type=int, default=200)
+    e.add_argument("--substeps", type=int, default=4)
+    e.add_argument("--sparsity", type=float, default=0.8)
+    e.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
     q.add_argument("--out", default="out/quality")
     q.add_argument("--seeds", type=int, default=5)
@@ -58,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         print(digits.table(results))
         print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
         return 0
+    if args.command == "e2e":
+        from benchmarks import end_to_end
+
+        rows = end_to_end.run(args.model, args.device, args.backends, args.fit_steps, args.substeps, args.sparsity)
+        settings = f"fit {args.fit_steps} aux steps, prune to {args.sparsity:.0%} in {args.substeps} sub-steps"
+        csv_path, md_path = end_to_end.write(rows, args.out, args.device, args.model, settings)
+        print(md_path.read_text())
+        print(f"wrote {csv_path} and {md_path}")
+        return 0
     if args.command == "select":
         from benchmarks import select
 
@@ -74,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, md_path = runner.write(rows, args.out, args.device)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
+    if args.base:
+        argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+        i = argv.index("--base")
+        del argv[i : i + 2]
+        if "--out" in argv:
+            j = argv.index("--out")
+            del argv[j : j + 2]
+        base_out = runner.run_at(args.base, argv, Path(args.out) / f"base-{args.base.replace('/', '_')}")
+        table = runner.against_base(rows, base_out / f"kernels-{args.device}.csv", args.base)
+        path = Path(args.out) / f"kernels-{args.device}-vs-base.md"
+        path.write_text(table)
+        print(table)
+        print(f"wrote {path}")
     return 0
 
 

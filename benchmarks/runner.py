@@ -129,6 +129,9 @@ def stamp(device: str) -> dict[str, str]:
     """Device, versions, commit and timestamp carried by every CSV row."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        if commit and dirty.stdout.strip():
+            commit += "+uncommitted"
     except OSError:
         commit = ""
     try:
@@ -192,4 +195,69 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]
     md_path.write_text("\n".join(lines) + "\n")
+    plot(rows, out / f"kernels-{device}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
     return csv_path, md_path
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """One panel per op: milliseconds per shape (log scale), one bar per provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if r.ms is not None]
+    ops_ = list(dict.fromkeys(r.op for r in timed))
+    if not ops_:
+        return
+    fig, axes = plt.subplots(len(ops_), 1, figsize=(9, 2.8 * len(ops_)), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops_):
+        shapes = list(dict.fromkeys(r.shape for r in timed if r.op == op))
+        providers = list(dict.fromkeys(r.provider for r in timed if r.op == op))
+        width = 0.8 / len(providers)
+        for j, provider in enumerate(providers):
+            ms = {r.shape: r.ms for r in timed if r.op == op and r.provider == provider}
+            xs = [i + j * width for i, shape in enumerate(shapes) if shape in ms]
+            ax.bar(xs, [ms[shape] for shape in shapes if shape in ms], width, label=provider)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms")
+        ax.set_title(op, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def against_base(rows: list[Row], base_csv: Path, ref: str) -> str:
+    """Markdown: each timed row beside the same op/shape/provider measured at git ``ref`` (same machine, one run)."""
+    with open(base_csv) as f:
+        base = {(r["op"], r["shape"], r["provider"]): float(r["ms"]) for r in csv.DictReader(f) if r["ms"]}
+    lines = [f"| op | shape | provider | {ref} ms | now ms | speed-up |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        before = base.get((r.op, r.shape, r.provider))
+        if r.ms is None or before is None:
+            continue
+        lines.append(f"| {r.op} | {r.shape} | {r.provider} | {before:.3f} | {r.ms:.3f} | {before / r.ms:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def run_at(ref: str, argv: list[str], out_dir: Path) -> Path:
+    """Run ``python -m benchmarks`` with ``argv`` on a detached worktree of git ``ref`` (its Python sources; a
+    native extension is used only if that tree has one built); returns its output folder."""
+    import os
+    import sys
+    import tempfile
+
+    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True).stdout.strip())
+    tree = Path(tempfile.mkdtemp(prefix="fls-base-"))
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), ref], check=True)
+    try:
+        env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'python'}")
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks", *argv, "--out", str(out_dir)], cwd=tree, env=env, check=True
+        )
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
+    return out_dir

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fls_kernels info | demo``."""
+"""Command line: ``python -m fls_kernels info | demo | compare``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from fls_kernels import compare
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    factory = compare.load_factory(args.model) if args.model else compare.demo_model
+    model, batches = factory(device)
+    op_rows, steps = compare.run(model, batches, sparsity=args.sparsity, fit_steps=args.fit_steps, only=args.backends)
+    print(f"Every backend on {device} against the float64 reference, on the model's own layers and fitted Q;")
+    print(f"then one prune step to {args.sparsity:.0%} per backend against the reference backend's step.\n")
+    print(compare.format_report(op_rows, steps))
+    return 0 if all(r.ok or r.error is None for r in op_rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fls_kernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
     p.add_argument("--fit-steps", type=int, default=1500)
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    c = sub.add_parser("compare", help="every available backend against the reference on a model (default: demo CNN)")
+    c.add_argument("--model", help="package.module:function returning (model, calibration batches) for a device")
+    c.add_argument("--device", choices=["cpu", "cuda"])
+    c.add_argument("--sparsity", type=float, default=0.5)
+    c.add_argument("--fit-steps", type=int, default=100)
+    c.add_argument("--backends", nargs="+", help="restrict to these backends (reference is always included)")
     args = parser.parse_args(argv)
-    return {"info": _info, "demo": _demo}[args.command](args)
+    if args.command == "compare" and args.backends:
+        args.backends = sorted(set(args.backends) | {"reference"})
+    return {"info": _info, "demo": _demo, "compare": _compare}[args.command](args)
 
 
 if __name__ == "__main__":

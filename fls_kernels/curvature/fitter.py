@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from fls_kernels import timing
 from fls_kernels.curvature.blocks import KronBlock
 
 log = logging.getLogger("fls_kernels.fit")
@@ -69,8 +70,17 @@ class AuxFitter:
         Raises:
             FloatingPointError: the loss or residual is not finite; λ is left as it was.
         """
-        gen = self.generator
         us, vs, grams = [], [], []
+        with timing.section("q_products"):
+            self._probe(us, vs, grams, masks)
+        with timing.section("fvp"), torch.no_grad():
+            fvs = self.fvp(batch, [v.detach() for v in vs])
+        with timing.section("q_products"):
+            return self._update(us, vs, grams, fvs, masks)
+
+    def _probe(self, us: list[Tensor], vs: list[Tensor], grams: list, masks: list[Tensor] | None) -> None:
+        """u ∼ 𝒩(0, I) (masked) and v = M ⊙ Q u with its graph to λ, per block."""
+        gen = self.generator
         for i, block in enumerate(self.blocks):
             u = torch.randn(block.m, block.n, generator=gen, device=block.A.device, dtype=block.A.dtype)
             if masks is not None:
@@ -81,8 +91,10 @@ class AuxFitter:
                 v = v * masks[i]
             us.append(u)
             vs.append(v)
+
+    def _update(self, us, vs, grams, fvs, masks) -> float:
+        """Residuals, optional preconditioning, the surrogate's backward and the Adam step; returns 𝒜."""
         with torch.no_grad():
-            fvs = self.fvp(batch, [v.detach() for v in vs])
             residuals, loss = [], 0.0
             for i, (u, v, fv) in enumerate(zip(us, vs, fvs)):
                 v = v.detach()

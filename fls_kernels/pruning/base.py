@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from fls_kernels import ops
+from fls_kernels import ops, timing
 from fls_kernels.curvature.fisher import split_batch
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
 from fls_kernels.pruning import selection
@@ -424,19 +424,30 @@ class BasePruner:
         dtype = self._work_dtype()
         mats = [v.matrix(dtype) for v in self.views]
         alive = [self.full_mask(i) for i in range(len(self.views))]
-        scores = [self._scores(i, W, alive[i]) for i, W in enumerate(mats)]
-        if kind == "nm":
-            chosen = []
-            for i, (view, s) in enumerate(zip(self.views, scores)):
-                s = s.masked_fill(~alive[i][:, : view.n_weight], float("-inf"))  # already pruned count first
-                picked = ops.select_nm(s, new, self.pattern.m, backend=self._backend("select_nm"))
-                chosen.append(picked & alive[i][:, : view.n_weight])
-        else:
-            units = [self._unit_scores(i, mats[i], alive[i], s) for i, s in enumerate(scores)]
-            chosen = [
-                self.pattern.expand(c) for c in selection.select(units, new, backend=self._backend("select_smallest"))
-            ]
+        with timing.section("scoring"):
+            scores = [self._scores(i, W, alive[i]) for i, W in enumerate(mats)]
+            if kind != "nm":
+                scores = [self._unit_scores(i, mats[i], alive[i], s) for i, s in enumerate(scores)]
+        with timing.section("selection"):
+            chosen = self._choose(kind, new, scores, alive)
         self._selected(chosen)
+        with timing.section("update"):
+            self._apply(mats, alive, chosen)
+
+    def _choose(self, kind: str, new: object, scores: list[Tensor], alive: list[Tensor]) -> list[Tensor]:
+        """Per layer, the weights ([m, n_weight] bool) removed now; ``scores`` are per pattern unit."""
+        if kind != "nm":
+            picked = selection.select(scores, new, backend=self._backend("select_smallest"))
+            return [self.pattern.expand(c) for c in picked]
+        chosen = []
+        for i, (view, s) in enumerate(zip(self.views, scores)):
+            s = s.masked_fill(~alive[i][:, : view.n_weight], float("-inf"))  # already pruned count first
+            picked = ops.select_nm(s, new, self.pattern.m, backend=self._backend("select_nm"))
+            chosen.append(picked & alive[i][:, : view.n_weight])
+        return chosen
+
+    def _apply(self, mats: list[Tensor], alive: list[Tensor], chosen: list[Tensor]) -> None:
+        """Update every layer (``_update``), write it back and record the new masks."""
         for i, (view, W) in enumerate(zip(self.views, mats)):
             prune = chosen[i]
             if view.has_bias:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode, split_batch
 from fls_kernels.pruning.base import BasePruner
 from fls_kernels.pruning.curvature import count
@@ -52,6 +53,10 @@ class CoresetPruner(BasePruner):
         self._tau: list[float] = []
 
     def _recompute(self) -> None:
+        with timing.section("statistics"):
+            self._estimate()
+
+    def _estimate(self) -> None:
         stream = self._require_data("fit")
         sens = [torch.zeros(v.m, v.n_weight, dtype=torch.float64, device=self.device) for v in self.views]
         captured: dict[int, Tensor] = {}

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from fls_kernels import timing
 from fls_kernels.curvature.fisher import LayerStats, ModelCurvature, split_batch
 from fls_kernels.curvature.likelihoods import Likelihood, get_likelihood
 from fls_kernels.pruning.base import BasePruner
@@ -80,7 +81,8 @@ class CurvaturePruner(BasePruner):
     def _statistics(self, kfac: bool) -> list[LayerStats]:
         """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels)."""
         stream = self._require_data("fit")
-        return self.curvature.statistics(stream, self.stat_batches, kfac=kfac, generator=self.generator)
+        with timing.section("statistics"):
+            return self.curvature.statistics(stream, self.stat_batches, kfac=kfac, generator=self.generator)
 
     def _resolve_damping(self, mean_diag: float) -> float:
         """γ: the given damping, or relative_damping · mean(diag F̂) on first use."""

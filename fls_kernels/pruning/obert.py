@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode
 from fls_kernels.pruning.curvature import CurvaturePruner, count
 
@@ -87,6 +88,10 @@ class OBERTPruner(CurvaturePruner):
         return out
 
     def _recompute(self) -> None:
+        with timing.section("statistics"):
+            self._estimate()
+
+    def _estimate(self) -> None:
         stream = self._require_data("fit")
         B = self.block_size
         grads: list[list[Tensor]] = [[] for _ in self.views]
