@@ -244,8 +244,9 @@ def against_base(rows: list[Row], base_csv: Path, ref: str) -> str:
 
 
 def run_at(ref: str, argv: list[str], out_dir: Path) -> Path:
-    """Run ``python -m benchmarks`` with ``argv`` on a detached worktree of git ``ref`` (its Python sources; a
-    native extension is used only if that tree has one built); returns its output folder."""
+    """Run ``python -m benchmarks`` with ``argv`` on a detached worktree of git ``ref``: its Python sources, and
+    whatever native extension this environment imports (rebuild at ``ref`` to compare C++ changes); returns the
+    output folder."""
     import os
     import sys
     import tempfile

@@ -26,3 +26,42 @@ def test_grouped_cases_verify_time_and_tabulate(monkeypatch, tmp_path):
     csv_path, md_path = runner.write(rows, tmp_path, "cpu")
     assert csv_path.read_text().count("tiny") == len(rows)
     assert "| surgeon_update_grouped_ | tiny | triton |" in md_path.read_text()
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda out: out * (1 + 1e-3), "relative error"),
+        (
+            lambda out: out.masked_fill(
+                torch.zeros_like(out, dtype=torch.bool).index_fill_(0, torch.tensor([0]), True), float("nan")
+            ),
+            "NaN",
+        ),
+    ],
+    ids=["scaled", "nan"],
+)
+def test_verify_fails_on_a_wrong_provider(monkeypatch, corrupt, match):
+    original = registry.provider_call
+
+    def provider_call(op, provider, grouped_inputs=False):
+        call = original(op, "reference" if provider == "bad" else provider, grouped_inputs)
+        return (lambda t, p: corrupt(call(t, p))) if provider == "bad" else call
+
+    monkeypatch.setattr(registry, "provider_call", provider_call)
+    case = registry.Case("kron_qv", "tiny", 9, 13)
+    assert runner.verify(case, "reference", "cpu") < 1e-6
+    with pytest.raises(runner.VerifyError, match=match):
+        runner.verify(case, "bad", "cpu")
+
+
+def test_verify_fails_on_a_wrong_mask(monkeypatch):
+    original = registry.provider_call
+
+    def provider_call(op, provider, grouped_inputs=False):
+        call = original(op, "reference" if provider == "bad" else provider, grouped_inputs)
+        return (lambda t, p: [~m for m in call(t, p)]) if provider == "bad" else call
+
+    monkeypatch.setattr(registry, "provider_call", provider_call)
+    with pytest.raises(runner.VerifyError, match="mask entries differ"):
+        runner.verify(registry.Case("select_smallest", "tiny", 7, 11), "bad", "cpu")
