@@ -36,8 +36,12 @@ lint: $(STAMP)
 	$(VPY) -m ruff check fls_kernels python benchmarks tests setup.py
 	$(VPY) -m ruff format --check fls_kernels python benchmarks tests setup.py
 
+# The CPU suite (< 10 minutes on 2 cores), then benchmarks/README.md from the latest outputs.
 bench: $(STAMP)
 	$(VPY) -m benchmarks kernels --device cpu
+	$(VPY) -m benchmarks select --device cpu
+	$(VPY) -m benchmarks e2e --device cpu --backends reference cpu
+	$(VPY) -m benchmarks readme
 
 # On the GPU machine (no package registry): install into its system python, then the GPU tests and benchmarks.
 gpu-test:
@@ -45,7 +49,10 @@ gpu-test:
 	$(PYTHON) -m fls_kernels info
 	$(PYTHON) -m pytest -q -m "not slow" tests
 	$(PYTHON) -m benchmarks kernels --device cuda --out $${OUT:-out}/bench
+	$(PYTHON) -m benchmarks kernels --device cuda --precision tf32 --out $${OUT:-out}/bench/tf32
+	$(PYTHON) -m benchmarks kernels --device cuda --precision bf16 --ops kron_qv surgeon_update_ --out $${OUT:-out}/bench/bf16
 	$(PYTHON) -m benchmarks select --device cuda --out $${OUT:-out}/bench
+	$(PYTHON) -m benchmarks e2e --device cuda --model mlp --out $${OUT:-out}/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

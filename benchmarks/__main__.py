@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--substeps", type=int, default=4)
     e.add_argument("--sparsity", type=float, default=0.8)
     e.add_argument("--out", default="out/bench")
+    r = sub.add_parser("readme", help="rebuild benchmarks/README.md from the latest outputs")
+    r.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
     q.add_argument("--out", default="out/quality")
     q.add_argument("--seeds", type=int, default=5)
@@ -68,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         results = digits.run(protocol)
         print(digits.table(results))
         print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
+        return 0
+    if args.command == "readme":
+        from benchmarks import readme
+
+        print(f"wrote {readme.write(args.out)}")
         return 0
     if args.command == "e2e":
         from benchmarks import end_to_end
