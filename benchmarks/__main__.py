@@ -47,15 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
     q.add_argument("--out", default="out/quality")
     q.add_argument("--seeds", type=int, default=5)
+    q.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (e.g. one process per core)")
+    q.add_argument("--merge", nargs="+", help="combine the outputs of runs over disjoint seeds instead of running")
     q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
     args = parser.parse_args(argv)
     if args.command == "quality":
         from benchmarks.quality import digits
 
-        protocol = digits.Protocol(seeds=tuple(range(args.seeds)))
+        protocol = digits.Protocol(seeds=tuple(args.seed_list or range(args.seeds)))
+        if args.merge:
+            results = digits.merge([Path(p) for p in args.merge], protocol)
+            print(digits.table(results))
+            print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
+            return 0
         if args.quick:
             protocol = digits.Protocol(
-                seeds=tuple(range(args.seeds)),
+                seeds=protocol.seeds,
                 sparsities=(0.5, 0.8),
                 gradual_targets=(0.9,),
                 substeps=2,

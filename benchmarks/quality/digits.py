@@ -40,6 +40,7 @@ class Protocol:
     sweep_sparsity: float = 0.8
     fls_fit_steps: int = 3000
     fls_refine_steps: int = 100
+    fls_gradual_refine_steps: int = 25  # λ is also tracked by one aux step per training step
     obert_grads: int = 1024
     finetune_steps: int = 800
     prune_until: int = 600
@@ -71,9 +72,8 @@ def split(seed: int) -> Split:
 def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.BasePruner:
     common = dict(seed=seed, **kw)
     if method == "FLS":
-        return fls.FishLegPruner(
-            model, relative_damping=relative_damping, refine_steps=protocol.fls_refine_steps, **common
-        )
+        refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
+        return fls.FishLegPruner(model, relative_damping=relative_damping, refine_steps=refine, **common)
     if method == "OBD":
         return fls.OBDPruner(model, relative_damping=relative_damping, **common)
     if method == "oBERT":
@@ -199,6 +199,38 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
+def merge(parts: list[Path], protocol: Protocol) -> Results:
+    """Results of several runs over disjoint seeds (their quality.csv files), as one."""
+    results = Results(protocol)
+    seen: set[int] = set()
+    for part in parts:
+        with open(Path(part) / "quality.csv") as f:
+            part_rows = list(csv.DictReader(f))
+        seeds = {int(r["seed"]) for r in part_rows}
+        if seeds & seen:
+            raise ValueError(f"merge: seeds {sorted(seeds & seen)} appear in more than one run ({part})")
+        seen |= seeds
+        for row in part_rows:
+            results.rows.append(
+                dict(
+                    seed=int(row["seed"]),
+                    method=row["method"],
+                    mode=row["mode"],
+                    sparsity=float(row["sparsity"]),
+                    damping=float(row["damping"]) if row["damping"] else None,
+                    accuracy=float(row["accuracy"]),
+                )
+            )
+        seconds = Path(part) / "seconds.txt"
+        if seconds.exists():
+            results.seconds = max(results.seconds, float(seconds.read_text()))
+    rows = results.rows
+    results.protocol.seeds = tuple(sorted({r["seed"] for r in rows}))
+    results.protocol.sparsities = tuple(sorted({r["sparsity"] for r in rows if r["mode"] == "one-shot"}))
+    results.protocol.gradual_targets = tuple(sorted({r["sparsity"] for r in rows if r["mode"] == "gradual"}))
+    return results
+
+
 def table(results: Results) -> str:
     p = results.protocol
     rows = results.rows
@@ -231,6 +263,7 @@ def write(results: Results, out_dir: str | Path) -> list[Path]:
         w.writeheader()
         w.writerows(results.rows)
     (out / "quality.md").write_text(table(results) + "\n")
+    (out / "seconds.txt").write_text(f"{results.seconds:.0f}")
     import matplotlib
 
     matplotlib.use("Agg")
