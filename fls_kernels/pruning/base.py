@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import numbers
 import re
 from collections.abc import Mapping, Sequence
 
@@ -24,27 +23,13 @@ from torch import Tensor, nn
 from fls_kernels import ops, timing
 from fls_kernels.curvature.fisher import split_batch
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
-from fls_kernels.pruning import selection
+from fls_kernels.pruning import checks, selection
 from fls_kernels.pruning.data import BatchStream
 from fls_kernels.pruning.masks import MaskKeeper
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
 from fls_kernels.pruning.schedules import Schedule, as_schedule
 
 log = logging.getLogger("fls_kernels.prune")
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name}: expected a real number in [0, 1), got {value!r}")
-    if not 0 <= value < 1:
-        raise ValueError(f"{name}: must be in [0, 1), got {value}")
-    return float(value)
-
-
-def _int(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an int ≥ {minimum}, got {value!r}")
-    return value
 
 
 class BasePruner:
@@ -99,7 +84,7 @@ class BasePruner:
                 raise ValueError(f"include/ignore: invalid regex {pattern_re!r}: {exc}") from None
         self.pattern = parse_pattern(pattern)
         self.schedule = as_schedule(schedule)
-        self.substeps = _int("substeps", substeps, 1)
+        self.substeps = checks.count("substeps", substeps, 1)
         self.model = model
         self.allocation = allocation
         if backend is not None:
@@ -190,6 +175,10 @@ class BasePruner:
         """Learn what the method needs from ``self._stream`` (curvature, statistics…)."""
         return []
 
+    def _is_fitted(self) -> bool:
+        """Whether :meth:`fit` has given the method what :meth:`prune` needs."""
+        return True
+
     def _before_substep(self, substep: int) -> None:
         """Called before each sub-step's scoring (e.g. to refine curvature on the current masks)."""
 
@@ -263,7 +252,7 @@ class BasePruner:
             the per-step losses of this call (empty for methods without an iterative fit).
         """
         self._check_alive()
-        steps = _int("steps", steps)
+        steps = checks.count("steps", steps)
         stream = BatchStream(loader, self._check_batch)
         stream.skip(self._resume_position)
         self._stream, self._resume_position = stream, 0
@@ -282,7 +271,7 @@ class BasePruner:
                 sparsity = self.pattern.n / self.pattern.m
             if isinstance(sparsity, Mapping):
                 raise ValueError("sparsity: an N:M pattern prunes every layer alike; pass one number")
-            s = _real("sparsity", sparsity)
+            s = checks.sparsity("sparsity", sparsity)
             zeros = round(s * self.pattern.m)
             if abs(s * self.pattern.m - zeros) > 1e-9 or zeros > self.pattern.n:
                 raise ValueError(
@@ -299,9 +288,9 @@ class BasePruner:
             if unknown:
                 raise ValueError(f"sparsity: unknown layers {sorted(unknown)}; prunable: {sorted(current)}")
             for name, value in sparsity.items():
-                _real(f"sparsity[{name!r}]", value)
+                checks.sparsity(f"sparsity[{name!r}]", value)
         else:
-            _real("sparsity", sparsity)
+            checks.sparsity("sparsity", sparsity)
         per_layer = selection.per_layer_targets(sparsity, self.layer_names, current, self.allocation)
         if per_layer is None:
             total = sum(self.pattern.units(v) for v in self.views)
@@ -338,7 +327,9 @@ class BasePruner:
             ValueError / TypeError: bad ``sparsity``/``substeps`` or NaN/Inf weights; the model is untouched.
         """
         self._check_alive()
-        substeps = _int("substeps", substeps, 1)
+        if not self._is_fitted():
+            raise RuntimeError(f"{type(self).__name__}.prune: call fit(loader) first")
+        substeps = checks.count("substeps", substeps, 1)
         kind, target = self._targets(sparsity)
         self._check_weights()
         snapshot = self._snapshot()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode, split_batch
 from fls_kernels.pruning.base import BasePruner
-from fls_kernels.pruning.curvature import count
+from fls_kernels.pruning.checks import count
 
 
 class CoresetPruner(BasePruner):
@@ -96,12 +96,8 @@ class CoresetPruner(BasePruner):
         self._recompute()
         return []
 
-    def prune(self, sparsity=None, substeps: int = 1) -> float:
-        if self.sensitivity is None:
-            raise RuntimeError("CoresetPruner.prune: call fit(loader) first to measure the sensitivities")
-        return super().prune(sparsity, substeps)
-
-    prune.__doc__ = BasePruner.prune.__doc__
+    def _is_fitted(self) -> bool:
+        return self.sensitivity is not None
 
     def _before_substep(self, substep: int) -> None:
         self._recompute()

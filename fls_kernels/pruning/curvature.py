@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -12,22 +11,7 @@ from fls_kernels import timing
 from fls_kernels.curvature.fisher import LayerStats, ModelCurvature, split_batch
 from fls_kernels.curvature.likelihoods import Likelihood, get_likelihood
 from fls_kernels.pruning.base import BasePruner
-
-
-def positive(name: str, value: object) -> float:
-    """A finite number > 0, else TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name}: expected a finite number, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name}: must be > 0, got {value}")
-    return float(value)
-
-
-def count(name: str, value: object, minimum: int = 0) -> int:
-    """An int ≥ ``minimum``, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an int ≥ {minimum}, got {value!r}")
-    return value
+from fls_kernels.pruning.checks import count, positive
 
 
 class CurvaturePruner(BasePruner):

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fls_kernels.curvature.fitter import AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
-from fls_kernels.pruning.curvature import count, positive
+from fls_kernels.pruning.checks import count, positive
 from fls_kernels.pruning.kron_obs import KronOBSPruner
 
 log = logging.getLogger("fls_kernels.prune")
@@ -116,12 +116,8 @@ class FishLegPruner(KronOBSPruner):
         return [self.full_mask(i).to(self.blocks[i].A.dtype) for i in range(len(self.views))]
 
     # ------------------------------------------------------------------------------------------ pruning
-    def prune(self, sparsity=None, substeps: int = 1) -> float:
-        if self.fitter is None:
-            raise RuntimeError("FishLegPruner.prune: call fit(loader, steps) first to learn Q")
-        return super().prune(sparsity, substeps)
-
-    prune.__doc__ = KronOBSPruner.prune.__doc__
+    def _is_fitted(self) -> bool:
+        return self.fitter is not None
 
     def _before_substep(self, substep: int) -> None:
         if self._stale and self.refine_steps:

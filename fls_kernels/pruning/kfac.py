@@ -31,12 +31,8 @@ class KFACPruner(KronOBSPruner):
             block.init_kfac(s.act_cov, s.grad_cov, damping)
         self._fitted = True
 
-    def prune(self, sparsity=None, substeps: int = 1) -> float:
-        if not self._fitted:
-            raise RuntimeError("KFACPruner.prune: call fit(loader) first to measure the K-FAC factors")
-        return super().prune(sparsity, substeps)
-
-    prune.__doc__ = KronOBSPruner.prune.__doc__
+    def _is_fitted(self) -> bool:
+        return self._fitted
 
     def _before_substep(self, substep: int) -> None:
         self._recompute()

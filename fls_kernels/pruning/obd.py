@@ -27,12 +27,8 @@ class OBDPruner(CurvaturePruner):
         self._resolve_damping(self.mean_diag(stats))
         self.fisher_diag = [s.diag.to(self._work_dtype()) for s in stats]
 
-    def prune(self, sparsity=None, substeps: int = 1) -> float:
-        if self.fisher_diag is None:
-            raise RuntimeError("OBDPruner.prune: call fit(loader) first to measure the Fisher diagonal")
-        return super().prune(sparsity, substeps)
-
-    prune.__doc__ = CurvaturePruner.prune.__doc__
+    def _is_fitted(self) -> bool:
+        return self.fisher_diag is not None
 
     def _before_substep(self, substep: int) -> None:
         self._recompute()

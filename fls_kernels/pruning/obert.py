@@ -18,7 +18,8 @@ from torch.utils._pytree import tree_map
 
 from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode
-from fls_kernels.pruning.curvature import CurvaturePruner, count
+from fls_kernels.pruning.checks import count
+from fls_kernels.pruning.curvature import CurvaturePruner
 
 
 def _labels(batch: object) -> Tensor:
@@ -121,12 +122,8 @@ class OBERTPruner(CurvaturePruner):
         self._recompute()
         return []
 
-    def prune(self, sparsity=None, substeps: int = 1) -> float:
-        if self.finv is None:
-            raise RuntimeError("OBERTPruner.prune: call fit(loader) first to estimate the empirical Fisher")
-        return super().prune(sparsity, substeps)
-
-    prune.__doc__ = CurvaturePruner.prune.__doc__
+    def _is_fitted(self) -> bool:
+        return self.finv is not None
 
     def _before_substep(self, substep: int) -> None:
         self._recompute()

@@ -1,0 +1,31 @@
+"""Argument checks shared by the pruners: each error names the argument."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def sparsity(name: str, value: object) -> float:
+    """A real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a real number in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: must be in [0, 1), got {value}")
+    return float(value)
+
+
+def count(name: str, value: object, minimum: int = 0) -> int:
+    """An int ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int ≥ {minimum}, got {value!r}")
+    return value
+
+
+def positive(name: str, value: object) -> float:
+    """A finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    return float(value)
