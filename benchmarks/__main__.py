@@ -50,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (e.g. one process per core)")
     q.add_argument("--merge", nargs="+", help="combine the outputs of runs over disjoint seeds instead of running")
     q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
+    q.add_argument("--model", choices=["digits", "minilm"], default="digits")
+    q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
+    q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
     args = parser.parse_args(argv)
+    if args.command == "quality" and args.model == "minilm":
+        from benchmarks.quality import minilm
+
+        config = minilm.Config(device=args.device, **(minilm.REDUCED if args.reduced else {}))
+        rows = minilm.run(config)
+        print(minilm.table(rows, config))
+        print("wrote", ", ".join(str(p) for p in minilm.write(rows, config, args.out)))
+        return 0
     if args.command == "quality":
         from benchmarks.quality import digits
 

@@ -489,7 +489,8 @@ class BasePruner:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError.
+        """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError (a state
+        saved before any pruning loads into a pruner of any pattern: a fitted Q serves them all).
 
         Attached data restarts at the saved batch position (skipping batches); a fresh pruner re-attaches its
         data with ``fit(loader, 0)``, which resumes there too.
@@ -499,9 +500,10 @@ class BasePruner:
             raise ValueError("state_dict: not a pruner state (no 'masks')")
         if state.get("method") != type(self).__name__:
             raise ValueError(f"state_dict: saved by {state.get('method')}, loading into {type(self).__name__}")
-        if state.get("pattern", str(self.pattern)) != str(self.pattern):
-            raise ValueError(f"state_dict: saved with pattern {state['pattern']}, this pruner uses {self.pattern}")
         masks = state["masks"]
+        pruned = any(not bool(m.all()) for m in masks.values())
+        if pruned and state.get("pattern", str(self.pattern)) != str(self.pattern):
+            raise ValueError(f"state_dict: saved with pattern {state['pattern']}, this pruner uses {self.pattern}")
         if set(masks) != set(self.masks):
             raise ValueError(f"state_dict: layers {sorted(masks)} do not match this pruner's {sorted(self.masks)}")
         for k, m in masks.items():

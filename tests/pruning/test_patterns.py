@@ -134,3 +134,17 @@ def test_exact_block_score_and_update_equal_dense_group_obs():
     expected[p] = 0
     torch.testing.assert_close(view.matrix().reshape(-1), expected)
     assert (view.matrix().reshape(-1)[p] == 0).all()
+
+
+def test_a_dense_state_loads_across_patterns_but_a_pruned_one_does_not():
+    model = Net()
+    unstructured = fitted("fls", model)
+    dense_state = unstructured.state_dict()
+    unstructured.prune(0.5)
+    pruned_state = unstructured.state_dict()
+    other = PRUNERS["fls"](Net(), pattern="2:4")
+    other.load_state_dict(dense_state)
+    for a, b in zip(other.blocks.parameters(), unstructured.blocks.parameters()):
+        assert a.shape == b.shape
+    with pytest.raises(ValueError, match="state_dict: saved with pattern unstructured"):
+        other.load_state_dict(pruned_state)

