@@ -6,6 +6,7 @@ kthvalue/topk/sort), ``python -m benchmarks e2e`` (a whole-model prune, time spl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (e.g. one process per core)")
     q.add_argument("--merge", nargs="+", help="combine the outputs of runs over disjoint seeds instead of running")
     q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
+    q.add_argument("--sparsities", type=float, nargs="+", help="digits: one-shot sparsities (default 0.5 … 0.95)")
+    q.add_argument("--gradual", type=float, nargs="*", help="digits: gradual targets (default 0.9 0.95)")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
@@ -66,16 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.quality import digits
 
         protocol = digits.Protocol(seeds=tuple(args.seed_list or range(args.seeds)))
+        if args.sparsities:
+            protocol = dataclasses.replace(protocol, sparsities=tuple(args.sparsities))
+        if args.gradual is not None:
+            protocol = dataclasses.replace(protocol, gradual_targets=tuple(args.gradual))
         if args.merge:
             results = digits.merge([Path(p) for p in args.merge], protocol)
             print(digits.table(results))
             print("wrote", ", ".join(str(p) for p in digits.write(results, args.out)))
             return 0
         if args.quick:
-            protocol = digits.Protocol(
-                seeds=protocol.seeds,
-                sparsities=(0.5, 0.8),
-                gradual_targets=(0.9,),
+            protocol = dataclasses.replace(
+                protocol,
+                sparsities=tuple(args.sparsities or (0.5, 0.8)),
+                gradual_targets=(0.9,) if args.gradual is None else protocol.gradual_targets,
                 substeps=2,
                 damping_grid=(1.0,),
                 fls_fit_steps=20,

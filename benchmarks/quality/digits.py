@@ -155,7 +155,9 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
             grid = protocol.damping_grid if method in CURVATURE else (1.0,)
             sweep = {rd: one_shot(method, dense, data, protocol, seed, rd, (protocol.sweep_sparsity,)) for rd in grid}
             best = max(grid, key=lambda rd: sweep[rd][protocol.sweep_sparsity][0])
-            accs = one_shot(method, dense, data, protocol, seed, best, protocol.sparsities)
+            rest = tuple(s for s in protocol.sparsities if s != protocol.sweep_sparsity)
+            found = {**sweep[best], **one_shot(method, dense, data, protocol, seed, best, rest)} if rest else sweep[best]
+            accs = {s: found[s] for s in protocol.sparsities}
             for s, (_, test) in accs.items():
                 results.rows.append(
                     dict(
