@@ -34,8 +34,8 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VPY) -m ruff check fls_kernels python benchmarks tests setup.py
-	$(VPY) -m ruff format --check fls_kernels python benchmarks tests setup.py
+	$(VPY) -m ruff check fls_kernels python benchmarks tests examples setup.py
+	$(VPY) -m ruff format --check fls_kernels python benchmarks tests examples setup.py
 
 # The CPU suite (< 10 minutes on 2 cores), then benchmarks/README.md from the latest outputs.
 bench: $(STAMP)

@@ -9,6 +9,7 @@ Example:
 
 from fls_kernels.backends import BackendUnavailableError, use_backend
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
+from fls_kernels.distributed import Distributed, RankFailure
 from fls_kernels.ops import (
     kron_diag,
     kron_qv,
@@ -38,6 +39,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "Distributed",
+    "RankFailure",
     "BasePruner",
     "ConstantSchedule",
     "CoresetPruner",

@@ -7,7 +7,8 @@
 
 Sections: ``statistics`` (initialisation / recomputation passes over data), ``fvp`` (Fisher-vector products),
 ``q_products`` (Q(λ) products of the aux loss, its backward and the Adam step on λ), ``scoring``, ``selection``
-and ``update`` (the surgeon's weight update and masking). On CUDA each section synchronises the device at
+and ``update`` (the surgeon's weight update and masking), and ``communication`` (collectives of a distributed
+pruner that move vectors or weights between ranks). On CUDA each section synchronises the device at
 its ends, so recording serialises work that would otherwise overlap. Outside :func:`record` (and under
 ``torch.compile``) sections cost one global read.
 """

@@ -156,7 +156,9 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
             sweep = {rd: one_shot(method, dense, data, protocol, seed, rd, (protocol.sweep_sparsity,)) for rd in grid}
             best = max(grid, key=lambda rd: sweep[rd][protocol.sweep_sparsity][0])
             rest = tuple(s for s in protocol.sparsities if s != protocol.sweep_sparsity)
-            found = {**sweep[best], **one_shot(method, dense, data, protocol, seed, best, rest)} if rest else sweep[best]
+            found = (
+                {**sweep[best], **one_shot(method, dense, data, protocol, seed, best, rest)} if rest else sweep[best]
+            )
             accs = {s: found[s] for s in protocol.sparsities}
             for s, (_, test) in accs.items():
                 results.rows.append(

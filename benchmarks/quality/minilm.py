@@ -120,7 +120,7 @@ def make(method: str, model, config: Config, pattern: str):
         return fls.OBERTPruner(model, fisher="sampled", num_grads=config.obert_grads, grad_chunk=8, **curv)
     if method == "K-FAC":
         return fls.KFACPruner(model, stat_batches=config.stat_batches, **curv)
-    return fls.MagnitudePruner(model, **common)
+    return fls.MagnitudePruner(model, include=ENCODER_LAYERS, pattern=pattern)
 
 
 def run(config: Config | None = None, log=print) -> list[dict]:

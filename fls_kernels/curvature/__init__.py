@@ -1,6 +1,6 @@
 """Curvature floor: Q(λ) blocks per layer, likelihoods, Fisher-vector products and the aux-loss fitter."""
 
-from fls_kernels.curvature.blocks import KronBlock
+from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.fisher import LayerStats, ModelCurvature, eval_mode, split_batch
 from fls_kernels.curvature.fitter import AuxFitter
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
@@ -13,6 +13,7 @@ __all__ = [
     "Categorical",
     "Gaussian",
     "KronBlock",
+    "RemoteBlock",
     "LayerStats",
     "LayerView",
     "Likelihood",

@@ -36,6 +36,14 @@ class KronBlock(nn.Module):
         self.A = nn.Parameter(torch.ones(m, n, dtype=dtype, device=device))
         self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
 
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
+
     # ------------------------------------------------------------------------------------------ products
     def grams(self) -> tuple[Tensor, Tensor]:
         """(G_R, G_L) = (RᵀR, LLᵀ). Cached while λ is unchanged and no gradient is being recorded."""
@@ -113,6 +121,18 @@ class KronBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"m={self.m}, n={self.n}"
+
+
+class RemoteBlock(nn.Module):
+    """Stand-in for a layer's Q block that another rank owns (sharded pruning): its shape, no λ."""
+
+    def __init__(self, m: int, n: int, owner: int, *, dtype: torch.dtype, device=None) -> None:
+        super().__init__()
+        self.m, self.n, self.owner = m, n, owner
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, n={self.n}, owner={self.owner}"
 
 
 def _sym(M: Tensor) -> Tensor:

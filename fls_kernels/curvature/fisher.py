@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from torch.func import functional_call, jvp, vjp
 
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
+
+if TYPE_CHECKING:
+    from fls_kernels.distributed.comm import Comm
 
 
 def split_batch(batch: object) -> tuple[tuple, dict]:
@@ -76,6 +80,14 @@ class ModelCurvature:
         args, kwargs = self.inputs(batch)
         return lambda params: self.output(functional_call(self.model, params, args, kwargs, strict=False))
 
+    def batch_size(self, batch: object) -> int:
+        """Samples in ``batch``: the leading size of its first tensor input."""
+        args, kwargs = self.inputs(batch)
+        for t in list(args) + list(kwargs.values()):
+            if isinstance(t, Tensor):
+                return t.shape[0]
+        raise TypeError(f"loader: no tensor among the model inputs of a {type(batch).__name__} batch")
+
     def fvp(self, batch: object, vectors: list[Tensor]) -> list[Tensor]:
         """F v for one batch: F = (1/B) Σ_b J_bᵀ H_b J_b. vectors: one [m, n] per view; returns the same."""
         params = self._params()
@@ -93,10 +105,20 @@ class ModelCurvature:
         ]
 
     def statistics(
-        self, batches: Iterator[object], num_batches: int, *, kfac: bool, generator: torch.Generator | None = None
+        self,
+        batches: Iterator[object],
+        num_batches: int,
+        *,
+        kfac: bool,
+        generator: torch.Generator | None = None,
+        comm: Comm | None = None,
     ) -> list[LayerStats]:
         """Per-layer Ā = E[a aᵀ], G = E[Σ_t δ δᵀ] and diag F̂ = E[g ⊙ g] from per-sample sampled-label
-        gradients g (δ: output gradients, a: input patches, t: locations/tokens)."""
+        gradients g (δ: output gradients, a: input patches, t: locations/tokens).
+
+        With ``comm``, every rank reads its own batches; the sums are added over ranks and the sampled labels
+        are those of one process reading the ranks' batches concatenated in rank order.
+        """
         stats = [LayerStats(v, kfac) for v in self.views]
         captured: dict[int, Tensor] = {}
         handles = []
@@ -107,19 +129,38 @@ class ModelCurvature:
                 output.register_hook(lambda g, i=i: stats[i].add(captured.pop(i), g.detach()))
 
             handles.append(view.module.register_forward_hook(hook))
+        guard = comm.attempt if comm is not None else contextlib.nullcontext
         try:
             with eval_mode(self.model):
                 for _ in range(num_batches):
-                    batch = next(batches)
-                    params = {k: p.requires_grad_() for k, p in self._params().items()}
-                    with torch.enable_grad():
+                    out, params = None, None
+                    with guard(), torch.enable_grad():
+                        batch = next(batches)
+                        params = {k: p.requires_grad_() for k, p in self._params().items()}
                         out = self._function(batch)(params)
-                        target = self.likelihood.sample(out, generator)
+                    rows = None
+                    if comm is not None:
+                        sizes = comm.sizes(out.shape[0] if out is not None else 0)
+                        rows = (sum(sizes[: comm.rank]), sum(sizes))
+                    with guard(), torch.enable_grad():
+                        target = (
+                            self.likelihood.sample(out, generator, rows)
+                            if rows
+                            else self.likelihood.sample(out, generator)
+                        )
                         loss = self.likelihood.nll(out, target).sum()
                         torch.autograd.grad(loss, list(params.values()))
         finally:
             for h in handles:
                 h.remove()
+            captured.clear()
+        if comm is not None:
+            parts = [t for s in stats for t in s.totals()]
+            counts = torch.tensor([float(s.samples) for s in stats], dtype=torch.float64, device=comm.device)
+            comm.all_reduce_(parts)
+            counts = comm.check(counts)
+            for s, c in zip(stats, counts.tolist()):
+                s.samples = int(c)
         return stats
 
 
@@ -156,6 +197,16 @@ class LayerStats:
             grads = torch.einsum("bgtm,bgtn->bgmn", d[s : s + per], a[s : s + per])
             acc += (grads * grads).sum(0)
         self._diag.add(acc.reshape(self.view.m, self.view.n))
+
+    def totals(self) -> list[Tensor]:
+        """The running sums (zeros where nothing was added yet), for adding them over ranks in place."""
+        m, n = self.view.m, self.view.n
+        device, f64 = self.view.weight.device, torch.float64
+        shapes = [(self._diag, (m, n))] + ([(self._act, (n, n)), (self._grad, (m, m))] if self.kfac else [])
+        for acc, shape in shapes:
+            if acc.total is None:
+                acc.total = torch.zeros(shape, dtype=f64, device=device)
+        return [acc.total for acc, _ in shapes]
 
     def _mean(self, acc: _Acc) -> Tensor:
         if acc.total is None or self.samples == 0:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fls_kernels import timing
 from fls_kernels.curvature.blocks import KronBlock
+
+if TYPE_CHECKING:
+    from fls_kernels.distributed.comm import Comm
 
 log = logging.getLogger("fls_kernels.fit")
 
@@ -26,14 +30,19 @@ class AuxFitter:
     """Adam on λ of every block against the auxiliary loss.
 
     Args:
-        blocks: the Q blocks, one per layer.
+        blocks: the Q blocks, one per layer (sharded: a :class:`RemoteBlock` for layers other ranks own).
         fvp: (batch, [v per block]) → [F v per block], the exact Fisher-vector product.
         damping: γ.
         lr: Adam learning rate (1e-3 is the robust default from a data-driven start).
         precondition: apply Q to the residual before backpropagation (a Newton-like step on λ).
         precision: GEMM mode of the Q products.
-        generator: RNG of the probes.
+        generator: RNG of the probes (the same seed on every rank).
         backend: ops backend of the Q products (None: automatic).
+        comm: process group of a distributed fit (None: one process); each rank reads its own batches and
+            the step is that of one process on their union: replicated blocks sum their λ gradients (weighted
+            by batch size, bucketed) over ranks; sharded ones broadcast v from the owner and reduce F v to it.
+        batch_size: batch → its number of samples (needed with ``comm``).
+        owners: sharded: the rank owning each block (None: every rank holds every block).
     """
 
     def __init__(
@@ -47,9 +56,14 @@ class AuxFitter:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         backend: str | None = None,
+        comm: Comm | None = None,
+        batch_size: Callable[[object], int] | None = None,
+        owners: list[int] | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        if comm is not None and batch_size is None:
+            raise ValueError("batch_size: required with comm (each rank's share of the union batch)")
         self.blocks = blocks
         self.fvp = fvp
         self.damping = float(damping)
@@ -57,7 +71,13 @@ class AuxFitter:
         self.precision = precision
         self.generator = generator
         self.backend = backend
-        self.optimizer = torch.optim.Adam([p for b in blocks for p in b.parameters()], lr=lr)
+        self.comm = comm
+        self.batch_size = batch_size
+        self.owners = owners
+        self.owned = [isinstance(b, KronBlock) for b in blocks]
+        params = [p for b in blocks for p in b.parameters()]
+        # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
+        self.optimizer = torch.optim.Adam(params or [nn.Parameter(torch.zeros(0))], lr=lr)
         #: aux loss 𝒜 of every step taken, in order.
         self.history: list[float] = []
 
@@ -70,58 +90,130 @@ class AuxFitter:
         Raises:
             FloatingPointError: the loss or residual is not finite; λ is left as it was.
         """
-        us, vs, grams = [], [], []
-        with timing.section("q_products"):
-            self._probe(us, vs, grams, masks)
+        if self.comm is not None:
+            return self._distributed_step(batch, masks)
+        us, vs, grams = self._probe(masks)
         with timing.section("fvp"), torch.no_grad():
             fvs = self.fvp(batch, [v.detach() for v in vs])
         with timing.section("q_products"):
-            return self._update(us, vs, grams, fvs, masks)
+            loss, surrogate = self._surrogate(us, vs, grams, fvs, masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            surrogate.backward()
+        self.optimizer.step()
+        self.history.append(loss)
+        return loss
 
-    def _probe(self, us: list[Tensor], vs: list[Tensor], grams: list, masks: list[Tensor] | None) -> None:
-        """u ∼ 𝒩(0, I) (masked) and v = M ⊙ Q u with its graph to λ, per block."""
-        gen = self.generator
-        for i, block in enumerate(self.blocks):
-            u = torch.randn(block.m, block.n, generator=gen, device=block.A.device, dtype=block.A.dtype)
-            if masks is not None:
-                u = u * masks[i]
-            grams.append(block.grams())
-            v = block.qv(u, grams=grams[-1], precision=self.precision, backend=self.backend)
-            if masks is not None:
-                v = v * masks[i]
-            us.append(u)
-            vs.append(v)
+    def _probe(self, masks: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor | None], list]:
+        """u ∼ 𝒩(0, I) (masked) for every block, v = M ⊙ Q u with its graph to λ for the owned ones."""
+        us, vs, grams = [], [], []
+        with timing.section("q_products"):
+            for i, block in enumerate(self.blocks):
+                u = torch.randn(block.m, block.n, generator=self.generator, device=block.device, dtype=block.dtype)
+                if masks is not None:
+                    u = u * masks[i]
+                v, g = None, None
+                if self.owned[i]:
+                    g = block.grams()
+                    v = block.qv(u, grams=g, precision=self.precision, backend=self.backend)
+                    if masks is not None:
+                        v = v * masks[i]
+                us.append(u)
+                vs.append(v)
+                grams.append(g)
+        return us, vs, grams
 
-    def _update(self, us, vs, grams, fvs, masks) -> float:
-        """Residuals, optional preconditioning, the surrogate's backward and the Adam step; returns 𝒜."""
+    def _surrogate(self, us, vs, grams, fvs, masks, scale_fv: float = 1.0) -> tuple[float, Tensor]:
+        """(𝒜 over the owned blocks, the surrogate Σ ⟨M ⊙ Q r, v⟩ / (‖v‖‖u‖) to backpropagate into λ).
+
+        ``vs`` must be complete (other ranks' blocks detached) for the norm; ``fvs`` is F v · ``scale_fv``.
+        """
+        owned = [i for i, o in enumerate(self.owned) if o]
         with torch.no_grad():
-            residuals, loss = [], 0.0
-            for i, (u, v, fv) in enumerate(zip(us, vs, fvs)):
-                v = v.detach()
-                fgv = fv + self.damping * v
-                loss += 0.5 * float((v * fgv).sum()) - float((u * v).sum())
-                res = fgv - u
+            residuals, loss = {}, 0.0
+            for i in owned:
+                v = vs[i].detach()
+                fgv = fvs[i] * scale_fv + self.damping * v
+                loss += 0.5 * float((v * fgv).sum()) - float((us[i] * v).sum())
+                res = fgv - us[i]
                 if masks is not None:
                     res = res * masks[i]
-                residuals.append(res)
+                if self.precondition:
+                    G_R, G_L = grams[i]
+                    res = self.blocks[i].qv(
+                        res, grams=(G_R.detach(), G_L.detach()), precision=self.precision, backend=self.backend
+                    )
+                    if masks is not None:
+                        res = res * masks[i]
+                residuals[i] = res
             norm = math.sqrt(sum(float(v.detach().square().sum()) for v in vs)) * math.sqrt(
                 sum(float(u.square().sum()) for u in us)
             )
-            if self.precondition:
-                residuals = [
-                    b.qv(r, grams=(G_R.detach(), G_L.detach()), precision=self.precision, backend=self.backend)
-                    for b, r, (G_R, G_L) in zip(self.blocks, residuals, grams)
-                ]
-                if masks is not None:
-                    residuals = [r * m for r, m in zip(residuals, masks)]
-        if not math.isfinite(loss) or not all(bool(torch.isfinite(r).all()) for r in residuals):
+        if not math.isfinite(loss) or not all(bool(torch.isfinite(r).all()) for r in residuals.values()):
             raise FloatingPointError(
                 f"aux loss diverged at step {len(self.history)} (loss {loss}); lower lr or raise damping"
             )
         scale = 1.0 / norm if norm > 0 else 1.0
-        surrogate = sum((r * scale * v).sum() for r, v in zip(residuals, vs))
-        self.optimizer.zero_grad(set_to_none=True)
-        surrogate.backward()
+        surrogate = sum((residuals[i] * scale * vs[i]).sum() for i in owned)
+        return loss, surrogate if owned else torch.zeros((), requires_grad=True)
+
+    # ------------------------------------------------------------------------------------------ distributed
+    def _distributed_step(self, batch: object, masks: list[Tensor] | None) -> float:
+        """The step of one process on the union of every rank's batch (see the class docstring)."""
+        comm, owned = self.comm, self.owned
+        rng = self.generator.get_state() if self.generator is not None else None
+        us, vs, grams, fvs, local = [], [], [], [], 0
+        try:
+            with comm.attempt():
+                local = int(self.batch_size(batch))
+                us, vs, grams = self._probe(masks)
+            if not us:  # the probe failed: shapes for the collectives
+                us = [torch.zeros(b.m, b.n, device=b.device, dtype=b.dtype) for b in self.blocks]
+                vs = [None] * len(us)
+            sharded = self.owners is not None
+            if sharded:  # every rank needs the whole v, from each block's owner
+                full = [v.detach().clone() if v is not None else torch.zeros_like(u) for u, v in zip(us, vs)]
+                with timing.section("communication"):
+                    for rank in range(comm.world):
+                        comm.broadcast_([full[i] for i, o in enumerate(self.owners) if o == rank], rank)
+                vs = [v if v is not None else f for v, f in zip(vs, full)]
+            with comm.attempt(), timing.section("fvp"), torch.no_grad():
+                fvs = self.fvp(batch, [v.detach() if v is not None else torch.zeros_like(u) for u, v in zip(us, vs)])
+            if len(fvs) != len(us):
+                fvs = [torch.zeros_like(u) for u in us]
+            scale = 1.0
+            if sharded:  # Σ_rows F v summed onto each block's owner, then the mean over the union batch
+                fvs = [f * local for f in fvs]
+                with timing.section("communication"):
+                    for rank in range(comm.world):
+                        comm.reduce_([fvs[i] for i, o in enumerate(self.owners) if o == rank], rank)
+                scale = 1.0 / max(comm.check(torch.tensor([float(local)]))[0].item(), 1.0)
+            loss, grads = 0.0, []
+            with comm.attempt(), timing.section("q_products"):
+                if any(vs[i] is None for i, o in enumerate(owned) if o):
+                    raise RuntimeError("the probe of this step failed")
+                loss, surrogate = self._surrogate(us, vs, grams, fvs, masks, scale)
+                self.optimizer.zero_grad(set_to_none=True)
+                surrogate.backward()
+            params = [p for b in self.blocks for p in b.parameters()]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            if not sharded:  # replicated: λ gradients summed over ranks, weighted by batch size
+                for g in grads:
+                    g.mul_(local)
+                with timing.section("communication"):
+                    comm.all_reduce_(grads)
+                sums = comm.check(torch.tensor([float(local), loss * local]))
+                total, loss = sums[0].item(), sums[1].item() / sums[0].item()
+                for g in grads:
+                    g.div_(total)
+            else:
+                loss = comm.check(torch.tensor([loss]))[0].item()
+        except BaseException:
+            if rng is not None:
+                self.generator.set_state(rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        for p, g in zip(params, grads):
+            p.grad = g
         self.optimizer.step()
         self.history.append(loss)
         return loss

@@ -17,12 +17,37 @@ from torch import Tensor
 
 
 class Likelihood:
-    """Base class. ``output`` is the model output, batch dimension first."""
+    """Base class. ``output`` is the model output, batch dimension first.
+
+    Subclasses define sampling through :meth:`from_noise` (ŷ from per-row uniform or normal noise), so that
+    shards of a batch split over ranks draw exactly the targets one process draws for the whole batch.
+    """
 
     name = "likelihood"
+    #: "uniform" or "normal": the noise :meth:`from_noise` reads.
+    noise = "uniform"
 
-    def sample(self, output: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Targets ŷ ∼ p(·|output), without gradient."""
+    def sample(
+        self, output: Tensor, generator: torch.Generator | None = None, rows: tuple[int, int] | None = None
+    ) -> Tensor:
+        """Targets ŷ ∼ p(·|output), without gradient.
+
+        ``rows`` = (offset, total): ``output`` holds rows offset … offset + B of a batch of ``total`` rows; the
+        noise of all ``total`` rows is drawn and this shard's slice used.
+        """
+        offset, total = rows if rows is not None else (0, output.shape[0])
+        shape = (total, *self.noise_shape(output))
+        draw = torch.rand if self.noise == "uniform" else torch.randn
+        dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
+        noise = draw(shape, generator=generator, device=output.device, dtype=dtype)
+        return self.from_noise(output.detach(), noise[offset : offset + output.shape[0]])
+
+    def noise_shape(self, output: Tensor) -> tuple[int, ...]:
+        """Per-row shape of the noise."""
+        return tuple(output.shape[1:])
+
+    def from_noise(self, output: Tensor, noise: Tensor) -> Tensor:
+        """ŷ from the output and its noise."""
         raise NotImplementedError
 
     def nll(self, output: Tensor, target: Tensor) -> Tensor:
@@ -42,10 +67,14 @@ class Categorical(Likelihood):
 
     name = "categorical"
 
-    def sample(self, output, generator=None):
-        probs = torch.softmax(output.detach().float(), dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+    def noise_shape(self, output):
+        return tuple(output.shape[1:-1])
+
+    def from_noise(self, output, noise):
+        """Inverse CDF: the first class whose cumulative probability exceeds u ∼ U[0, 1)."""
+        cdf = torch.softmax(output.float(), dim=-1).cumsum(-1)
+        u = noise.unsqueeze(-1) * cdf[..., -1:]  # scale by the total so rounding never runs past the last class
+        return (cdf <= u).sum(-1).clamp_max(output.shape[-1] - 1)
 
     def nll(self, output, target):
         logp = F.log_softmax(output, dim=-1)
@@ -62,8 +91,8 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
 
-    def sample(self, output, generator=None):
-        return torch.bernoulli(torch.sigmoid(output.detach()), generator=generator)
+    def from_noise(self, output, noise):
+        return (noise < torch.sigmoid(output.float())).to(output.dtype)
 
     def nll(self, output, target):
         loss = F.binary_cross_entropy_with_logits(output, target, reduction="none")
@@ -84,9 +113,10 @@ class Gaussian(Likelihood):
             raise ValueError(f"sigma: expected a positive finite number, got {sigma!r}")
         self.sigma = float(sigma)
 
-    def sample(self, output, generator=None):
-        noise = torch.randn(output.shape, generator=generator, device=output.device, dtype=output.dtype)
-        return output.detach() + self.sigma * noise
+    noise = "normal"
+
+    def from_noise(self, output, noise):
+        return output + self.sigma * noise.to(output.dtype)
 
     def nll(self, output, target):
         sq = (output - target) ** 2 / (2 * self.sigma**2)

@@ -55,7 +55,12 @@ class SentenceEncoder(nn.Module):
         self.bert = bert
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+        # An additive [B, 1, 1, T] mask, passed through as-is: no data-dependent mask building, so per-sample
+        # gradients (torch.func.vmap, e.g. oBERT's) and forward-mode AD trace through the encoder.
+        dtype = self.bert.get_input_embeddings().weight.dtype
+        keep = attention_mask[:, None, None, :].to(dtype)
+        additive = (1.0 - keep) * torch.finfo(dtype).min
+        hidden = self.bert(input_ids=input_ids, attention_mask=additive, token_type_ids=token_type_ids)[0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=-1)

@@ -31,6 +31,9 @@ from fls_kernels.pruning.schedules import Schedule, as_schedule
 
 log = logging.getLogger("fls_kernels.prune")
 
+#: data-parallel wrappers whose ``.module`` is pruned
+_WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel")
+
 
 class BasePruner:
     """Layer selection, masks, patterns, schedules, the prune step and checkpoints; subclasses define scores
@@ -51,10 +54,16 @@ class BasePruner:
         backend: preferred ops backend (default: automatic); ops it does not implement (e.g. Triton has no
             ``select_smallest``) run on the automatic choice.
         progress: show tqdm progress bars.
+        distributed: prune on every rank of a ``torch.distributed`` group, each reading its own batches:
+            True / "replicated" (data-parallel), "sharded" (per-layer owners; FLS and K-FAC-OBS) or a
+            :class:`~fls_kernels.distributed.Distributed`. Every rank ends each step with the same masks and
+            weights; a step failing on any rank raises on every rank with no model changed.
     """
 
     #: bump when the state_dict layout changes
     STATE_VERSION = 2
+    #: whether the method supports ``distributed="sharded"`` (per-layer owners)
+    SHARDABLE = False
 
     def __init__(
         self,
@@ -70,9 +79,12 @@ class BasePruner:
         include_bias: bool = True,
         backend: str | None = None,
         progress: bool = False,
+        distributed: object = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if type(model).__name__ in _WRAPPERS and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module  # DDP / FSDP: prune the wrapped module in place (FSDP: inside summon_full_params)
         if allocation not in selection.ALLOCATIONS:
             raise ValueError(f"allocation: expected one of {selection.ALLOCATIONS}, got {allocation!r}")
         if isinstance(ignore, str):
@@ -107,6 +119,7 @@ class BasePruner:
             raise ValueError(f"model: prunable layers are on several devices ({where})")
         self.pattern.check(self.views)
         self.device = devices.pop()
+        self._setup_distributed(distributed)
         #: layer name → bool mask shaped like its weight (True = alive)
         self.masks: dict[str, Tensor] = {v.name: torch.ones_like(v.weight, dtype=torch.bool) for v in self.views}
         self._keeper = MaskKeeper(model, {v.weight: self.masks[v.name] for v in self.views})
@@ -115,6 +128,30 @@ class BasePruner:
         self._step = 0  # training steps seen by step()
         self._stream: BatchStream | None = None
         self._resume_position = 0
+
+    def _setup_distributed(self, distributed: object) -> None:
+        from fls_kernels.distributed import assign_owners, resolve
+
+        resolved = resolve(distributed, self.device)
+        self.comm, self.dist_mode = resolved if resolved is not None else (None, None)
+        self.owners: list[int] | None = None
+        if self.comm is None:
+            return
+        if self.dist_mode == "sharded":
+            if not self.SHARDABLE:
+                raise ValueError(
+                    f"distributed: {type(self).__name__} supports 'replicated' only; 'sharded' applies to the "
+                    "Kronecker-factored pruners (FishLegPruner, KFACPruner)"
+                )
+            self.owners = assign_owners([v.m * v.m * v.n + v.m * v.n * v.n for v in self.views], self.comm.world)
+        shapes = [float(x) for v in self.views for x in (v.m, v.n)]
+        self.comm.same("model", [float(len(self.views)), *shapes])
+        checksum = sum(float(p.detach().double().sum()) for v in self.views for p in v.parameters().values())
+        self.comm.same("model weights (start every rank from the same model, e.g. after DDP's broadcast)", [checksum])
+
+    def owns(self, index: int) -> bool:
+        """Whether this rank computes layer ``index`` (always, unless sharded)."""
+        return self.owners is None or self.owners[index] == self.comm.rank
 
     # ------------------------------------------------------------------------------------------ reporting
     @property
@@ -408,7 +445,16 @@ class BasePruner:
             if empty:
                 continue
             self._before_substep(step)
-            self._prune_once(kind, new)
+            if self.owners is not None:
+                from fls_kernels.pruning.sharded import prune_once
+
+                prune_once(self, kind, new)
+            elif self.comm is not None:  # replicated: the same step everywhere, agreed before going on
+                with self.comm.attempt():
+                    self._prune_once(kind, new)
+                self.comm.check()
+            else:
+                self._prune_once(kind, new)
             log.info("sub-step %d/%d: sparsity %.4f", step + 1, substeps, self.sparsity())
 
     def _prune_once(self, kind: str, new: object) -> None:
@@ -425,29 +471,49 @@ class BasePruner:
         with timing.section("update"):
             self._apply(mats, alive, chosen)
 
-    def _choose(self, kind: str, new: object, scores: list[Tensor], alive: list[Tensor]) -> list[Tensor]:
-        """Per layer, the weights ([m, n_weight] bool) removed now; ``scores`` are per pattern unit."""
-        if kind != "nm":
+    def _choose(
+        self, kind: str, new: object, scores: list[Tensor], alive: list[Tensor], only: list[int] | None = None
+    ) -> list[Tensor | None]:
+        """Per layer, the weights ([m, n_weight] bool) removed now; ``scores`` are per pattern unit.
+
+        ``only``: choose within these layers alone (per-layer kinds; None elsewhere).
+        """
+        if kind == "global":
             picked = selection.select(scores, new, backend=self._backend("select_smallest"))
             return [self.pattern.expand(c) for c in picked]
-        chosen = []
-        for i, (view, s) in enumerate(zip(self.views, scores)):
+        layers = range(len(self.views)) if only is None else only
+        chosen: list[Tensor | None] = [None] * len(self.views)
+        for i in layers:
+            view, s = self.views[i], scores[i]
+            if kind == "layers":
+                picked = selection.select([s], [new[i]], backend=self._backend("select_smallest"))[0]
+                chosen[i] = self.pattern.expand(picked)
+                continue
             s = s.masked_fill(~alive[i][:, : view.n_weight], float("-inf"))  # already pruned count first
             picked = ops.select_nm(s, new, self.pattern.m, backend=self._backend("select_nm"))
-            chosen.append(picked & alive[i][:, : view.n_weight])
+            chosen[i] = picked & alive[i][:, : view.n_weight]
         return chosen
 
     def _apply(self, mats: list[Tensor], alive: list[Tensor], chosen: list[Tensor]) -> None:
         """Update every layer (``_update``), write it back and record the new masks."""
-        for i, (view, W) in enumerate(zip(self.views, mats)):
-            prune = chosen[i]
-            if view.has_bias:
-                prune = torch.cat([prune, prune.new_zeros(view.m, 1)], dim=1)
-            keep = alive[i] & ~prune
-            self._update(i, W, prune, keep)
-            view.write(W)
-            self.masks[view.name].copy_(keep[:, : view.n_weight].reshape(view.weight.shape))
+        for i in range(len(self.views)):
+            self._commit(i, mats[i], self._apply_one(i, mats[i], alive[i], chosen[i]))
         self._keeper.apply()
+
+    def _apply_one(self, index: int, W: Tensor, alive: Tensor, chosen: Tensor) -> Tensor:
+        """Update layer ``index``'s matrix W in place; returns its new alive mask [m, n]."""
+        view = self.views[index]
+        prune = chosen
+        if view.has_bias:
+            prune = torch.cat([prune, prune.new_zeros(view.m, 1)], dim=1)
+        keep = alive & ~prune
+        self._update(index, W, prune, keep)
+        return keep
+
+    def _commit(self, index: int, W: Tensor, keep: Tensor) -> None:
+        view = self.views[index]
+        view.write(W)
+        self.masks[view.name].copy_(keep[:, : view.n_weight].reshape(view.weight.shape))
 
     def _snapshot(self) -> dict:
         return {

@@ -10,6 +10,8 @@ max(1, τ / s_ij), τ = the largest pruned priority (the unbiased priority-sampl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -64,8 +66,9 @@ class CoresetPruner(BasePruner):
             v.module.register_forward_hook(lambda mod, a, out, i=i: captured.__setitem__(i, a[0].detach()))
             for i, v in enumerate(self.views)
         ]
+        guard = self.comm.attempt if self.comm is not None else contextlib.nullcontext
         try:
-            with eval_mode(self.model), torch.no_grad():
+            with guard(), eval_mode(self.model), torch.no_grad():
                 for _ in range(self.calib_batches):
                     args, kwargs = self.inputs(next(stream))
                     self.model(*args, **kwargs)
@@ -74,6 +77,9 @@ class CoresetPruner(BasePruner):
         finally:
             for h in handles:
                 h.remove()
+        if self.comm is not None:  # the max over every rank's batches
+            self.comm.all_reduce_(sens, "max")
+            self.comm.check()
         self.sensitivity = [s.to(self._work_dtype()) for s in sens]
 
     @staticmethod

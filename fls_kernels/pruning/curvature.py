@@ -53,7 +53,7 @@ class CurvaturePruner(BasePruner):
         self.relative_damping = relative_damping
         self.stat_batches = stat_batches
         self.inputs = inputs
-        self.curvature = ModelCurvature(model, self.views, likelihood, inputs=inputs, output=output)
+        self.curvature = ModelCurvature(self.model, self.views, likelihood, inputs=inputs, output=output)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -66,7 +66,9 @@ class CurvaturePruner(BasePruner):
         """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels)."""
         stream = self._require_data("fit")
         with timing.section("statistics"):
-            return self.curvature.statistics(stream, self.stat_batches, kfac=kfac, generator=self.generator)
+            return self.curvature.statistics(
+                stream, self.stat_batches, kfac=kfac, generator=self.generator, comm=self.comm
+            )
 
     def _resolve_damping(self, mean_diag: float) -> float:
         """γ: the given damping, or relative_damping · mean(diag F̂) on first use."""

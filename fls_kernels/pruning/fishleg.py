@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from fls_kernels.curvature.fitter import AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
 from fls_kernels.pruning.checks import count, positive
-from fls_kernels.pruning.kron_obs import KronOBSPruner
+from fls_kernels.pruning.kron_obs import KronOBSPruner, local_blocks
 
 log = logging.getLogger("fls_kernels.prune")
 
@@ -89,7 +89,8 @@ class FishLegPruner(KronOBSPruner):
         mean_diag = self.mean_diag(stats)
         damping = self._resolve_damping(mean_diag)
         log.info("mean diag F̂ %.4g, damping γ %.4g, init %s", mean_diag, damping, self.init)
-        for block, s in zip(self.blocks, stats):
+        for i, block in local_blocks(self):
+            s = stats[i]
             if self.init == "diagonal":
                 block.init_diagonal(s.diag, damping)
             elif self.init == "kfac":
@@ -108,12 +109,15 @@ class FishLegPruner(KronOBSPruner):
             precision=self.precision,
             generator=self.generator,
             backend=self._backend("kron_qv"),
+            comm=self.comm,
+            batch_size=self.curvature.batch_size,
+            owners=self.owners,
         )
 
     def _fit_masks(self) -> list[Tensor] | None:
         if self.num_pruned() == 0:
             return None
-        return [self.full_mask(i).to(self.blocks[i].A.dtype) for i in range(len(self.views))]
+        return [self.full_mask(i).to(self.blocks[i].dtype) for i in range(len(self.views))]
 
     # ------------------------------------------------------------------------------------------ pruning
     def _is_fitted(self) -> bool:

@@ -5,7 +5,7 @@ Q = (G + γ^½/π I)⁻¹ ⊗ (Ā + π γ^½ I)⁻¹,  π² = (tr Ā / n)/(tr G 
 
 from __future__ import annotations
 
-from fls_kernels.pruning.kron_obs import KronOBSPruner
+from fls_kernels.pruning.kron_obs import KronOBSPruner, local_blocks
 
 
 class KFACPruner(KronOBSPruner):
@@ -27,8 +27,8 @@ class KFACPruner(KronOBSPruner):
     def _recompute(self) -> None:
         stats = self._statistics(kfac=True)
         damping = self._resolve_damping(self.mean_diag(stats))
-        for block, s in zip(self.blocks, stats):
-            block.init_kfac(s.act_cov, s.grad_cov, damping)
+        for i, block in local_blocks(self):
+            block.init_kfac(stats[i].act_cov, stats[i].grad_cov, damping)
         self._fitted = True
 
     def _is_fitted(self) -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fls_kernels import ops
-from fls_kernels.curvature.blocks import KronBlock
+from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.curvature import CurvaturePruner
@@ -18,8 +18,16 @@ from fls_kernels.pruning.curvature import CurvaturePruner
 BLOCK_SCORES = ("sum", "exact")
 
 
+def local_blocks(pruner: KronOBSPruner) -> list[tuple[int, KronBlock]]:
+    """(index, block) of the layers whose λ this rank holds."""
+    return [(i, b) for i, b in enumerate(pruner.blocks) if isinstance(b, KronBlock)]
+
+
 class KronOBSPruner(CurvaturePruner):
     """Scores and updates from per-layer :class:`KronBlock` s; subclasses decide how λ is obtained.
+
+    With ``distributed="sharded"`` each rank holds the blocks of the layers it owns (a :class:`RemoteBlock`
+    stands in for the others), so λ and its optimizer state are split over ranks.
 
     Args:
         precision: GEMM mode of the Q products on GPUs: "fp32" | "tf32" | "bf16".
@@ -27,6 +35,8 @@ class KronOBSPruner(CurvaturePruner):
             (½ θ_Pᵀ (Q_PP)⁻¹ θ_P, with the matching group update; for small blocks).
         **kwargs: :class:`CurvaturePruner` arguments.
     """
+
+    SHARDABLE = True
 
     def __init__(self, model: nn.Module, *args, precision: str = "fp32", block_score: str = "sum", **kwargs) -> None:
         if precision not in PRECISIONS:
@@ -37,7 +47,12 @@ class KronOBSPruner(CurvaturePruner):
         self.precision = precision
         self.block_score = block_score
         dtype = self._work_dtype()
-        self.blocks = nn.ModuleList(KronBlock(v.m, v.n, dtype=dtype, device=self.device) for v in self.views)
+        self.blocks = nn.ModuleList(
+            KronBlock(v.m, v.n, dtype=dtype, device=self.device)
+            if self.owns(i)
+            else RemoteBlock(v.m, v.n, self.owners[i], dtype=dtype, device=self.device)
+            for i, v in enumerate(self.views)
+        )
 
     @property
     def _exact_blocks(self) -> bool:

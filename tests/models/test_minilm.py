@@ -121,6 +121,23 @@ def test_fls_prunes_a_small_bert_exactly(pattern, sparsity):
     assert out.shape == (4, 16) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("method", ["oBERT", "OBD", "K-FAC"])
+def test_baselines_prune_a_small_bert(method):
+    """Per-sample gradients (oBERT's vmap) and sampled statistics trace through the encoder with padding."""
+    model = tiny_bert()
+    common = dict(include=ENCODER_LAYERS, stat_batches=1)
+    if method == "oBERT":
+        pruner = fls.OBERTPruner(model, "gaussian", fisher="sampled", num_grads=8, grad_chunk=4, **common)
+    elif method == "OBD":
+        pruner = fls.OBDPruner(model, "gaussian", **common)
+    else:
+        pruner = fls.KFACPruner(model, "gaussian", **common)
+    pruner.fit(token_batches())
+    pruner.prune(0.5, substeps=2)
+    assert pruner.num_pruned() == math.ceil(0.5 * pruner.num_prunable())
+    assert torch.isfinite(model(**token_batches(1)[0])).all()
+
+
 def test_minilm_loads_offline_and_matches_sentence_transformers(monkeypatch):
     try:
         path = minilm_path()
