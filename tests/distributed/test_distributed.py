@@ -54,6 +54,7 @@ def _same_everywhere(results: list[dict]) -> None:
         "nm_sharded",
         "ddp",
         "fsdp",
+        "gradual_sharded",
     ],
 )
 def test_distributed_equals_one_process_on_the_union(runs, name):

@@ -185,6 +185,24 @@ def fsdp_run(world: int, rank: int, mode: str) -> dict:
     return {"masks": masks, "weights": weights, "lambda": {k: v.clone() for k, v in pruner.blocks.state_dict().items()}}
 
 
+def gradual_run(world: int, rank: int | None, mode: str | None) -> dict:
+    """Gradual pruning: Adam on the union batches (the same on every rank), pruner.step() on a schedule, λ
+    tracking the fine-tuned model on each rank's own batches between prunes."""
+    net = model()
+    schedule = fls.CubicSchedule(0.3, 0.7, start=0, end=6, every=2)
+    pruner = fls.FishLegPruner(
+        net, schedule=schedule, substeps=2, refine_steps=2, distributed=Distributed(mode) if mode else None
+    )
+    pruner.fit(loader(world, rank), steps=3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for x, y in loader(world, None) * 2:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        pruner.step()
+    return _result(pruner, net)
+
+
 def select_run(world: int, rank: int) -> dict:
     """The sharded selection on scores with ties, ±0, −inf and +inf, layers dealt round-robin to ranks."""
     from fls_kernels.distributed import select as dselect
@@ -217,6 +235,7 @@ SCENARIOS: dict[str, Callable[[int, int], dict]] = {
     "failure_sharded": lambda w, r: failure_run(w, r, "sharded"),
     "ddp": lambda w, r: ddp_run(w, r, "sharded"),
     "fsdp": lambda w, r: fsdp_run(w, r, "replicated"),
+    "gradual_sharded": lambda w, r: gradual_run(w, r, "sharded"),
     "select": select_run,
 }
 
@@ -231,6 +250,7 @@ SINGLE: dict[str, Callable[[int], dict]] = {
     "nm_sharded": lambda w: nm_run(w, None, None),
     "ddp": lambda w: fls_run_ddp_single(w),
     "fsdp": lambda w: fls_run_ddp_single(w),
+    "gradual_sharded": lambda w: gradual_run(w, None, None),
 }
 
 
