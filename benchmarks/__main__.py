@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("readme", help="rebuild benchmarks/README.md from the latest outputs")
     r.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
-    q.add_argument("--out", default="out/quality")
+    q.add_argument("--out", help="default: out/quality (digits), out/minilm or out/minilm_reduced")
     q.add_argument("--seeds", type=int, default=5)
     q.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (e.g. one process per core)")
     q.add_argument("--merge", nargs="+", help="combine the outputs of runs over disjoint seeds instead of running")
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
     args = parser.parse_args(argv)
+    if args.command == "quality" and args.out is None:
+        args.out = "out/quality" if args.model == "digits" else "out/minilm" + ("_reduced" if args.reduced else "")
     if args.command == "quality" and args.model == "minilm":
         from benchmarks.quality import minilm
 

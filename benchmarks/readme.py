@@ -30,6 +30,16 @@ def build(out_dir: str | Path) -> str:
     quality = out.parent / "quality" / "quality.md"
     lines += ["", "## Quality: digits CNN (`python -m benchmarks quality`)", ""]
     lines.append(quality.read_text().strip() if quality.exists() else "_Not measured yet._")
+    for title, folder in (
+        ("all-MiniLM-L6-v2 on the H100 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm"),
+        (
+            "all-MiniLM-L6-v2, reduced, on the CPU (`python -m benchmarks quality --model minilm --reduced`)",
+            "minilm_reduced",
+        ),
+    ):
+        path = out.parent / folder / "minilm.md"
+        lines += ["", f"## Quality: {title}", ""]
+        lines.append(path.read_text().strip() if path.exists() else "_Not measured yet._")
     return "\n".join(lines) + "\n"
 
 

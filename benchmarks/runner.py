@@ -150,6 +150,12 @@ def stamp(device: str) -> dict[str, str]:
     }
 
 
+def stamp_line(device: str) -> str:
+    """One line naming where and on what a result was measured."""
+    meta = stamp(device)
+    return f"Measured on {meta['gpu_or_cpu']}, torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}."
+
+
 def roofline_ms(case: registry.Case, device: str) -> float | None:
     if device != "cuda":
         return None

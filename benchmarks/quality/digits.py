@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
+from benchmarks.runner import stamp_line
 from fls_kernels import demo
 
 METHODS = ("FLS", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
@@ -130,6 +131,7 @@ class Results:
     protocol: Protocol
     rows: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    stamp: str = ""
 
 
 def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) -> Results:
@@ -189,6 +191,7 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
                 + f"  ({time.perf_counter() - t0:.0f} s)"
             )
     results.seconds = time.perf_counter() - start
+    results.stamp = stamp_line("cpu")
     return results
 
 
@@ -228,6 +231,9 @@ def merge(parts: list[Path], protocol: Protocol) -> Results:
         seconds = Path(part) / "seconds.txt"
         if seconds.exists():
             results.seconds = max(results.seconds, float(seconds.read_text()))
+        stamp = Path(part) / "stamp.txt"
+        if stamp.exists() and stamp.read_text().strip() not in results.stamp:
+            results.stamp = f"{results.stamp} {stamp.read_text().strip()}".strip()
     rows = results.rows
     results.protocol.seeds = tuple(sorted({r["seed"] for r in rows}))
     results.protocol.sparsities = tuple(sorted({r["sparsity"] for r in rows if r["mode"] == "one-shot"}))
@@ -266,8 +272,9 @@ def write(results: Results, out_dir: str | Path) -> list[Path]:
         w = csv.DictWriter(f, fieldnames=["seed", "method", "mode", "sparsity", "damping", "accuracy"])
         w.writeheader()
         w.writerows(results.rows)
-    (out / "quality.md").write_text(table(results) + "\n")
+    (out / "quality.md").write_text(table(results) + f"\n\n{results.stamp}\n")
     (out / "seconds.txt").write_text(f"{results.seconds:.0f}")
+    (out / "stamp.txt").write_text(results.stamp)
     import matplotlib
 
     matplotlib.use("Agg")

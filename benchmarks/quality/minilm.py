@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import fls_kernels as fls
+from benchmarks.runner import stamp_line
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
 METHODS = ("FLS", "magnitude", "OBD", "oBERT", "K-FAC")
@@ -203,7 +204,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path) -> list[Path]:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    (out / "minilm.md").write_text(table(rows, config) + "\n")
+    (out / "minilm.md").write_text(table(rows, config) + f"\n\n{stamp_line(config.device)}\n")
     import matplotlib
 
     matplotlib.use("Agg")
