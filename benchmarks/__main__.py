@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
     q.add_argument("--sparsities", type=float, nargs="+", help="digits: one-shot sparsities (default 0.5 … 0.95)")
     q.add_argument("--gradual", type=float, nargs="*", help="digits: gradual targets (default 0.9 0.95)")
+    q.add_argument("--methods", nargs="+", help="digits: a subset of FLS magnitude OBD oBERT K-FAC coreset")
+    q.add_argument("--fls-gradual-refine", type=int, help="digits: FLS aux steps before each gradual sub-step")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             protocol = dataclasses.replace(protocol, sparsities=tuple(args.sparsities))
         if args.gradual is not None:
             protocol = dataclasses.replace(protocol, gradual_targets=tuple(args.gradual))
+        if args.methods:
+            unknown = set(args.methods) - set(digits.METHODS)
+            if unknown:
+                parser.error(f"--methods: unknown {sorted(unknown)}; choose from {digits.METHODS}")
+            protocol = dataclasses.replace(protocol, methods=tuple(args.methods))
+        if args.fls_gradual_refine is not None:
+            protocol = dataclasses.replace(protocol, fls_gradual_refine_steps=args.fls_gradual_refine)
         if args.merge:
             results = digits.merge([Path(p) for p in args.merge], protocol)
             print(digits.table(results))

@@ -56,6 +56,9 @@ class ModelCurvature:
         likelihood: the output distribution.
         inputs: batch → (args, kwargs) for the model (default :func:`split_batch`).
         output: model output → the tensor the likelihood reads (default: the output itself).
+        fvp_chunk: largest number of samples per forward/backward of :meth:`fvp` (None: the whole batch); the
+            products of the chunks are averaged, so only activations of ``fvp_chunk`` samples (× tokens) live
+            at once — memory bounded independently of batch size and sequence length × batch.
     """
 
     def __init__(
@@ -66,18 +69,24 @@ class ModelCurvature:
         *,
         inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
         output: Callable[[object], Tensor] | None = None,
+        fvp_chunk: int | None = None,
     ) -> None:
+        if fvp_chunk is not None and not (isinstance(fvp_chunk, int) and fvp_chunk >= 1):
+            raise ValueError(f"fvp_chunk: expected a positive int or None, got {fvp_chunk!r}")
         self.model = model
         self.views = views
         self.likelihood = likelihood
         self.inputs = inputs
         self.output = output or (lambda out: out)
+        self.fvp_chunk = fvp_chunk
 
     def _params(self) -> dict[str, Tensor]:
         return {name: p.detach() for v in self.views for name, p in v.parameters().items()}
 
     def _function(self, batch: object) -> Callable[[dict[str, Tensor]], Tensor]:
-        args, kwargs = self.inputs(batch)
+        return self._call(*self.inputs(batch))
+
+    def _call(self, args: tuple, kwargs: dict) -> Callable[[dict[str, Tensor]], Tensor]:
         return lambda params: self.output(functional_call(self.model, params, args, kwargs, strict=False))
 
     def batch_size(self, batch: object) -> int:
@@ -89,12 +98,35 @@ class ModelCurvature:
         raise TypeError(f"loader: no tensor among the model inputs of a {type(batch).__name__} batch")
 
     def fvp(self, batch: object, vectors: list[Tensor]) -> list[Tensor]:
-        """F v for one batch: F = (1/B) Σ_b J_bᵀ H_b J_b. vectors: one [m, n] per view; returns the same."""
+        """F v for one batch: F = (1/B) Σ_b J_bᵀ H_b J_b. vectors: one [m, n] per view; returns the same.
+
+        With ``fvp_chunk``, the batch's tensor inputs are split along their first dimension and the chunks'
+        products averaged with weights B_c / B (the same F v, in bounded memory).
+        """
+        args, kwargs = self.inputs(batch)
+        rows = self.batch_size(batch)
+        chunk = self.fvp_chunk
+        if chunk is None or rows <= chunk:
+            return self._fvp(args, kwargs, vectors)
+        total: list[Tensor] | None = None
+        for start in range(0, rows, chunk):
+            part = slice(start, min(start + chunk, rows))
+
+            def cut(x, part=part):
+                return x[part] if isinstance(x, Tensor) and x.dim() and x.shape[0] == rows else x
+
+            products = self._fvp(tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}, vectors)
+            weight = (part.stop - part.start) / rows
+            scaled = [weight * p for p in products]
+            total = scaled if total is None else [t + p for t, p in zip(total, scaled)]
+        return total
+
+    def _fvp(self, args: tuple, kwargs: dict, vectors: list[Tensor]) -> list[Tensor]:
         params = self._params()
         tangents = {}
         for view, v in zip(self.views, vectors):
             tangents.update(zip(view.parameters(), view.split(v)))
-        f = self._function(batch)
+        f = self._call(args, kwargs)
         with eval_mode(self.model), torch.no_grad():
             out, jv = jvp(f, (params,), (tangents,))
             hjv = self.likelihood.hvp(out, jv) / out.shape[0]

@@ -26,6 +26,8 @@ class CurvaturePruner(BasePruner):
         seed: seed of sampled labels and probes.
         inputs: batch → (args, kwargs) for the model (default: tensor, first element, or mapping).
         output: model output → the tensor the likelihood reads (default: identity).
+        fvp_chunk: samples per forward/backward of a Fisher-vector product (None: whole batches); bounds the
+            activation memory of long sequences (see :class:`~fls_kernels.curvature.fisher.ModelCurvature`).
         **kwargs: :class:`BasePruner` arguments (pattern, schedule, layers, allocation, backend…).
     """
 
@@ -40,6 +42,7 @@ class CurvaturePruner(BasePruner):
         seed: int = 0,
         inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
         output: Callable[[object], Tensor] | None = None,
+        fvp_chunk: int | None = None,
         **kwargs,
     ) -> None:
         likelihood = get_likelihood(likelihood)
@@ -53,7 +56,9 @@ class CurvaturePruner(BasePruner):
         self.relative_damping = relative_damping
         self.stat_batches = stat_batches
         self.inputs = inputs
-        self.curvature = ModelCurvature(self.model, self.views, likelihood, inputs=inputs, output=output)
+        self.curvature = ModelCurvature(
+            self.model, self.views, likelihood, inputs=inputs, output=output, fvp_chunk=fvp_chunk
+        )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 

@@ -52,6 +52,23 @@ def test_token_linear_fvp_equals_the_dense_fisher():
     torch.testing.assert_close(got, F @ torch.cat([v.reshape(-1) for v in vs]))
 
 
+def test_chunked_fvp_equals_the_whole_batch():
+    """fvp_chunk bounds activation memory (batch × tokens) without changing F v, padding included."""
+    model = tiny_bert().double()
+    views = find_layers(model, include=ENCODER_LAYERS)
+    batch = token_batches(1)[0]
+    batch["input_ids"] = torch.cat([batch["input_ids"], batch["input_ids"][:3].flip(1)])
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], batch["attention_mask"][:3]])
+    vs = [torch.randn(v.m, v.n, dtype=torch.float64) for v in views]
+    whole = ModelCurvature(model, views, Gaussian(1.0)).fvp(batch, vs)
+    for chunk in (1, 3, 6):
+        parts = ModelCurvature(model, views, Gaussian(1.0), fvp_chunk=chunk).fvp(batch, vs)
+        for a, b in zip(parts, whole):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="fvp_chunk"):
+        ModelCurvature(model, views, Gaussian(1.0), fvp_chunk=0)
+
+
 def test_token_linear_kfac_factors_treat_tokens_as_samples():
     torch.manual_seed(1)
     model = TokenMLP().double()
