@@ -58,13 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
+    q.add_argument(
+        "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
+    )
     args = parser.parse_args(argv)
     if args.command == "quality" and args.out is None:
         args.out = "out/quality" if args.model == "digits" else "out/minilm" + ("_reduced" if args.reduced else "")
     if args.command == "quality" and args.model == "minilm":
         from benchmarks.quality import minilm
 
-        config = minilm.Config(device=args.device, **(minilm.REDUCED if args.reduced else {}))
+        try:
+            overrides = minilm.parse_overrides(args.set)
+        except ValueError as exc:
+            parser.error(f"--set: {exc}")
+        config = minilm.Config(device=args.device, **{**(minilm.REDUCED if args.reduced else {}), **overrides})
         rows = minilm.run(config)
         print(minilm.table(rows, config))
         print("wrote", ", ".join(str(p) for p in minilm.write(rows, config, args.out)))

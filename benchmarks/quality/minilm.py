@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import random
 import re
 import time
@@ -61,6 +62,23 @@ REDUCED = dict(
     obert_grads=64,
     stat_batches=2,
 )
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["substeps=8", "methods=FLS,K-FAC", "sparsities=0.7"]`` → typed :class:`Config` fields."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(Config(), name)
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            out[name] = tuple(kind(v) for v in value.split(","))
+        else:
+            out[name] = type(default)(value)
+    return out
 
 
 def sentences(seed: int = 0) -> list[str]:

@@ -1,15 +1,13 @@
 """OBERTPruner: the Optimal BERT Surgeon — OBS with a block-diagonal *empirical* Fisher.
 
 The flattened weights of each layer are cut into blocks of B consecutive entries; per block
-F_B = γ I + (1/m) Σ_i g_i g_iᵀ over m per-sample loss gradients (true labels, masked), inverted per block (by
-Cholesky, in float64; the same matrix as the paper's m Woodbury rank-1 updates from (1/γ) I), and recomputed
-before every pruning sub-step. Score ρ_q = θ_q² / (2 [F⁻¹]_qq);
+F_B = γ I + (1/m) Σ_i g_i g_iᵀ over m per-sample loss gradients (true labels, masked), inverted by m Woodbury
+rank-1 updates from (1/γ) I, and recomputed before every pruning sub-step. Score ρ_q = θ_q² / (2 [F⁻¹]_qq);
 update δθ = −F⁻¹ z with z = M_P ⊙ θ ⊘ diag(F⁻¹) (independent approximation, within each block).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -95,48 +93,63 @@ class OBERTPruner(CurvaturePruner):
             self._estimate()
 
     def _estimate(self) -> None:
-        """F_B⁻¹ = (γ I + (1/m) Σ_i g_i g_iᵀ)⁻¹ per block from the first m per-sample gradients of the data (with
-        ``distributed``: of the ranks' batches in rank order, sums added over ranks)."""
+        """F_B⁻¹ by m Woodbury rank-1 updates over the first m per-sample gradients of the data (with
+        ``distributed``: of the ranks' batches in rank order, every rank's kept gradients broadcast to all)."""
+        G = [torch.cat(g) for g in self._collect()]  # [m_grads, d_layer], the same order on every rank
+        damping = self._resolve_damping(sum(float((g**2).mean(0).sum()) for g in G) / self.num_prunable())
+        B = self.block_size
+        self.finv = []
+        for g in G:
+            d = g.shape[1]
+            blocks = math.ceil(d / B)
+            g = torch.nn.functional.pad(g, (0, blocks * B - d)).reshape(g.shape[0], blocks, B)
+            finv = torch.eye(B, dtype=g.dtype, device=g.device).repeat(blocks, 1, 1) / damping
+            m = float(self.num_grads)
+            for gi in g:  # Woodbury: (F + ggᵀ/m)⁻¹ = F⁻¹ − F⁻¹g gᵀF⁻¹ / (m + gᵀF⁻¹g)
+                u = torch.bmm(finv, gi.unsqueeze(-1)).squeeze(-1)
+                finv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (m + (gi * u).sum(-1)).view(-1, 1, 1)
+            self.finv.append(finv)
+
+    def _collect(self) -> list[list[Tensor]]:
+        """Per layer, chunks of per-sample gradients [rows, m·n_weight] adding up to ``num_grads`` rows."""
         stream = self._require_data("fit")
-        comm, B = self.comm, self.block_size
-        blocks = [math.ceil(v.m * v.n_weight / B) for v in self.views]
-        dtype = self._work_dtype()
-        sums = [torch.zeros(k, B, B, dtype=dtype, device=self.device) for k in blocks]
-        squares = torch.zeros(1, dtype=torch.float64, device=self.device)
+        comm = self.comm
+        grads: list[list[Tensor]] = [[] for _ in self.views]
         taken = 0
-        guard = comm.attempt if comm is not None else contextlib.nullcontext
         with eval_mode(self.model):
             while taken < self.num_grads:
-                per, batch = None, None
-                with guard():
-                    batch = next(stream)
-                    per = self._per_sample_grads(batch)
-                local = per[0].shape[0] if per is not None else 0
-                sizes = comm.sizes(local) if comm is not None else [local]
-                rank = comm.rank if comm is not None else 0
-                keep = min(max(self.num_grads - taken - sum(sizes[:rank]), 0), local)
-                taken += min(self.num_grads - taken, sum(sizes))
+                if comm is None:
+                    per = self._per_sample_grads(next(stream))
+                    keep = min(self.num_grads - taken, per[0].shape[0])
+                    for i, g in enumerate(per):
+                        grads[i].append(g[:keep])
+                    taken += keep
+                    continue
+                per = None
+                with comm.attempt():
+                    per = self._per_sample_grads(next(stream))
+                sizes = comm.sizes(per[0].shape[0] if per is not None else 0)
+                comm.check()
                 if sum(sizes) == 0:
-                    if comm is not None:
-                        comm.check()
                     raise ValueError("loader: a batch with no samples")
-                with guard():
-                    for i, g in enumerate(per or []):
-                        g = nn.functional.pad(g[:keep], (0, blocks[i] * B - g.shape[1]))
-                        g = g.reshape(keep, blocks[i], B)
-                        sums[i] += torch.einsum("mkb,mkc->kbc", g, g)
-                        squares += g.to(torch.float64).square().sum()
-        if comm is not None:
-            comm.all_reduce_([*sums, squares])
-            comm.check()
-        damping = self._resolve_damping(float(squares) / self.num_grads / self.num_prunable())
-        eye = torch.eye(B, dtype=torch.float64, device=self.device)
-        self.finv = []
-        for s in sums:  # in place, 4096 blocks at a time in float64
-            for c in range(0, s.shape[0], 4096):
-                part = damping * eye + s[c : c + 4096].to(torch.float64) / self.num_grads
-                s[c : c + 4096] = torch.cholesky_inverse(torch.linalg.cholesky(part)).to(dtype)
-            self.finv.append(s)
+                before = 0
+                for rank, rows in enumerate(sizes):  # rank order = the union batch's row order
+                    keep = min(max(self.num_grads - taken - before, 0), rows)
+                    before += rows
+                    if keep == 0:
+                        continue
+                    if rank == comm.rank:
+                        parts = [g[:keep].contiguous() for g in per]
+                    else:
+                        parts = [
+                            torch.empty(keep, v.m * v.n_weight, dtype=self._work_dtype(), device=self.device)
+                            for v in self.views
+                        ]
+                    comm.broadcast_(parts, rank)
+                    for i, g in enumerate(parts):
+                        grads[i].append(g)
+                taken = min(self.num_grads, taken + sum(sizes))
+        return grads
 
     def _fit(self, steps: int) -> list[float]:
         self._recompute()
