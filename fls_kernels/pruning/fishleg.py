@@ -31,9 +31,9 @@ class FishLegPruner(KronOBSPruner):
         refine_steps: masked aux steps before each sub-step after the masks changed (warm start).
         gradual_aux_steps: masked aux steps on each training step that does not prune (gradual pruning with
             :meth:`step`): λ keeps tracking the fine-tuned model.
-        **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``precision``, ``block_score``, and the
-            :class:`~fls_kernels.pruning.base.BasePruner` arguments (pattern, schedule, substeps, layer_types,
-            include, ignore, allocation, include_bias, backend, progress).
+        **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
+            ``block_score``, and the :class:`~fls_kernels.pruning.base.BasePruner` arguments (pattern, schedule,
+            substeps, layer_types, include, ignore, allocation, include_bias, backend, progress, distributed).
 
     Example:
         >>> pruner = FishLegPruner(model, likelihood="categorical")
