@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
 
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, ModelCurvature, find_layers
+from tests.jacobians import layer_jacobian
 
 F64 = torch.float64
 
@@ -36,18 +36,8 @@ def output_hessian(likelihood, out):
 
 def dense_fisher(model, views, likelihood, x):
     """(1/B) Σ_b J_bᵀ H_b J_b over the concatenated row-major layer matrices."""
-    mats = [v.matrix() for v in views]
-
-    def f(*ms):
-        params = {}
-        for v, M in zip(views, ms):
-            params.update(zip(v.parameters(), v.split(M)))
-        return functional_call(model, params, (x,))
-
     model.eval()
-    out = f(*mats)
-    jac = jacrev(f, argnums=tuple(range(len(mats))))(*mats)  # per matrix: [B, k, m, n]
-    J = torch.cat([j.reshape(out.shape[0], out.shape[1], -1) for j in jac], dim=2)  # [B, k, d]
+    out, J = layer_jacobian(model, views, x)  # [B, k, d]
     H = output_hessian(likelihood, out)
     return torch.einsum("bkd,bkl,ble->de", J, H, J) / out.shape[0]
 

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
 
 import fls_kernels as fls
 from fls_kernels.curvature import Gaussian, ModelCurvature, find_layers
 from fls_kernels.models import ENCODER_LAYERS, SentenceEncoder, minilm_path
+from tests.jacobians import layer_jacobian
 
 F64 = torch.float64
 
@@ -36,16 +36,7 @@ def test_token_linear_fvp_equals_the_dense_fisher():
     model = TokenMLP().double()
     views = find_layers(model)
     x = torch.randn(4, 6, 3, dtype=F64)
-    mats = [v.matrix() for v in views]
-
-    def f(*ms):
-        params = {}
-        for v, M in zip(views, ms):
-            params.update(zip(v.parameters(), v.split(M)))
-        return functional_call(model, params, (x,))
-
-    jac = jacrev(f, argnums=(0, 1))(*mats)
-    J = torch.cat([j.reshape(4, 2, -1) for j in jac], dim=2)
+    _, J = layer_jacobian(model, views, x)  # [4, 6·2, d]: tokens × outputs per sentence
     F = torch.einsum("bkd,bke->de", J, J) / (4 * 0.5**2)  # Gaussian σ = 0.5: H = I/σ²
     vs = [torch.randn(v.m, v.n, dtype=F64) for v in views]
     got = torch.cat([g.reshape(-1) for g in ModelCurvature(model, views, Gaussian(0.5)).fvp(x, vs)])
