@@ -43,6 +43,22 @@ def test_token_linear_fvp_equals_the_dense_fisher():
     torch.testing.assert_close(got, F @ torch.cat([v.reshape(-1) for v in vs]))
 
 
+def test_categorical_token_head_fvp_equals_the_dense_fisher():
+    """A categorical likelihood over per-token logits [B, T, C] (a token head): H is block-diagonal over tokens."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).double()  # [B, T, 3] → [B, T, 4]
+    views = find_layers(model)
+    x = torch.randn(3, 6, 3, dtype=F64)
+    out, J = layer_jacobian(model, views, x)  # [3, 6·4, d]
+    p = torch.softmax(out.reshape(3, 6, 4), -1)
+    H = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]  # [B, T, C, C]
+    H = torch.stack([torch.block_diag(*h) for h in H])  # [B, T·C, T·C]
+    F = torch.einsum("bkd,bkl,ble->de", J, H, J) / 3
+    vs = [torch.randn(v.m, v.n, dtype=F64) for v in views]
+    got = torch.cat([g.reshape(-1) for g in ModelCurvature(model, views, fls.Categorical()).fvp(x, vs)])
+    torch.testing.assert_close(got, F @ torch.cat([v.reshape(-1) for v in vs]))
+
+
 def test_chunked_fvp_equals_the_whole_batch():
     """fvp_chunk bounds activation memory (batch × tokens) without changing F v, padding included."""
     model = tiny_bert().double()
