@@ -551,8 +551,13 @@ class BasePruner:
             "masks": {k: m.clone() for k, m in self.masks.items()},
             "step": self._step,
             "data_position": self._stream.position if self._stream is not None else self._resume_position,
+            "shard": self._shard(),
             "state": copy.deepcopy(self._state()),
         }
+
+    def _shard(self) -> dict | None:
+        """Which layers' method state this rank's state_dict holds (None: all of them)."""
+        return None if self.owners is None else {"owners": list(self.owners), "rank": self.comm.rank}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError (a state
@@ -578,6 +583,11 @@ class BasePruner:
                     f"state_dict: mask of {k!r} has shape {tuple(m.shape)} / {m.dtype}, expected "
                     f"{tuple(self.masks[k].shape)} / torch.bool"
                 )
+        if state.get("shard") != self._shard():
+            raise ValueError(
+                f"state_dict: saved for layer owners {state.get('shard')}, this pruner has {self._shard()} "
+                "(a sharded state loads only into the same rank of the same sharding)"
+            )
         snapshot = self._snapshot()
         try:
             self._load_state(state.get("state", {}))

@@ -82,6 +82,18 @@ def test_distributed_equals_one_process_on_the_union(runs, name):
             torch.testing.assert_close(merged[k], v, rtol=1e-8, atol=1e-10, msg=f"{name}: λ {k}")
 
 
+def test_checkpoints_resume_on_their_rank_and_refuse_another_sharding(runs):
+    _, per_rank = runs
+    for name in ("fls_replicated", "fls_sharded"):
+        for r in per_rank:
+            result = _ok(r[name])
+            assert result["resumed_equal"], name
+            if name == "fls_sharded":
+                assert result["foreign_state"].startswith("ValueError: state_dict: saved for layer owners")
+            else:
+                assert result["foreign_state"] == "loaded"  # replicated state holds every block
+
+
 def test_sharded_memory_is_split_over_ranks(runs):
     world, per_rank = runs
     single = workers.SINGLE["fls_sharded"](world)["memory"]

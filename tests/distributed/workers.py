@@ -3,6 +3,7 @@ one process; each returns what the tests compare: masks, weights, λ, losses, me
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from collections.abc import Callable
@@ -65,8 +66,21 @@ def fls_run(world: int, rank: int | None, mode: str | None, **kw) -> dict:
     net = model()
     pruner = fls.FishLegPruner(net, distributed=Distributed(mode) if mode else None, refine_steps=5, **kw)
     losses = pruner.fit(loader(world, rank), steps=12)
+    state, weights = pruner.state_dict(), copy.deepcopy(net.state_dict())
     pruner.prune(0.6, substeps=3)
-    return _result(pruner, net, losses=losses)
+    result = _result(pruner, net, losses=losses)
+    # a checkpoint of this rank resumes to the same step; another sharding is refused with a ValueError
+    pruner.load_state_dict(state)
+    net.load_state_dict(weights)
+    pruner.prune(0.6, substeps=3)
+    result["resumed_equal"] = all(torch.equal(v, net.state_dict()[k]) for k, v in result["weights"].items())
+    other = fls.FishLegPruner(model(), distributed=Distributed("replicated") if mode == "sharded" else None)
+    try:
+        other.load_state_dict(state)
+        result["foreign_state"] = "loaded"
+    except ValueError as exc:
+        result["foreign_state"] = f"ValueError: {exc}"
+    return result
 
 
 def kfac_run(world: int, rank: int | None, mode: str | None) -> dict:
