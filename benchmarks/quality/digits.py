@@ -162,29 +162,13 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
                 {**sweep[best], **one_shot(method, dense, data, protocol, seed, best, rest)} if rest else sweep[best]
             )
             accs = {s: found[s] for s in protocol.sparsities}
-            for s, (_, test) in accs.items():
-                results.rows.append(
-                    dict(
-                        seed=seed,
-                        method=method,
-                        mode="one-shot",
-                        sparsity=s,
-                        damping=best if method in CURVATURE else None,
-                        accuracy=test,
-                    )
-                )
-            for target in protocol.gradual_targets:
-                acc = gradual(method, dense, data, protocol, seed, best, target)
-                results.rows.append(
-                    dict(
-                        seed=seed,
-                        method=method,
-                        mode="gradual",
-                        sparsity=target,
-                        damping=best if method in CURVATURE else None,
-                        accuracy=acc,
-                    )
-                )
+            common = dict(seed=seed, method=method, damping=best if method in CURVATURE else None)
+            results.rows += [
+                {**common, "mode": "one-shot", "sparsity": s, "accuracy": test} for s, (_, test) in accs.items()
+            ]
+            for t in protocol.gradual_targets:
+                acc = gradual(method, dense, data, protocol, seed, best, t)
+                results.rows.append({**common, "mode": "gradual", "sparsity": t, "accuracy": acc})
             log(
                 f"seed {seed} {method:<9} γ×{best:<5} one-shot "
                 + " ".join(f"{s:.0%}:{accs[s][1]:.3f}" for s in protocol.sparsities)

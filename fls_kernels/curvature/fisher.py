@@ -19,6 +19,7 @@ from torch.func import functional_call, jvp, vjp
 
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
+from fls_kernels.distributed.comm import attempt
 
 if TYPE_CHECKING:
     from fls_kernels.distributed.comm import Comm
@@ -161,12 +162,11 @@ class ModelCurvature:
                 output.register_hook(lambda g, i=i: stats[i].add(captured.pop(i), g.detach()))
 
             handles.append(view.module.register_forward_hook(hook))
-        guard = comm.attempt if comm is not None else contextlib.nullcontext
         try:
             with eval_mode(self.model):
                 for _ in range(num_batches):
                     out, params = None, None
-                    with guard(), torch.enable_grad():
+                    with attempt(comm), torch.enable_grad():
                         batch = next(batches)
                         params = {k: p.requires_grad_() for k, p in self._params().items()}
                         out = self._function(batch)(params)
@@ -174,7 +174,7 @@ class ModelCurvature:
                     if comm is not None:
                         sizes = comm.sizes(out.shape[0] if out is not None else 0)
                         rows = (sum(sizes[: comm.rank]), sum(sizes))
-                    with guard(), torch.enable_grad():
+                    with attempt(comm), torch.enable_grad():
                         target = (
                             self.likelihood.sample(out, generator, rows)
                             if rows

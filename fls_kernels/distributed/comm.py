@@ -143,6 +143,11 @@ class Comm:
         return [int(x) for x in buf.tolist()]
 
 
+def attempt(comm: Comm | None) -> contextlib.AbstractContextManager:
+    """``comm.attempt()`` in a distributed step; a no-op (errors raise as usual) in one process."""
+    return comm.attempt() if comm is not None else contextlib.nullcontext()
+
+
 def assign_owners(costs: Sequence[float], world: int) -> list[int]:
     """Owner rank of each layer, balancing Σ cost per rank: largest first onto the least loaded rank (ties: the
     lower rank, then the earlier layer), the same on every rank. Cost of a layer: m²n + mn²."""

@@ -10,13 +10,12 @@ max(1, τ / s_ij), τ = the largest pruned priority (the unbiased priority-sampl
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
 from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode, split_batch
+from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.base import BasePruner
 from fls_kernels.pruning.checks import count
 
@@ -66,9 +65,8 @@ class CoresetPruner(BasePruner):
             v.module.register_forward_hook(lambda mod, a, out, i=i: captured.__setitem__(i, a[0].detach()))
             for i, v in enumerate(self.views)
         ]
-        guard = self.comm.attempt if self.comm is not None else contextlib.nullcontext
         try:
-            with guard(), eval_mode(self.model), torch.no_grad():
+            with attempt(self.comm), eval_mode(self.model), torch.no_grad():
                 for _ in range(self.calib_batches):
                     args, kwargs = self.inputs(next(stream))
                     self.model(*args, **kwargs)

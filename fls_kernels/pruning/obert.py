@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_map
 
 from fls_kernels import timing
 from fls_kernels.curvature.fisher import eval_mode
+from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import count
 from fls_kernels.pruning.curvature import CurvaturePruner
 
@@ -111,25 +112,24 @@ class OBERTPruner(CurvaturePruner):
             self.finv.append(finv)
 
     def _collect(self) -> list[list[Tensor]]:
-        """Per layer, chunks of per-sample gradients [rows, m·n_weight] adding up to ``num_grads`` rows."""
+        """Per layer, chunks of per-sample gradients [rows, m·n_weight] adding up to ``num_grads`` rows: the first
+        rows of the data — with ``distributed``, of the ranks' batches in rank order, each rank's kept rows
+        broadcast to all."""
         stream = self._require_data("fit")
         comm = self.comm
+        me = comm.rank if comm is not None else 0
         grads: list[list[Tensor]] = [[] for _ in self.views]
         taken = 0
         with eval_mode(self.model):
             while taken < self.num_grads:
-                if comm is None:
-                    per = self._per_sample_grads(next(stream))
-                    keep = min(self.num_grads - taken, per[0].shape[0])
-                    for i, g in enumerate(per):
-                        grads[i].append(g[:keep])
-                    taken += keep
-                    continue
                 per = None
-                with comm.attempt():
+                with attempt(comm):
                     per = self._per_sample_grads(next(stream))
-                sizes = comm.sizes(per[0].shape[0] if per is not None else 0)
-                comm.check()
+                local = per[0].shape[0] if per is not None else 0
+                sizes = [local]
+                if comm is not None:
+                    sizes = comm.sizes(local)
+                    comm.check()
                 if sum(sizes) == 0:
                     raise ValueError("loader: a batch with no samples")
                 before = 0
@@ -138,14 +138,15 @@ class OBERTPruner(CurvaturePruner):
                     before += rows
                     if keep == 0:
                         continue
-                    if rank == comm.rank:
+                    if rank == me:
                         parts = [g[:keep].contiguous() for g in per]
                     else:
                         parts = [
                             torch.empty(keep, v.m * v.n_weight, dtype=self._work_dtype(), device=self.device)
                             for v in self.views
                         ]
-                    comm.broadcast_(parts, rank)
+                    if comm is not None:
+                        comm.broadcast_(parts, rank)
                     for i, g in enumerate(parts):
                         grads[i].append(g)
                 taken = min(self.num_grads, taken + sum(sizes))
