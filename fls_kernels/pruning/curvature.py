@@ -50,6 +50,8 @@ class CurvaturePruner(BasePruner):
             damping = positive("damping", damping)
         relative_damping = positive("relative_damping", relative_damping)
         stat_batches = count("stat_batches", stat_batches, 1)
+        if fvp_chunk is not None:
+            count("fvp_chunk", fvp_chunk, 1)
         super().__init__(model, **kwargs)
         self.likelihood = likelihood
         self.damping = damping

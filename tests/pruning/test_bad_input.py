@@ -108,6 +108,10 @@ def test_bad_constructor_arguments_leave_no_hooks():
         (dict(refine_steps=-1), "refine_steps"),
         (dict(allocation="random"), "allocation"),
         (dict(ignore=["("]), "ignore"),
+        (dict(fvp_chunk=0), "fvp_chunk"),
+        (dict(distributed=3), "distributed"),
+        (dict(distributed="pipeline"), "distributed"),
+        (dict(distributed=True), "distributed"),  # no process group initialised
     ]:
         with pytest.raises((ValueError, TypeError), match=match):
             fls.FishLegPruner(model, **kwargs)
