@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import registry, runner
+from fls_kernels.backends.table import PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(registry.GROUPS),
         help="whole-model layer lists for the grouped ops and per-layer loops (default: all on cuda, none on cpu)",
     )
-    k.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    k.add_argument("--precision", default="fp32", choices=PRECISIONS)
     k.add_argument("--out", default="out/bench")
     k.add_argument("--base", help="also run at this git ref and write a speed-up table against it")
     s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")

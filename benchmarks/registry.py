@@ -13,6 +13,7 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
+from fls_kernels.backends import table
 from fls_kernels.testing import cast, random_problem
 
 #: (name, m, n): weight matrices of real layers.
@@ -35,10 +36,21 @@ GROUPS: dict[str, list[tuple[int, int]]] = {
 }
 
 PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton")
-OPS = ("kron_qv", "obs_scores", "surgeon_update_", "select_smallest", "kron_qv_grouped", "surgeon_update_grouped_")
+
+
+#: Per-layer op → its positional arguments from the inputs of ``make_inputs``, for the reference and every backend
+#: alike (``precision`` is added for the ops that take it); a grouped op takes its layer op's, as lists.
+_ARGS: dict[str, Callable[[dict], tuple]] = {
+    "kron_qv": lambda t: (t["W"], t["A"], t["G_R"], t["G_L"]),
+    "obs_scores": lambda t: (t["W"], t["A"], t["r"], t["l"], t["alive"]),
+    "select_smallest": lambda t: ([t["W"]], t["W"].numel() // 2),
+    "surgeon_update_": lambda t: (t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"]),
+}
+#: The benchmarked ops (those with arguments above, and their grouped forms), in the op table's order.
+OPS = tuple(op.name for op in table.TABLE if (op.layer_op or op.name) in _ARGS)
 #: Ops that take lists of layers (only run on GROUPS); ops that can also run a group as a per-layer loop.
-GROUPED_OPS = ("kron_qv_grouped", "surgeon_update_grouped_")
-LOOPED_OPS = ("kron_qv", "surgeon_update_")
+GROUPED_OPS = tuple(op.name for op in table.TABLE if op.grouped and op.name in OPS)
+LOOPED_OPS = tuple(op.layer_op for op in table.TABLE if op.grouped and op.name in OPS)
 
 
 @dataclass
@@ -91,9 +103,6 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype = torch.float32, see
     return {k: [layer[k] for layer in layers] for k in layers[0]}
 
 
-_UPDATE_ARGS = ("W", "A", "G_R", "G_L", "r", "l", "prune", "keep")
-
-
 def _looped(call: Callable[[dict, str], object]) -> Callable[[dict, str], object]:
     """A single-layer call run over every layer of a group's inputs (a dict of lists)."""
 
@@ -103,48 +112,29 @@ def _looped(call: Callable[[dict, str], object]) -> Callable[[dict, str], object
     return run
 
 
-def _reference_call(op: str) -> Callable[[dict, str], object]:
-    return {
-        "kron_qv": lambda t, p: ref.kron_qv(t["W"], t["A"], t["G_R"], t["G_L"], precision=p),
-        "obs_scores": lambda t, p: ref.obs_scores(t["W"], t["A"], t["r"], t["l"], t["alive"]),
-        "surgeon_update_": lambda t, p: ref.surgeon_update_(
-            t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"], precision=p
-        ),
-        "select_smallest": lambda t, p: ref.select_smallest([t["W"]], t["W"].numel() // 2),
-        "kron_qv_grouped": lambda t, p: ref.kron_qv_grouped(t["W"], t["A"], t["G_R"], t["G_L"], precision=p),
-        "surgeon_update_grouped_": lambda t, p: ref.surgeon_update_grouped_(*(t[k] for k in _UPDATE_ARGS), precision=p),
-    }[op]
+def _call(op: str, fn: Callable, **fixed) -> Callable[[dict, str], object]:
+    """(inputs, precision) → ``fn`` (the reference's or the public op ``op``) on ``op``'s arguments."""
+    spec = table.get(op)
+    args, takes_precision = _ARGS[spec.layer_op or spec.name], spec.precision
 
+    def call(t: dict, p: str):
+        return fn(*args(t), **fixed, **({"precision": p} if takes_precision else {}))
 
-def _backend_call(op: str, backend: str) -> Callable[[dict, str], object]:
-    return {
-        "kron_qv": lambda t, p: fls.kron_qv(t["W"], t["A"], t["G_R"], t["G_L"], precision=p, backend=backend),
-        "obs_scores": lambda t, p: fls.obs_scores(t["W"], t["A"], t["r"], t["l"], t["alive"], backend=backend),
-        "surgeon_update_": lambda t, p: fls.surgeon_update_(
-            t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"], precision=p, backend=backend
-        ),
-        "select_smallest": lambda t, p: fls.select_smallest([t["W"]], t["W"].numel() // 2, backend=backend),
-        "kron_qv_grouped": lambda t, p: fls.kron_qv_grouped(
-            t["W"], t["A"], t["G_R"], t["G_L"], precision=p, backend=backend
-        ),
-        "surgeon_update_grouped_": lambda t, p: fls.surgeon_update_grouped_(
-            *(t[k] for k in _UPDATE_ARGS), precision=p, backend=backend
-        ),
-    }[op]
+    return call
 
 
 def provider_call(op: str, provider: str, grouped_inputs: bool = False) -> Callable[[dict, str], object]:
     """A callable (inputs, precision) → output of ``op`` on ``provider``; with ``grouped_inputs`` a per-layer
     op runs as a loop over the layers of a group."""
     if provider == "reference":
-        call = _reference_call(op)
+        call = _call(op, getattr(ref, op))
     elif provider == "reference+compile":
-        call = _reference_call(op)
+        call = _call(op, getattr(ref, op))
         if grouped_inputs and op not in GROUPED_OPS:
             call = _looped(call)
         return torch.compile(call, dynamic=False)
     else:
-        call = _backend_call(op, provider)
+        call = _call(op, getattr(fls, op), backend=provider)
     return _looped(call) if grouped_inputs and op not in GROUPED_OPS else call
 
 

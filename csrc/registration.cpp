@@ -1,111 +1,75 @@
-// Every TORCH_LIBRARY declaration of the extension: internal ops torch.ops.fls._<op>_{cpu,cuda}.
+// Every TORCH_LIBRARY declaration of the extension: one internal op torch.ops.fls._<op> per native op, with a
+// CPU kernel and, when built with FLS_WITH_CUDA, a CUDA kernel; the dispatcher picks by the tensors' device.
 // The public ops fls::<op> are declared in Python (fls_kernels/ops.py) in the same namespace, so this file
-// adds a fragment. Outputs are allocated by the Python launchers.
+// adds a fragment. Outputs are allocated by the Python launchers (fls_kernels/backends/cuda.py).
 #include <torch/library.h>
+
+#include <string>
+#include <type_traits>
 
 #include "ops.h"
 
 namespace {
 
-void kron_diag_cpu(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor out) {
-  fls::cpu::kron_diag(A, r, l, out);
+// The dispatcher passes tensors it may write by value and strings as views; the kernels of ops.h take
+// at::Tensor& and const std::string&. Native<&kernel>::call adapts one to the other, so the thin wrapper of
+// every kernel, CPU or CUDA, is generated from its prototype.
+template <class T>
+struct Boxed {
+  using type = T;
+};
+template <>
+struct Boxed<at::Tensor&> {
+  using type = at::Tensor;
+};
+template <>
+struct Boxed<const std::string&> {
+  using type = c10::string_view;
+};
+
+template <class T, class U>
+decltype(auto) unboxed(U& arg) {
+  if constexpr (std::is_same_v<T, const std::string&>) {
+    return std::string(arg);
+  } else {
+    return static_cast<T>(arg);
+  }
 }
 
-void obs_scores_cpu(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,
-                    const at::Tensor& mask, at::Tensor out) {
-  fls::cpu::obs_scores(W, A, r, l, mask, out);
-}
+template <auto Kernel>
+struct Native;
 
-void kron_qv_cpu(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
-                 c10::string_view precision, at::Tensor out) {
-  fls::cpu::kron_qv(V, A, G_R, G_L, std::string(precision), out);
-}
-
-void surgeon_update_cpu(at::Tensor W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
-                        const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
-                        c10::string_view precision) {
-  fls::cpu::surgeon_update(W, A, G_R, G_L, r, l, prune, keep, std::string(precision));
-}
-
-void select_smallest_cpu(at::TensorList scores, int64_t k, at::TensorList outs) {
-  fls::cpu::select_smallest(scores, k, outs);
-}
-
-void select_nm_cpu(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor out) {
-  fls::cpu::select_nm(scores, n, m, out);
-}
-
-#ifdef FLS_WITH_CUDA
-void kron_diag_cuda(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor out) {
-  fls::cuda::kron_diag(A, r, l, out);
-}
-
-void obs_scores_cuda(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,
-                     const at::Tensor& mask, at::Tensor out) {
-  fls::cuda::obs_scores(W, A, r, l, mask, out);
-}
-
-void kron_qv_cuda(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
-                  c10::string_view precision, at::Tensor out) {
-  fls::cuda::kron_qv(V, A, G_R, G_L, std::string(precision), out);
-}
-
-void surgeon_update_cuda(at::Tensor W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,
-                         const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep,
-                         c10::string_view precision) {
-  fls::cuda::surgeon_update(W, A, G_R, G_L, r, l, prune, keep, std::string(precision));
-}
-
-void select_smallest_cuda(at::TensorList scores, int64_t k, at::TensorList outs) {
-  fls::cuda::select_smallest(scores, k, outs);
-}
-
-void select_nm_cuda(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor out) {
-  fls::cuda::select_nm(scores, n, m, out);
-}
-#endif
+template <class... Args, void (*Kernel)(Args...)>
+struct Native<Kernel> {
+  static void call(typename Boxed<Args>::type... args) { Kernel(unboxed<Args>(args)...); }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fls, m) {
-  m.def("_kron_diag_cpu(Tensor A, Tensor r, Tensor l, Tensor(a!) out) -> ()");
-  m.def("_obs_scores_cpu(Tensor W, Tensor A, Tensor r, Tensor l, Tensor mask, Tensor(a!) out) -> ()");
-  m.def("_kron_qv_cpu(Tensor V, Tensor A, Tensor G_R, Tensor G_L, str precision, Tensor(a!) out) -> ()");
+  m.def("_kron_diag(Tensor A, Tensor r, Tensor l, Tensor(a!) out) -> ()");
+  m.def("_obs_scores(Tensor W, Tensor A, Tensor r, Tensor l, Tensor mask, Tensor(a!) out) -> ()");
+  m.def("_kron_qv(Tensor V, Tensor A, Tensor G_R, Tensor G_L, str precision, Tensor(a!) out) -> ()");
   m.def(
-      "_surgeon_update_cpu(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, "
+      "_surgeon_update(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, "
       "Tensor keep, str precision) -> ()");
-  m.def("_select_smallest_cpu(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()");
-  m.def("_select_nm_cpu(Tensor scores, int n, int m, Tensor(a!) out) -> ()");
-#ifdef FLS_WITH_CUDA
-  m.def("_kron_diag_cuda(Tensor A, Tensor r, Tensor l, Tensor(a!) out) -> ()");
-  m.def("_obs_scores_cuda(Tensor W, Tensor A, Tensor r, Tensor l, Tensor mask, Tensor(a!) out) -> ()");
-  m.def("_kron_qv_cuda(Tensor V, Tensor A, Tensor G_R, Tensor G_L, str precision, Tensor(a!) out) -> ()");
-  m.def(
-      "_surgeon_update_cuda(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, "
-      "Tensor keep, str precision) -> ()");
-  m.def("_select_smallest_cuda(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()");
-  m.def("_select_nm_cuda(Tensor scores, int n, int m, Tensor(a!) out) -> ()");
-#endif
+  m.def("_select_smallest(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()");
+  m.def("_select_nm(Tensor scores, int n, int m, Tensor(a!) out) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fls, CPU, m) {
-  m.impl("_kron_diag_cpu", &kron_diag_cpu);
-  m.impl("_obs_scores_cpu", &obs_scores_cpu);
-  m.impl("_kron_qv_cpu", &kron_qv_cpu);
-  m.impl("_surgeon_update_cpu", &surgeon_update_cpu);
-  m.impl("_select_smallest_cpu", &select_smallest_cpu);
-  m.impl("_select_nm_cpu", &select_nm_cpu);
-}
+// The kernels of namespace fls::<ns> (cpu or cuda) for the dispatch key of the enclosing TORCH_LIBRARY_IMPL.
+#define FLS_IMPL_KERNELS(ns)                                                \
+  m.impl("_kron_diag", &Native<&fls::ns::kron_diag>::call);                 \
+  m.impl("_obs_scores", &Native<&fls::ns::obs_scores>::call);               \
+  m.impl("_kron_qv", &Native<&fls::ns::kron_qv>::call);                     \
+  m.impl("_surgeon_update", &Native<&fls::ns::surgeon_update>::call);       \
+  m.impl("_select_smallest", &Native<&fls::ns::select_smallest>::call);     \
+  m.impl("_select_nm", &Native<&fls::ns::select_nm>::call);
+
+TORCH_LIBRARY_IMPL(fls, CPU, m) { FLS_IMPL_KERNELS(cpu) }
 
 #ifdef FLS_WITH_CUDA
-TORCH_LIBRARY_IMPL(fls, CUDA, m) {
-  m.impl("_kron_diag_cuda", &kron_diag_cuda);
-  m.impl("_obs_scores_cuda", &obs_scores_cuda);
-  m.impl("_kron_qv_cuda", &kron_qv_cuda);
-  m.impl("_surgeon_update_cuda", &surgeon_update_cuda);
-  m.impl("_select_smallest_cuda", &select_smallest_cuda);
-  m.impl("_select_nm_cuda", &select_nm_cuda);
-}
+TORCH_LIBRARY_IMPL(fls, CUDA, m) { FLS_IMPL_KERNELS(cuda) }
 #endif
 
 #ifdef FLS_PYTHON_MODULE

@@ -7,19 +7,11 @@ Example:
     >>> pruner.prune(0.9, substeps=16)
 """
 
+from fls_kernels import ops
 from fls_kernels.backends import BackendUnavailableError, use_backend
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
 from fls_kernels.distributed import Distributed, RankFailure
-from fls_kernels.ops import (
-    kron_diag,
-    kron_qv,
-    kron_qv_grouped,
-    obs_scores,
-    select_nm,
-    select_smallest,
-    surgeon_update_,
-    surgeon_update_grouped_,
-)
+from fls_kernels.ops import *  # noqa: F403  (every op of the table: ops.__all__)
 from fls_kernels.pruning import (
     BasePruner,
     ConstantSchedule,
@@ -59,13 +51,6 @@ __all__ = [
     "Likelihood",
     "MagnitudePruner",
     "__version__",
-    "kron_diag",
-    "kron_qv",
-    "kron_qv_grouped",
-    "obs_scores",
-    "select_nm",
-    "select_smallest",
-    "surgeon_update_",
-    "surgeon_update_grouped_",
     "use_backend",
+    *ops.__all__,
 ]

@@ -39,9 +39,7 @@ def _info(args: argparse.Namespace) -> int:
     print("\nbackends (automatic selection prefers the higher priority):")
     for name, priority, status in backends.report():
         print(f"  {name:<10} {priority:>3}  {status}")
-    env = {
-        k: os.environ[k] for k in ("FLS_BACKEND", "FLS_POISON", "FLS_BUILD_EXT", "TRITON_INTERPRET") if k in os.environ
-    }
+    env = {k: os.environ[k] for k in ("FLS_BACKEND", "FLS_BUILD_EXT", "TRITON_INTERPRET") if k in os.environ}
     if env:
         print("\nenvironment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     return 0

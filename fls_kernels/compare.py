@@ -15,7 +15,7 @@ from torch import nn
 import fls_reference as ref
 from fls_kernels import backends, ops
 from fls_kernels.pruning import FishLegPruner
-from fls_kernels.testing import rel_error, tolerance
+from fls_kernels.tolerances import rel_error, tolerance
 
 
 @dataclass

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from fls_kernels import backends
-from fls_kernels.backends import kernel
+from fls_kernels.backends import kernel, table
+from fls_kernels.backends.table import PRECISIONS
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 _FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -510,14 +510,5 @@ def surgeon_update_grouped_(
     return list(Ws)
 
 
-__all__ = [
-    "PRECISIONS",
-    "kron_diag",
-    "kron_qv",
-    "kron_qv_grouped",
-    "obs_scores",
-    "select_nm",
-    "select_smallest",
-    "surgeon_update_",
-    "surgeon_update_grouped_",
-]
+#: The ops of the table (``fls_kernels`` exports them); ``PRECISIONS`` stays importable from here.
+__all__ = list(table.NAMES)

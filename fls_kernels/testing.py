@@ -1,27 +1,19 @@
 """Shared test and benchmark helpers: the tolerance table, awkward shapes, poisoned outputs, error checks.
 
-Imported by the backends (for ``empty``), the tests and the benchmarks' verify step; it imports only torch.
+Imported by the tests and the benchmarks, never by the library. The tolerance table and ``rel_error`` live in
+:mod:`fls_kernels.tolerances` (``compare`` uses them too) and are re-exported here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+from collections.abc import Iterator
 
 import torch
 
-#: Maximum relative error (max-norm, against a float64 reference) per compute mode.
-TOLERANCES: dict[str, float] = {
-    "fp64": 1e-10,
-    "fp32": 1e-5,
-    # TF32 keeps 10 mantissa bits; Hopper's wgmma truncates fp32 operands rather than rounding them, which
-    # biases every product by up to 2⁻¹⁰: measured 1–2e-3 on these ops (3e-4 holds only for rounded operands).
-    "tf32": 2e-3,
-    "fp16": 2e-3,
-    "bf16": 1e-2,
-}
-
-_DTYPE_MODE = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from fls_kernels.backends import alloc
+from fls_kernels.tolerances import TOLERANCES, rel_error, tolerance
 
 #: (id, m, n) matrix shapes that stress tiling: a single row or column, primes, block sizes ± 1, tall, wide.
 AWKWARD_SHAPES: list[tuple[str, int, int]] = [
@@ -36,44 +28,36 @@ AWKWARD_SHAPES: list[tuple[str, int, int]] = [
 ]
 
 
-def tolerance(dtype: torch.dtype, precision: str = "fp32") -> float:
-    """The relative tolerance for results computed in ``dtype`` with GEMM mode ``precision`` (the looser)."""
-    mode = _DTYPE_MODE.get(dtype)
-    if mode is None:
-        raise TypeError(f"dtype: no tolerance for {dtype}")
-    return max(TOLERANCES[mode], TOLERANCES[precision]) if mode != "fp64" else TOLERANCES[mode]
-
-
-def poison_enabled() -> bool:
-    """True when ``FLS_POISON=1``: new outputs are pre-filled with NaN (or a sentinel) so unwritten entries show."""
-    return os.environ.get("FLS_POISON", "0") == "1"
-
-
-def empty(shape: tuple[int, ...] | torch.Size, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """``torch.empty`` that fills NaN (floats), True (bool) or −1 (ints) when ``FLS_POISON=1``."""
+def poisoned_empty(
+    shape: tuple[int, ...] | torch.Size, *, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """``torch.empty`` pre-filled with NaN (floats), True (bool) or −1 (ints), so unwritten entries show."""
     out = torch.empty(shape, dtype=dtype, device=device)
-    if poison_enabled():
-        if dtype.is_floating_point:
-            out.fill_(math.nan)
-        elif dtype == torch.bool:
-            out.fill_(True)
-        else:
-            out.fill_(-1)
+    if dtype.is_floating_point:
+        out.fill_(math.nan)
+    elif dtype == torch.bool:
+        out.fill_(True)
+    else:
+        out.fill_(-1)
     return out
 
 
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max|actual − expected| / max|expected| over finite entries, in float64 (0 when both are all zero)."""
-    a = actual.detach().to(torch.float64)
-    e = expected.detach().to(torch.float64)
-    finite = torch.isfinite(e)
-    if not finite.any():
-        return 0.0
-    scale = e[finite].abs().max().item()
-    err = (a[finite] - e[finite]).abs().max().item()
-    if scale == 0.0:
-        return err
-    return err / scale
+def install_poison() -> alloc.Allocator:
+    """From now on every backend output and temporary is allocated by :func:`poisoned_empty` (tests/conftest.py
+    does this for the whole session when ``FLS_POISON=1``, the default); returns the previous allocator."""
+    return alloc.set_allocator(poisoned_empty)
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Inside the ``with`` block backend outputs and temporaries are allocated by :func:`poisoned_empty`."""
+    with alloc.allocator(poisoned_empty):
+        yield
+
+
+def poison_enabled() -> bool:
+    """True when backend outputs are being poisoned now (:func:`install_poison` or :func:`poison_outputs`)."""
+    return alloc.get_allocator() is poisoned_empty
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, name: str = "result") -> None:
@@ -126,3 +110,18 @@ def random_problem(
 def cast(problem: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
     """The problem's float tensors in ``dtype`` and every tensor on ``device`` (masks stay bool)."""
     return {k: v.to(device) if v.dtype == torch.bool else v.to(device=device, dtype=dtype) for k, v in problem.items()}
+
+
+__all__ = [
+    "AWKWARD_SHAPES",
+    "TOLERANCES",
+    "assert_close",
+    "cast",
+    "install_poison",
+    "poison_enabled",
+    "poison_outputs",
+    "poisoned_empty",
+    "random_problem",
+    "rel_error",
+    "tolerance",
+]

@@ -1,11 +1,11 @@
-"""Shared fixtures. Every backend output is NaN-poisoned (FLS_POISON=1) so unwritten entries fail the checks;
-without CUDA, Triton kernels run through the interpreter."""
+"""Shared fixtures. Every backend output is NaN-poisoned for the whole session (``FLS_POISON=1``, the default;
+``FLS_POISON=0`` turns it off) so unwritten entries fail the checks; without CUDA, Triton kernels run through
+the interpreter."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("FLS_POISON", "1")
 try:
     import torch
 
@@ -17,7 +17,12 @@ except ImportError:  # pragma: no cover
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fls_kernels import backends  # noqa: E402
+from fls_kernels import backends, testing  # noqa: E402
+
+
+def pytest_configure(config):
+    if os.environ.get("FLS_POISON", "1") == "1":
+        testing.install_poison()
 
 
 @pytest.fixture(autouse=True)

@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: Every op of the contract, in documentation order.
-OPS = (
-    "kron_qv",
-    "kron_diag",
-    "obs_scores",
-    "select_smallest",
-    "select_nm",
-    "surgeon_update_",
-    "kron_qv_grouped",
-    "surgeon_update_grouped_",
-)
+from fls_kernels.backends import table
+
+#: Every op of the contract, in documentation order (from :mod:`fls_kernels.backends.table`).
+OPS = table.NAMES
 
 
 class BackendUnavailableError(RuntimeError):
@@ -172,6 +165,18 @@ def kernel(name: str, op: str) -> Callable:
     return get_backend(name).kernels[op]
 
 
+def preferred(name: str | None, op: str) -> str | None:
+    """The backend to request for ``op`` when ``name`` is preferred for a whole computation: ``name`` when it
+    implements ``op`` — or cannot load at all, so the call raises with the reason and the fix — else None
+    (automatic selection, e.g. Triton has no ``select_smallest``)."""
+    if name is None:
+        return None
+    backend = get_backend(name)
+    if backend.load() is not None or op in backend.kernels:
+        return name
+    return None
+
+
 def report() -> list[tuple[str, int, str]]:
     """(name, priority, status) for every backend: 'ok (ops…)' or the reason it is unavailable."""
     rows = []
@@ -203,6 +208,7 @@ __all__ = [
     "backends",
     "get_backend",
     "kernel",
+    "preferred",
     "register_backend",
     "report",
     "requested_backend",

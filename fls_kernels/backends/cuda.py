@@ -1,8 +1,11 @@
 """Loader of the compiled extension ``fls_kernels._C`` and the ``cpu`` / ``cuda`` backends it provides.
 
-The extension registers internal ops ``torch.ops.fls._<op>_{cpu,cuda}`` that write into outputs allocated
-here (so ``FLS_POISON=1`` poisons them). Importing this module never fails: a missing or broken build is
-recorded and reported when the backend is requested.
+The extension declares one internal op ``torch.ops.fls._<stem>`` per native op (``fls::_kron_qv``, ...) and
+registers its CPU kernels and, when built with CUDA, its CUDA kernels for it; the dispatcher picks by the
+tensors' device. The ops write into outputs allocated here through :func:`fls_kernels.backends.alloc.empty`
+(so tests can poison them), or update their first argument in place. Both backends share one launcher per op,
+built from the op table; which ops a backend has is asked of the dispatcher. Importing this module never
+fails: a missing or broken build is recorded and reported when the backend is requested.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-from fls_kernels.backends import Backend
-from fls_kernels.testing import empty
+from fls_kernels.backends import Backend, table
+from fls_kernels.backends.alloc import empty
+from fls_kernels.backends.table import Output
 
 _BUILD_FIX = (
     "install with `FLS_BUILD_EXT=1 pip install --no-build-isolation -e .` (needs a C++20 compiler; nvcc for cuda)"
@@ -23,63 +27,52 @@ def _import_extension() -> None:
     import fls_kernels._C  # noqa: F401  (loading the library registers its ops)
 
 
-def _has(name: str) -> bool:
-    return hasattr(torch.ops.fls, name)
+def _outputs(output: Output, first):
+    """The results of an op whose outputs are allocated as ``output`` says, from its first argument."""
+    if output is Output.LIKE_FIRST:
+        return empty(first.shape, dtype=first.dtype, device=first.device)
+    if output is Output.MASK_LIKE_FIRST:
+        return empty(first.shape, dtype=torch.bool, device=first.device)
+    if output is Output.MASKS_LIKE_EACH:
+        return [empty(t.shape, dtype=torch.bool, device=t.device) for t in first]
+    return None
 
 
-def _launchers(suffix: str) -> dict[str, Callable]:
-    """Python launchers for the ops the extension registered with ``suffix`` ('cpu' or 'cuda')."""
+def _launcher(op: table.Op) -> Callable:
+    """The launcher of ``op`` with the reference's signature: fls::_<stem>(*args[, precision][, outputs])."""
+    native = getattr(torch.ops.fls, f"_{op.stem}")
 
-    def kron_qv(V, A, G_R, G_L, *, precision="fp32"):
-        out = empty(V.shape, dtype=V.dtype, device=V.device)
-        getattr(torch.ops.fls, f"_kron_qv_{suffix}")(V, A, G_R, G_L, precision, out)
-        return out
+    def launch(*args, precision: str = "fp32"):
+        outputs = _outputs(op.output, args[0])
+        native(*args, *((precision,) if op.precision else ()), *(() if outputs is None else (outputs,)))
+        return args[0] if outputs is None else outputs
 
-    def kron_diag(A, r, l):
-        out = empty(A.shape, dtype=A.dtype, device=A.device)
-        getattr(torch.ops.fls, f"_kron_diag_{suffix}")(A, r, l, out)
-        return out
+    launch.__name__ = launch.__qualname__ = op.name
+    return launch
 
-    def obs_scores(W, A, r, l, mask):
-        out = empty(W.shape, dtype=W.dtype, device=W.device)
-        getattr(torch.ops.fls, f"_obs_scores_{suffix}")(W, A, r, l, mask, out)
-        return out
 
-    def select_smallest(scores, k):
-        outs = [empty(s.shape, dtype=torch.bool, device=s.device) for s in scores]
-        getattr(torch.ops.fls, f"_select_smallest_{suffix}")(list(scores), k, outs)
-        return outs
+def _has_kernel(op: table.Op, dispatch_key: str) -> bool:
+    """Whether the extension declared ``fls::_<stem>`` (the grouped ops have no native op) and registered a kernel
+    for ``dispatch_key`` ('CPU' or 'CUDA') — asked of the dispatcher."""
+    name = f"_{op.stem}"
+    return hasattr(torch.ops.fls, name) and torch._C._dispatch_has_kernel_for_dispatch_key(f"fls::{name}", dispatch_key)
 
-    def select_nm(scores, n, m):
-        out = empty(scores.shape, dtype=torch.bool, device=scores.device)
-        getattr(torch.ops.fls, f"_select_nm_{suffix}")(scores, n, m, out)
-        return out
 
-    def surgeon_update_(W, A, G_R, G_L, r, l, prune, keep, *, precision="fp32"):
-        getattr(torch.ops.fls, f"_surgeon_update_{suffix}")(W, A, G_R, G_L, r, l, prune, keep, precision)
-        return W
-
-    candidates = {
-        "kron_qv": kron_qv,
-        "kron_diag": kron_diag,
-        "obs_scores": obs_scores,
-        "select_smallest": select_smallest,
-        "select_nm": select_nm,
-        "surgeon_update_": surgeon_update_,
-    }
-    return {op: fn for op, fn in candidates.items() if _has(f"_{op.rstrip('_')}_{suffix}")}
+def _launchers(dispatch_key: str) -> dict[str, Callable]:
+    """Launchers of the ops with a native kernel for ``dispatch_key``."""
+    return {op.name: _launcher(op) for op in table.TABLE if _has_kernel(op, dispatch_key)}
 
 
 def _load_cpu() -> dict[str, Callable]:
     _import_extension()
-    return _launchers("cpu")
+    return _launchers("CPU")
 
 
 def _load_cuda() -> dict[str, Callable]:
     _import_extension()
     if not torch.cuda.is_available():
         raise RuntimeError("torch sees no CUDA device")
-    kernels = _launchers("cuda")
+    kernels = _launchers("CUDA")
     if not kernels:
         raise RuntimeError("fls_kernels._C was built without CUDA kernels (torch without CUDA or no nvcc at build)")
     return kernels

@@ -6,22 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from fls_kernels.backends import Backend
+from fls_kernels.backends import Backend, table
 
 
 def _load() -> dict[str, Callable]:
-    import fls_reference as ref
+    import fls_reference
 
-    return {
-        "kron_qv": ref.kron_qv,
-        "kron_diag": ref.kron_diag,
-        "obs_scores": ref.obs_scores,
-        "select_smallest": ref.select_smallest,
-        "select_nm": ref.select_nm,
-        "surgeon_update_": ref.surgeon_update_,
-        "kron_qv_grouped": ref.kron_qv_grouped,
-        "surgeon_update_grouped_": ref.surgeon_update_grouped_,
-    }
+    return {name: getattr(fls_reference, name) for name in table.NAMES}
 
 
 BACKENDS = [

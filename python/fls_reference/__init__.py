@@ -5,13 +5,12 @@ One readable function per op contract. It imports nothing but torch, computes in
 """
 
 from fls_reference.grouped import kron_qv_grouped, surgeon_update_grouped_
-from fls_reference.kron import PRECISIONS, kron_diag, kron_qv
+from fls_reference.kron import kron_diag, kron_qv
 from fls_reference.scores import obs_scores
 from fls_reference.select import select_nm, select_smallest
 from fls_reference.surgeon import surgeon_update_
 
 __all__ = [
-    "PRECISIONS",
     "kron_diag",
     "kron_qv",
     "kron_qv_grouped",

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import torch
 
-#: GEMM modes a fast backend may use; the reference accepts them all and always computes in the input dtype.
-PRECISIONS = ("fp32", "tf32", "bf16")
-
 
 def kron_qv(V: torch.Tensor, A: torch.Tensor, G_R: torch.Tensor, G_L: torch.Tensor, *, precision: str = "fp32"):
     """Q(V) = A ⊙ (G_R · (A ⊙ V) · G_L).

@@ -114,7 +114,7 @@ def test_select_smallest_too_large_k_raises_value_error_naming_k(dtype):
 
 
 def test_select_smallest_native_checks_name_the_argument():
-    op = torch.ops.fls._select_smallest_cpu
+    op = torch.ops.fls._select_smallest
     scores = [torch.zeros(3), torch.zeros(2)]
     with pytest.raises(ValueError, match="outs: expected 2 tensors"):
         op(scores, 1, [torch.empty(3, dtype=torch.bool)])
@@ -159,7 +159,7 @@ def test_select_nm_matches_reference(rows, n, m, dtype):
 
 
 def test_select_nm_native_checks_name_the_argument():
-    op = torch.ops.fls._select_nm_cpu
+    op = torch.ops.fls._select_nm
     with pytest.raises(ValueError, match="scores: 6 columns"):
         op(torch.zeros(2, 6), 2, 4, torch.empty(2, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="n, m"):

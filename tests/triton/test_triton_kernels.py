@@ -212,8 +212,8 @@ def test_grouped_equals_one_layer_at_a_time():
 
 # ---------------------------------------------------------------------------------------------- poisoned outputs
 def test_every_output_entry_is_written():
-    """With FLS_POISON=1 outputs (and the GEMM temporaries) start as NaN/True: partial tiles must overwrite all."""
-    assert poison_enabled(), "tests/conftest.py sets FLS_POISON=1"
+    """Poisoned outputs (and GEMM temporaries) start as NaN/True: partial tiles must overwrite all of them."""
+    assert poison_enabled(), "tests/conftest.py installs the poisoning allocator (FLS_POISON=1)"
     for op in ("kron_qv", "kron_diag", "obs_scores", "select_nm", "surgeon_update_"):
         triton(op)
     _, c = problem(33, 65)

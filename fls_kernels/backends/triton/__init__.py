@@ -1,4 +1,6 @@
-"""The Triton backend: one module per op, each with private ``@triton.jit`` kernels and one launcher.
+"""The Triton backend: one module per op, named by the op's kernel stem (``kron_qv.py``, ``surgeon_update.py``),
+each with private ``@triton.jit`` kernels and one launcher named like the op. An op without a module here
+(``select_smallest``) is one this backend does not implement.
 
 On CUDA it is picked automatically; on the CPU it runs through Triton's interpreter (``TRITON_INTERPRET=1``)
 and only on explicit request, which is how the test suite checks its kernels without a GPU.
@@ -7,33 +9,26 @@ and only on explicit request, which is how the test suite checks its kernels wit
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 
 import torch
 
-from fls_kernels.backends import Backend
-
-#: op name → module in this package holding its launcher (a function of the same name).
-_OP_MODULES: dict[str, str] = {
-    "kron_qv": "kron_qv",
-    "kron_diag": "kron_diag",
-    "obs_scores": "obs_scores",
-    "select_nm": "select_nm",
-    "surgeon_update_": "surgeon_update",
-    "kron_qv_grouped": "kron_qv_grouped",
-    "surgeon_update_grouped_": "surgeon_update_grouped",
-}
+from fls_kernels.backends import Backend, table
 
 
 def _load() -> dict[str, Callable]:
+    """Every op of the table whose kernel module ``<stem>.py`` exists here: its launcher, named like the op."""
     import triton  # noqa: F401
 
     if not torch.cuda.is_available() and not _INTERPRET:
         raise RuntimeError("no CUDA device and TRITON_INTERPRET is not 1")
     kernels = {}
-    for op, module in _OP_MODULES.items():
-        kernels[op] = getattr(importlib.import_module(f"{__name__}.{module}"), op)
+    for op in table.TABLE:
+        module = f"{__name__}.{op.stem}"
+        if importlib.util.find_spec(module) is not None:
+            kernels[op.name] = getattr(importlib.import_module(module), op.name)
     return kernels
 
 

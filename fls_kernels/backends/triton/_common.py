@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from fls_kernels.backends.alloc import empty
 
 #: True when kernels run through Triton's CPU interpreter (read once, as ``triton.jit`` itself does).
 INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
@@ -168,6 +172,74 @@ def all_aligned(sizes: list[int], tensors: list[torch.Tensor]) -> bool:
     """True when every size is a multiple of 16 and every tensor starts on a 16-byte boundary, so the grouped
     kernels may promise the compiler 16-element row pitches and aligned bases (vectorised 16-byte accesses)."""
     return all(s % 16 == 0 for s in sizes) and all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+@dataclass
+class GroupedLaunch:
+    """The host side of a grouped op's two persistent passes, shared by both.
+
+    Attributes:
+        table: the int64 [fields, layers] table on the device (rows 0, 1: m, n; then one row of addresses per
+            field, in the order given to :func:`grouped_launch`).
+        scratch: one flat fp32 buffer holding every layer's [m_g, n_g] temporary T_g (kept alive by the launch).
+        layers: ``LAYERS`` (the table's width) and ``LAYERS_POW2`` (its padding for register prefix sums, ≥ 16).
+        extent: ``MAX_M``, ``MAX_N`` and ``TOTAL`` (elements of ``scratch``), the sizes the first pass is tuned on.
+        modes: ``DTYPE``, ``PRECISION`` and ``ALIGNED`` (see :func:`all_aligned`; the T_g included).
+        shapes: (m_g, n_g) per layer.
+    """
+
+    table: torch.Tensor
+    scratch: torch.Tensor
+    layers: dict
+    extent: dict
+    modes: dict
+    shapes: Sequence[tuple[int, int]]
+
+    @property
+    def sizes(self) -> dict:
+        """Every size and mode argument of a pass: ``layers``, ``extent`` and ``modes`` together."""
+        return {**self.layers, **self.extent, **self.modes}
+
+    def grid(self, meta: dict) -> tuple[int]:
+        """(programs,) of a persistent pass over every layer's tiles with tile config ``meta``."""
+        tiles = sum(triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]) for m, n in self.shapes)
+        return (persistent_programs(self.table.device, meta, tiles),)
+
+
+def grouped_launch(
+    shapes: Sequence[tuple[int, int]],
+    fields: Sequence[Sequence[torch.Tensor] | None],
+    *,
+    dtype: torch.dtype,
+    precision: str,
+    device: torch.device,
+) -> GroupedLaunch:
+    """Allocate the T_g of every layer in one flat fp32 buffer and build the address table of a grouped launch.
+
+    Args:
+        shapes: (m_g, n_g) per layer, not all empty.
+        fields: the table's rows after m and n, in order: one contiguous tensor per layer (addressed by its row
+            pitch n_g), or None for the row of the T_g (layer g's slice of the buffer starts at Σ_{h<g} m_h n_h).
+        dtype: the layers' element type; precision: the GEMM mode; device: where the layers live.
+    """
+    starts = [0]
+    for m, n in shapes:
+        starts.append(starts[-1] + m * n)
+    T = empty((starts[-1],), dtype=torch.float32, device=device)
+    rows = [[m for m, _ in shapes], [n for _, n in shapes]]
+    rows += [
+        [T.data_ptr() + 4 * s for s in starts[:-1]] if seq is None else [t.data_ptr() for t in seq] for seq in fields
+    ]
+    tensors = [t for seq in fields if seq is not None for t in seq]
+    aligned = all_aligned([s for shape in shapes for s in shape], tensors) and T.data_ptr() % 16 == 0
+    return GroupedLaunch(
+        table=address_table(rows, device),
+        scratch=T,
+        layers=dict(LAYERS=len(shapes), LAYERS_POW2=max(16, triton.next_power_of_2(len(shapes)))),
+        extent=dict(MAX_M=max(m for m, _ in shapes), MAX_N=max(n for _, n in shapes), TOTAL=starts[-1]),
+        modes=dict(DTYPE=TL_DTYPES[dtype], PRECISION=precision, ALIGNED=aligned),
+        shapes=shapes,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- autotuning

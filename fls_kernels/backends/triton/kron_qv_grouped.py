@@ -17,22 +17,19 @@ import torch
 import triton
 import triton.language as tl
 
+from fls_kernels.backends.alloc import empty
 from fls_kernels.backends.triton._common import (
-    TL_DTYPES,
-    address_table,
-    all_aligned,
     gemm_configs,
+    grouped_launch,
     layer_ptr,
     layer_shape,
     layer_tile_ends,
     locate_tile,
     on_device,
-    persistent_programs,
     prune_gemm_configs,
     tile_coords,
 )
 from fls_kernels.backends.triton.kron_qv import _kron_qv_left_tile, _kron_qv_right_tile
-from fls_kernels.testing import empty
 
 # Rows of the layer table after m and n (rows 0 and 1): the addresses of each layer's tensors.
 _V, _A, _G_R, _G_L, _T, _Y = (tl.constexpr(i) for i in range(2, 8))
@@ -136,39 +133,9 @@ def kron_qv_grouped(
         return Ys
     # The kernels address every layer by its row pitch n: operands are made contiguous (no copy when they are).
     Vs, As, G_Rs, G_Ls = ([t.contiguous() for t in seq] for seq in (Vs, As, G_Rs, G_Ls))
-    starts = [0]
-    for m, n in shapes:
-        starts.append(starts[-1] + m * n)
-    T = empty((starts[-1],), dtype=torch.float32, device=device)
-    tensors = [*Vs, *As, *G_Rs, *G_Ls, *Ys]
-    rows = [
-        [m for m, _ in shapes],
-        [n for _, n in shapes],
-        [t.data_ptr() for t in Vs],
-        [t.data_ptr() for t in As],
-        [t.data_ptr() for t in G_Rs],
-        [t.data_ptr() for t in G_Ls],
-        [T.data_ptr() + 4 * s for s in starts[:-1]],
-        [t.data_ptr() for t in Ys],
-    ]
-    table = address_table(rows, device)
-    aligned = all_aligned([s for shape in shapes for s in shape], tensors) and T.data_ptr() % 16 == 0
-
-    def grid(meta):
-        tiles = sum(triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]) for m, n in shapes)
-        return (persistent_programs(device, meta, tiles),)
-
-    sizes = dict(
-        LAYERS=len(shapes),
-        LAYERS_POW2=max(16, triton.next_power_of_2(len(shapes))),
-        MAX_M=max(m for m, _ in shapes),
-        MAX_N=max(n for _, n in shapes),
-        TOTAL=starts[-1],
-        DTYPE=TL_DTYPES[dtype],
-        PRECISION=precision,
-        ALIGNED=aligned,
-    )
+    # Table rows after m, n: _V, _A, _G_R, _G_L, _T (None: the T_g), _Y.
+    launch = grouped_launch(shapes, [Vs, As, G_Rs, G_Ls, None, Ys], dtype=dtype, precision=precision, device=device)
     with on_device(Vs[0]):
-        _kron_qv_grouped_right_kernel[grid](table, **sizes)
-        _kron_qv_grouped_left_kernel[grid](table, **sizes)
+        _kron_qv_grouped_right_kernel[launch.grid](launch.table, **launch.sizes)
+        _kron_qv_grouped_left_kernel[launch.grid](launch.table, **launch.sizes)
     return Ys

@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fls_kernels.backends.alloc import empty
 from fls_kernels.backends.triton._common import elementwise_blocks, on_device
-from fls_kernels.testing import empty
 
 
 @triton.jit

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fls_kernels.backends.alloc import empty
 from fls_kernels.backends.triton._common import on_device
-from fls_kernels.testing import empty
 
 
 @triton.jit

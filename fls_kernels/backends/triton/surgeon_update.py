@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fls_kernels.backends.alloc import empty
 from fls_kernels.backends.triton._common import (
     gemm_configs,
     left_gram_tile,
@@ -21,7 +22,6 @@ from fls_kernels.backends.triton._common import (
     prune_gemm_configs,
     tile_coords,
 )
-from fls_kernels.testing import empty
 
 
 @triton.jit

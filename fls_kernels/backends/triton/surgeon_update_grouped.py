@@ -17,21 +17,17 @@ import triton
 import triton.language as tl
 
 from fls_kernels.backends.triton._common import (
-    TL_DTYPES,
-    address_table,
-    all_aligned,
     gemm_configs,
+    grouped_launch,
     layer_ptr,
     layer_shape,
     layer_tile_ends,
     locate_tile,
     on_device,
-    persistent_programs,
     prune_gemm_configs,
     tile_coords,
 )
 from fls_kernels.backends.triton.surgeon_update import _surgeon_update_left_tile, _surgeon_update_right_tile
-from fls_kernels.testing import empty
 
 # Rows of the layer table after m and n (rows 0 and 1): the addresses of each layer's tensors.
 _W, _A, _G_R, _G_L, _R, _L, _PRUNE, _KEEP, _T = (tl.constexpr(i) for i in range(2, 11))
@@ -144,29 +140,13 @@ def surgeon_update_grouped_(
     # masks are read as bytes (a torch.bool is one byte holding 0 or 1).
     As, G_Rs, G_Ls, rs, ls = ([t.contiguous() for t in seq] for seq in (As, G_Rs, G_Ls, rs, ls))
     prunes, keeps = ([t.contiguous().view(torch.uint8) for t in seq] for seq in (prunes, keeps))
-    starts = [0]
-    for m, n in shapes:
-        starts.append(starts[-1] + m * n)
-    T = empty((starts[-1],), dtype=torch.float32, device=device)
-    fields = [Ws, As, G_Rs, G_Ls, rs, ls, prunes, keeps]
-    rows = [[m for m, _ in shapes], [n for _, n in shapes]]
-    rows += [[t.data_ptr() for t in seq] for seq in fields]
-    rows.append([T.data_ptr() + 4 * s for s in starts[:-1]])
-    table = address_table(rows, device)
-    sizes = [s for shape in shapes for s in shape]
-    aligned = all_aligned(sizes, [t for seq in fields for t in seq]) and T.data_ptr() % 16 == 0
-
-    def grid(meta):
-        tiles = sum(triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]) for m, n in shapes)
-        return (persistent_programs(device, meta, tiles),)
-
-    layers = dict(LAYERS=len(shapes), LAYERS_POW2=max(16, triton.next_power_of_2(len(shapes))))
-    modes = dict(DTYPE=TL_DTYPES[dtype], PRECISION=precision, ALIGNED=aligned)
+    # Table rows after m, n: _W, _A, _G_R, _G_L, _R, _L, _PRUNE, _KEEP, _T (None: the T_g).
+    fields = [Ws, As, G_Rs, G_Ls, rs, ls, prunes, keeps, None]
+    launch = grouped_launch(shapes, fields, dtype=dtype, precision=precision, device=device)
     with on_device(Ws[0]):
-        _surgeon_update_grouped_right_kernel[grid](
-            table, **layers, MAX_M=max(m for m, _ in shapes), MAX_N=max(n for _, n in shapes), TOTAL=starts[-1],
-            **modes,
-        )  # fmt: skip
+        _surgeon_update_grouped_right_kernel[launch.grid](launch.table, **launch.sizes)
         config = _surgeon_update_grouped_right_kernel.best_config
-        _surgeon_update_grouped_left_kernel[grid(config.kwargs)](table, **layers, **modes, **config.all_kwargs())
+        _surgeon_update_grouped_left_kernel[launch.grid(config.kwargs)](
+            launch.table, **launch.layers, **launch.modes, **config.all_kwargs()
+        )
     return Ws
