@@ -7,25 +7,12 @@ Example:
     >>> pruner.prune(0.9, substeps=16)
 """
 
-from fls_kernels import ops
+from fls_kernels import ops, pruning
 from fls_kernels.backends import BackendUnavailableError, use_backend
 from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, KronBlock, Likelihood
 from fls_kernels.distributed import Distributed, RankFailure
 from fls_kernels.ops import *  # noqa: F403  (every op of the table: ops.__all__)
-from fls_kernels.pruning import (
-    BasePruner,
-    ConstantSchedule,
-    CoresetPruner,
-    CubicSchedule,
-    FishLegPruner,
-    KFACPruner,
-    LinearSchedule,
-    MagnitudePruner,
-    OBDPruner,
-    OBERTPruner,
-    Schedule,
-    export_semi_structured,
-)
+from fls_kernels.pruning import *  # noqa: F403  (every pruner class of the registry, schedules, export)
 
 __version__ = "0.1.0"
 
@@ -33,24 +20,13 @@ __all__ = [
     "BackendUnavailableError",
     "Distributed",
     "RankFailure",
-    "BasePruner",
-    "ConstantSchedule",
-    "CoresetPruner",
-    "CubicSchedule",
-    "KFACPruner",
-    "LinearSchedule",
-    "OBDPruner",
-    "OBERTPruner",
-    "Schedule",
-    "export_semi_structured",
     "Bernoulli",
     "Categorical",
-    "FishLegPruner",
     "Gaussian",
     "KronBlock",
     "Likelihood",
-    "MagnitudePruner",
     "__version__",
     "use_backend",
     *ops.__all__,
+    *pruning.__all__,
 ]

@@ -70,10 +70,10 @@ def _op_errors(pruner: FishLegPruner, name: str, device: torch.device) -> list[O
     rows = []
     layers = []
     for i, view in enumerate(pruner.views):
-        block = pruner.blocks[i]
+        block = pruner.method.blocks[i]
         G_R, G_L = (g.detach() for g in block.grams())
         r, l = block.factor_diags()
-        alive = pruner.full_mask(i)
+        alive = pruner.masks.full(i)
         layers.append(dict(W=view.matrix(torch.float32), A=block.A.detach(), G_R=G_R, G_L=G_L, r=r, l=l, alive=alive))
     exact = [{k: v.double() if v.is_floating_point() else v for k, v in t.items()} for t in layers]
 

@@ -70,7 +70,7 @@ def split(seed: int) -> Split:
     return Split(batches, data.x_train[val], data.y_train[val], data.x_test, data.y_test)
 
 
-def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.BasePruner:
+def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.Pruner:
     common = dict(seed=seed, **kw)
     if method == "FLS":
         refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
@@ -86,7 +86,7 @@ def make(method: str, model: nn.Module, relative_damping: float, protocol: Proto
     return fls.MagnitudePruner(model, **{k: v for k, v in kw.items()})
 
 
-def fit(pruner: fls.BasePruner, data: Split, protocol: Protocol) -> None:
+def fit(pruner: fls.Pruner, data: Split, protocol: Protocol) -> None:
     steps = protocol.fls_fit_steps if isinstance(pruner, fls.FishLegPruner) else 0
     pruner.fit(data.train, steps=steps)
 

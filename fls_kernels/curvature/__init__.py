@@ -1,25 +1,28 @@
-"""Curvature floor: Q(λ) blocks per layer, likelihoods, Fisher-vector products and the aux-loss fitter."""
+"""Curvature floor: Q(λ) blocks per layer, likelihoods, Fisher-vector products and the aux-loss fitter, whose
+cross-process reduction (one process, replicated, sharded) is injected (:mod:`.reduction`)."""
 
 from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
-from fls_kernels.curvature.fisher import LayerStats, ModelCurvature, eval_mode, split_batch
+from fls_kernels.curvature.fisher import LayerStats, ModelCurvature
 from fls_kernels.curvature.fitter import AuxFitter
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
 from fls_kernels.curvature.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, get_likelihood
+from fls_kernels.curvature.reduction import AuxReduction, ReplicatedReduction, ShardedReduction
 
 __all__ = [
     "SUPPORTED_LAYERS",
     "AuxFitter",
+    "AuxReduction",
     "Bernoulli",
     "Categorical",
     "Gaussian",
     "KronBlock",
     "RemoteBlock",
+    "ReplicatedReduction",
+    "ShardedReduction",
     "LayerStats",
     "LayerView",
     "Likelihood",
     "ModelCurvature",
-    "eval_mode",
     "find_layers",
     "get_likelihood",
-    "split_batch",
 ]

@@ -82,12 +82,6 @@ class KronBlock(nn.Module):
         r, l = self.factor_diags()
         return ops.kron_diag(self.A, r, l, backend=backend)
 
-    def dense(self) -> Tensor:
-        """Q as an explicit [mn, mn] matrix (row-major vec); for tests and small layers only."""
-        from fls_reference.dense import kron_matrix
-
-        return kron_matrix(self.A, *self.grams())
-
     # ------------------------------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def init_identity(self, scale: float) -> None:

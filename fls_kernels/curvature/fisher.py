@@ -8,8 +8,7 @@ modes are restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,33 +18,11 @@ from torch.func import functional_call, jvp, vjp
 
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
+from fls_kernels.data import eval_mode, split_batch
 from fls_kernels.distributed.comm import attempt
 
 if TYPE_CHECKING:
     from fls_kernels.distributed.comm import Comm
-
-
-def split_batch(batch: object) -> tuple[tuple, dict]:
-    """Model inputs of a loader batch: a tensor → (x,); a tuple/list → (batch[0],); a mapping → **batch."""
-    if isinstance(batch, Tensor):
-        return (batch,), {}
-    if isinstance(batch, Mapping):
-        return (), dict(batch)
-    if isinstance(batch, (tuple, list)) and batch:
-        return (batch[0],), {}
-    raise TypeError(f"loader: cannot take model inputs from a batch of type {type(batch).__name__}")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, restoring each one's flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 class ModelCurvature:

@@ -12,16 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from fls_kernels import timing
 from fls_kernels.curvature.blocks import KronBlock
-
-if TYPE_CHECKING:
-    from fls_kernels.distributed.comm import Comm
+from fls_kernels.curvature.reduction import AuxReduction
 
 log = logging.getLogger("fls_kernels.fit")
 
@@ -38,11 +35,9 @@ class AuxFitter:
         precision: GEMM mode of the Q products.
         generator: RNG of the probes (the same seed on every rank).
         backend: ops backend of the Q products (None: automatic).
-        comm: process group of a distributed fit (None: one process); each rank reads its own batches and
-            the step is that of one process on their union: replicated blocks sum their λ gradients (weighted
-            by batch size, bucketed) over ranks; sharded ones broadcast v from the owner and reduce F v to it.
-        batch_size: batch → its number of samples (needed with ``comm``).
-        owners: sharded: the rank owning each block (None: every rank holds every block).
+        reduction: how the step's probes, products and λ gradients combine over processes (default: one
+            process); see :mod:`fls_kernels.curvature.reduction`. The step is that of one process on the union
+            of every rank's batch.
     """
 
     def __init__(
@@ -56,14 +51,10 @@ class AuxFitter:
         precision: str = "fp32",
         generator: torch.Generator | None = None,
         backend: str | None = None,
-        comm: Comm | None = None,
-        batch_size: Callable[[object], int] | None = None,
-        owners: list[int] | None = None,
+        reduction: AuxReduction | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
-        if comm is not None and batch_size is None:
-            raise ValueError("batch_size: required with comm (each rank's share of the union batch)")
         self.blocks = blocks
         self.fvp = fvp
         self.damping = float(damping)
@@ -71,13 +62,11 @@ class AuxFitter:
         self.precision = precision
         self.generator = generator
         self.backend = backend
-        self.comm = comm
-        self.batch_size = batch_size
-        self.owners = owners
+        self.reduction = reduction if reduction is not None else AuxReduction()
         self.owned = [isinstance(b, KronBlock) for b in blocks]
-        params = [p for b in blocks for p in b.parameters()]
+        self.params = [p for b in blocks for p in b.parameters()]
         # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
-        self.optimizer = torch.optim.Adam(params or [nn.Parameter(torch.zeros(0))], lr=lr)
+        self.optimizer = torch.optim.Adam(self.params or [nn.Parameter(torch.zeros(0))], lr=lr)
         #: aux loss 𝒜 of every step taken, in order.
         self.history: list[float] = []
 
@@ -88,17 +77,40 @@ class AuxFitter:
             the sampled aux loss 𝒜 of this step (before the update).
 
         Raises:
-            FloatingPointError: the loss or residual is not finite; λ is left as it was.
+            FloatingPointError: the loss or residual is not finite; λ and the probe RNG are left as they were.
         """
-        if self.comm is not None:
-            return self._distributed_step(batch, masks)
-        us, vs, grams = self._probe(masks)
-        with timing.section("fvp"), torch.no_grad():
-            fvs = self.fvp(batch, [v.detach() for v in vs])
-        with timing.section("q_products"):
-            loss, surrogate = self._surrogate(us, vs, grams, fvs, masks)
+        red = self.reduction
+        rng = self.generator.get_state() if self.generator is not None else None
+        us, vs, grams, fvs, rows = [], [], [], [], 0
+        try:
+            with red.attempt():
+                rows = red.rows(batch)
+                us, vs, grams = self._probe(masks)
+            if not us:  # the probe failed on this rank: shapes for the other ranks' collectives
+                us = [torch.zeros(b.m, b.n, device=b.device, dtype=b.dtype) for b in self.blocks]
+                vs = [None] * len(us)
+            vs = red.gather_probes(us, vs)
+            with red.attempt(), timing.section("fvp"), torch.no_grad():
+                fvs = self.fvp(batch, [v.detach() if v is not None else torch.zeros_like(u) for u, v in zip(us, vs)])
+            if len(fvs) != len(us):
+                fvs = [torch.zeros_like(u) for u in us]
+            fvs, scale = red.reduce_products(fvs, rows)
+            loss = 0.0
+            with red.attempt(), timing.section("q_products"):
+                if any(vs[i] is None for i, o in enumerate(self.owned) if o):
+                    raise RuntimeError("the probe of this step failed")
+                loss, surrogate = self._surrogate(us, vs, grams, fvs, masks, scale)
+                self.optimizer.zero_grad(set_to_none=True)
+                surrogate.backward()
+            loss, grads = red.reduce_gradients(self.params, rows, loss)
+        except BaseException:
+            if rng is not None:
+                self.generator.set_state(rng)
             self.optimizer.zero_grad(set_to_none=True)
-            surrogate.backward()
+            raise
+        if grads is not None:
+            for p, g in zip(self.params, grads):
+                p.grad = g
         self.optimizer.step()
         self.history.append(loss)
         return loss
@@ -155,68 +167,6 @@ class AuxFitter:
         scale = 1.0 / norm if norm > 0 else 1.0
         surrogate = sum((residuals[i] * scale * vs[i]).sum() for i in owned)
         return loss, surrogate if owned else torch.zeros((), requires_grad=True)
-
-    # ------------------------------------------------------------------------------------------ distributed
-    def _distributed_step(self, batch: object, masks: list[Tensor] | None) -> float:
-        """The step of one process on the union of every rank's batch (see the class docstring)."""
-        comm, owned = self.comm, self.owned
-        rng = self.generator.get_state() if self.generator is not None else None
-        us, vs, grams, fvs, local = [], [], [], [], 0
-        try:
-            with comm.attempt():
-                local = int(self.batch_size(batch))
-                us, vs, grams = self._probe(masks)
-            if not us:  # the probe failed: shapes for the collectives
-                us = [torch.zeros(b.m, b.n, device=b.device, dtype=b.dtype) for b in self.blocks]
-                vs = [None] * len(us)
-            sharded = self.owners is not None
-            if sharded:  # every rank needs the whole v, from each block's owner
-                full = [v.detach().clone() if v is not None else torch.zeros_like(u) for u, v in zip(us, vs)]
-                with timing.section("communication"):
-                    for rank in range(comm.world):
-                        comm.broadcast_([full[i] for i, o in enumerate(self.owners) if o == rank], rank)
-                vs = [v if v is not None else f for v, f in zip(vs, full)]
-            with comm.attempt(), timing.section("fvp"), torch.no_grad():
-                fvs = self.fvp(batch, [v.detach() if v is not None else torch.zeros_like(u) for u, v in zip(us, vs)])
-            if len(fvs) != len(us):
-                fvs = [torch.zeros_like(u) for u in us]
-            scale = 1.0
-            if sharded:  # Σ_rows F v summed onto each block's owner, then the mean over the union batch
-                fvs = [f * local for f in fvs]
-                with timing.section("communication"):
-                    for rank in range(comm.world):
-                        comm.reduce_([fvs[i] for i, o in enumerate(self.owners) if o == rank], rank)
-                scale = 1.0 / max(comm.check(torch.tensor([float(local)]))[0].item(), 1.0)
-            loss, grads = 0.0, []
-            with comm.attempt(), timing.section("q_products"):
-                if any(vs[i] is None for i, o in enumerate(owned) if o):
-                    raise RuntimeError("the probe of this step failed")
-                loss, surrogate = self._surrogate(us, vs, grams, fvs, masks, scale)
-                self.optimizer.zero_grad(set_to_none=True)
-                surrogate.backward()
-            params = [p for b in self.blocks for p in b.parameters()]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if not sharded:  # replicated: λ gradients summed over ranks, weighted by batch size
-                for g in grads:
-                    g.mul_(local)
-                with timing.section("communication"):
-                    comm.all_reduce_(grads)
-                sums = comm.check(torch.tensor([float(local), loss * local]))
-                total, loss = sums[0].item(), sums[1].item() / sums[0].item()
-                for g in grads:
-                    g.div_(total)
-            else:
-                loss = comm.check(torch.tensor([loss]))[0].item()
-        except BaseException:
-            if rng is not None:
-                self.generator.set_state(rng)
-            self.optimizer.zero_grad(set_to_none=True)
-            raise
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.optimizer.step()
-        self.history.append(loss)
-        return loss
 
     def run(
         self,

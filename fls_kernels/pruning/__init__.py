@@ -1,32 +1,26 @@
-"""Pruning floor: the pruner life cycle, the FishLeg Surgeon, the baselines, patterns, schedules and export."""
+"""Pruning floor: a :class:`Pruner` facade over typed targets, mask state, one prune step and execution modes,
+running one :class:`Method` per pruner (FLS and the baselines, :mod:`.registry`); patterns, schedules, export.
 
-from fls_kernels.pruning.base import BasePruner
-from fls_kernels.pruning.coreset import CoresetPruner
-from fls_kernels.pruning.curvature import CurvaturePruner
+Rooms: ``pruner`` (life cycle, checkpoints) · ``method`` (the method protocol) · ``context`` (what a method
+sees) · ``targets`` (sparsity → exact counts, the sub-step path) · ``maskstate`` and ``hooks`` (masks held
+through training and reloads) · ``step`` (score → choose → update) · ``execution`` (local, replicated,
+sharded) · ``layers`` (which layers) · ``methods/`` (one module per method) · ``registry`` (all methods).
+"""
+
 from fls_kernels.pruning.export import export_semi_structured, is_two_four
-from fls_kernels.pruning.fishleg import FishLegPruner
-from fls_kernels.pruning.kfac import KFACPruner
-from fls_kernels.pruning.kron_obs import KronOBSPruner
-from fls_kernels.pruning.magnitude import MagnitudePruner
-from fls_kernels.pruning.masks import MaskKeeper
-from fls_kernels.pruning.obd import OBDPruner
-from fls_kernels.pruning.obert import OBERTPruner
+from fls_kernels.pruning.method import Method
+from fls_kernels.pruning.pruner import Pruner
+from fls_kernels.pruning.registry import *  # noqa: F403  (every pruner class, and PRUNERS)
+from fls_kernels.pruning.registry import __all__ as _pruners
 from fls_kernels.pruning.schedules import ConstantSchedule, CubicSchedule, LinearSchedule, Schedule
 
 __all__ = [
-    "BasePruner",
+    *_pruners,
     "ConstantSchedule",
-    "CoresetPruner",
     "CubicSchedule",
-    "CurvaturePruner",
-    "FishLegPruner",
-    "KFACPruner",
-    "KronOBSPruner",
     "LinearSchedule",
-    "MagnitudePruner",
-    "MaskKeeper",
-    "OBDPruner",
-    "OBERTPruner",
+    "Method",
+    "Pruner",
     "Schedule",
     "export_semi_structured",
     "is_two_four",

@@ -1,4 +1,4 @@
-"""Argument checks shared by the pruners: each error names the argument."""
+"""Argument checks shared by the pruners and methods: each validates one value and its error names it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def sparsity(name: str, value: object) -> float:
     return float(value)
 
 
-def count(name: str, value: object, minimum: int = 0) -> int:
+def integer(name: str, value: object, minimum: int = 0) -> int:
     """An int ≥ ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an int ≥ {minimum}, got {value!r}")
@@ -29,3 +29,10 @@ def positive(name: str, value: object) -> float:
     if value <= 0:
         raise ValueError(f"{name}: must be > 0, got {value}")
     return float(value)
+
+
+def choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """One of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]

@@ -14,6 +14,8 @@ from torch import nn
 
 import fls_kernels as fls
 from fls_kernels.distributed import Distributed, RankFailure
+from fls_kernels.pruning.methods.fishleg import FishLeg
+from fls_kernels.testing import install_poison
 
 DTYPE = torch.float64
 
@@ -49,7 +51,7 @@ def loader(world: int, rank: int | None) -> list[tuple[torch.Tensor, torch.Tenso
     return [(torch.cat([p[0] for p in b]), torch.cat([p[1] for p in b])) for b in batches]
 
 
-def _result(pruner: fls.BasePruner, net: nn.Module, **extra) -> dict:
+def _result(pruner: fls.Pruner, net: nn.Module, **extra) -> dict:
     out = {
         "masks": {k: m.clone() for k, m in pruner.masks.items()},
         "weights": {k: v.detach().clone() for k, v in net.state_dict().items()},
@@ -120,21 +122,25 @@ def nm_run(world: int, rank: int | None, mode: str | None) -> dict:
     return _result(pruner, net)
 
 
-class _FailingFLS(fls.FishLegPruner):
+class _FailingFishLeg(FishLeg):
     """Raises on ``fail_rank`` in the updates of the second sub-step."""
 
     def __init__(self, *args, fail_rank: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fail_rank, self.substeps_seen = fail_rank, 0
 
-    def _before_substep(self, substep):
+    def before_substep(self, substep):
         self.substeps_seen += 1
-        super()._before_substep(substep)
+        super().before_substep(substep)
 
-    def _update(self, index, W, prune, keep):
+    def update(self, index, W, prune, keep):
         if dist.get_rank() == self.fail_rank and self.substeps_seen >= 2:
             raise RuntimeError("injected failure")
-        super()._update(index, W, prune, keep)
+        super().update(index, W, prune, keep)
+
+
+class _FailingFLS(fls.FishLegPruner):
+    method_class = _FailingFishLeg
 
 
 def failure_run(world: int, rank: int, mode: str) -> dict:
@@ -155,7 +161,7 @@ def failure_run(world: int, rank: int, mode: str) -> dict:
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
     masks_unchanged = all(torch.equal(state["masks"][k], m) for k, m in pruner.masks.items())
     # the pruner still works after the failed step
-    pruner.fail_rank = -1
+    pruner.method.fail_rank = -1
     pruner.prune(0.5, substeps=2)
     return {
         "error": error,
@@ -196,7 +202,11 @@ def fsdp_run(world: int, rank: int, mode: str) -> dict:
     with FSDP.summon_full_params(wrapped):
         weights = {k.replace("_fsdp_wrapped_module.", ""): v.detach().clone() for k, v in wrapped.state_dict().items()}
     masks = {k: m.clone() for k, m in pruner.masks.items()}
-    return {"masks": masks, "weights": weights, "lambda": {k: v.clone() for k, v in pruner.blocks.state_dict().items()}}
+    return {
+        "masks": masks,
+        "weights": weights,
+        "lambda": {k: v.clone() for k, v in pruner.method.blocks.state_dict().items()},
+    }
 
 
 def gradual_run(world: int, rank: int | None, mode: str | None) -> dict:
@@ -279,7 +289,8 @@ def fls_run_ddp_single(world: int) -> dict:
 def worker(rank: int, world: int, store: str, out_dir: str, names: list[str]) -> None:
     """One rank: run ``names`` in order and save {name: result} to out_dir/rank{rank}.pt."""
     torch.set_num_threads(1)
-    os.environ.setdefault("FLS_POISON", "1")
+    if os.environ.get("FLS_POISON", "1") == "1":  # as the test session's conftest does
+        install_poison()
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
     )

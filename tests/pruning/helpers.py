@@ -19,6 +19,24 @@ class SmallNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
 
 
+class PatternNet(nn.Module):
+    """Every layer's fan-in divisible by 4 and its fan-out by 4 (for N:M and block patterns)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 1)
+        self.fc1 = nn.Linear(8 * 6 * 6, 16)
+        self.fc2 = nn.Linear(16, 8, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def pattern_data(batches=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 4, 6, 6, generator=g), torch.randint(0, 8, (16,), generator=g)) for _ in range(batches)]
+
+
 def loader(batches=3, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [

@@ -14,27 +14,14 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
-from tests.pruning.helpers import SmallNet, loader
+from tests.pruning import helpers
+from tests.pruning.helpers import PatternNet, SmallNet, loader
 
 GOLDEN = Path(__file__).with_name("pinned.pt")
 
 
-class PatternNet(nn.Module):
-    """Fan-ins divisible by 4 and fan-outs by 2, for N:M and block patterns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 8, 1)
-        self.fc1 = nn.Linear(8 * 6 * 6, 16)
-        self.fc2 = nn.Linear(16, 8, bias=False)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
-
-
 def pattern_data(batches: int = 3) -> list:
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 4, 6, 6, generator=g), torch.randint(0, 8, (16,), generator=g)) for _ in range(batches)]
+    return helpers.pattern_data(batches, seed=1)
 
 
 def _record(pruner, model: nn.Module) -> dict:

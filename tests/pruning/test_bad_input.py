@@ -126,7 +126,7 @@ def test_failure_mid_step_rolls_back_everything(kind, monkeypatch):
     pruner.prune(0.3)
     before, masks, state = snapshot(model), {k: m.clone() for k, m in pruner.masks.items()}, pruner.state_dict()
     calls = {"n": 0}
-    original = type(pruner)._update
+    original = type(pruner.method).update
 
     def flaky(self, index, W, prune, keep):
         calls["n"] += 1
@@ -134,7 +134,7 @@ def test_failure_mid_step_rolls_back_everything(kind, monkeypatch):
             raise RuntimeError("boom")
         return original(self, index, W, prune, keep)
 
-    monkeypatch.setattr(type(pruner), "_update", flaky)
+    monkeypatch.setattr(type(pruner.method), "update", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         pruner.prune(0.8, substeps=2)
     assert_identical(model, before)
@@ -173,5 +173,5 @@ def test_fit_loader_tensor_and_mapping_batches():
     pruner.fit([{"inputs": torch.randn(4, 3)}], steps=2)
     pruner = fls.FishLegPruner(Keyword(), init_batches=1)
     pruner.fit([torch.randn(4, 3)], steps=2)
-    assert len(pruner.fitter.history) == 2
+    assert len(pruner.method.fitter.history) == 2
     assert loader  # shared helper in use

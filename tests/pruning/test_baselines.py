@@ -11,6 +11,7 @@ from torch import nn
 import fls_kernels as fls
 from fls_kernels.curvature import Categorical, ModelCurvature, find_layers
 from fls_reference.dense import obs_single
+from tests.dense import q_matrix
 from tests.pruning.helpers import SmallNet, loader
 
 F64 = torch.float64
@@ -37,7 +38,7 @@ def test_obert_woodbury_inverse_scores_and_update_match_dense_blocks():
     for idx in blocks:
         F = 0.05 * torch.eye(len(idx), dtype=F64) + G[:, idx].T @ G[:, idx] / 20
         finv[idx[0] : idx[-1] + 1, idx[0] : idx[-1] + 1] = torch.linalg.inv(F)
-    got = torch.block_diag(*pruner.finv[0])[:d, :d]
+    got = torch.block_diag(*pruner.method.finv[0])[:d, :d]
     torch.testing.assert_close(got, finv)
     # One weight removed: the OBS score and update of that block.
     scores = (theta**2 / (2 * finv.diagonal())).reshape(3, 7)
@@ -61,7 +62,7 @@ def test_kfac_blocks_are_the_damped_inverted_factors():
     G_R = torch.linalg.inv(s.grad_cov + 0.1**0.5 / pi * torch.eye(3, dtype=F64))
     G_L = torch.linalg.inv(s.act_cov + pi * 0.1**0.5 * torch.eye(6, dtype=F64))
     with torch.no_grad():
-        torch.testing.assert_close(pruner.blocks[0].dense(), torch.kron(G_R, G_L))
+        torch.testing.assert_close(q_matrix(pruner.method.blocks[0]), torch.kron(G_R, G_L))
 
 
 def test_obd_scores_are_half_damped_fisher_times_theta_squared():
@@ -70,9 +71,9 @@ def test_obd_scores_are_half_damped_fisher_times_theta_squared():
     pruner.fit(loader())
     for i, v in enumerate(pruner.views):
         W = v.matrix()
-        alive = pruner.full_mask(i)
-        expected = 0.5 * (pruner.fisher_diag[i][:, : v.n_weight] + 0.01) * W[:, : v.n_weight] ** 2
-        torch.testing.assert_close(pruner._scores(i, W, alive), expected)
+        alive = pruner.masks.full(i)
+        expected = 0.5 * (pruner.method.fisher_diag[i][:, : v.n_weight] + 0.01) * W[:, : v.n_weight] ** 2
+        torch.testing.assert_close(pruner.method.scores(i, W, alive), expected)
 
 
 def test_coreset_sensitivity_and_reweighting_follow_the_definitions():
@@ -85,9 +86,9 @@ def test_coreset_sensitivity_and_reweighting_follow_the_definitions():
     a = torch.cat([x, torch.ones(9, 1)], 1).double()
     contrib = (W[None] * a[:, None, :]).abs()  # [b, i, j]
     sens = (contrib / contrib.sum(-1, keepdim=True)).amax(0)[:, :4]
-    torch.testing.assert_close(pruner.sensitivity[0].double(), sens, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(pruner.method.sensitivity[0].double(), sens, rtol=1e-6, atol=1e-9)
     before = model[0].weight.detach().clone()
-    s = pruner.sensitivity[0]
+    s = pruner.method.sensitivity[0]
     u = 1 - torch.rand(s.shape, generator=torch.Generator().manual_seed(1), dtype=s.dtype)
     q = s / u
     pruned = torch.zeros(12, dtype=torch.bool)

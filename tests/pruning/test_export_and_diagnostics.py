@@ -57,7 +57,7 @@ def test_memory_usage_matches_the_dry_run_estimate():
     estimate = fls.FishLegPruner.estimate_memory(model)
     pruner = make("fls", model)
     usage = pruner.memory_usage()
-    assert usage["lambda"] == estimate["lambda"] == sum(p.numel() * 4 for p in pruner.blocks.parameters())
+    assert usage["lambda"] == estimate["lambda"] == sum(p.numel() * 4 for p in pruner.method.blocks.parameters())
     assert usage["masks"] == estimate["masks"] == pruner.num_prunable()
     assert usage["optimizer"] == estimate["optimizer"]
     assert usage["total"] == sum(v for k, v in usage.items() if k != "total")

@@ -105,7 +105,7 @@ def test_gradual_run_reaches_exact_final_sparsity(kind, accumulate, amp, optimiz
     assert pruner.num_pruned() == math.ceil(round(0.8 * d, 9))
     if kind == "fls":
         # 3 fit steps + aux refinement on the non-pruning steps + refine_steps before pruning sub-steps.
-        assert len(pruner.fitter.history) > 3 + 6
+        assert len(pruner.method.fitter.history) > 3 + 6
 
 
 def run(interrupt_at: int | None, steps: int = 9):
@@ -145,9 +145,9 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(interrupt_at):
         assert torch.equal(v, model_b.state_dict()[k]), k
     for k, m in pruner_a.masks.items():
         assert torch.equal(m, pruner_b.masks[k])
-    for a, b in zip(pruner_a.blocks.parameters(), pruner_b.blocks.parameters()):
+    for a, b in zip(pruner_a.method.blocks.parameters(), pruner_b.method.blocks.parameters()):
         assert torch.equal(a, b)
-    assert pruner_a.fitter.history == pruner_b.fitter.history
+    assert pruner_a.method.fitter.history == pruner_b.method.fitter.history
     assert pruner_a.sparsity() > 0.6
 
 

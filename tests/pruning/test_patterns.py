@@ -10,25 +10,11 @@ from torch import nn
 
 import fls_kernels as fls
 from fls_reference.dense import kron_matrix
-from tests.pruning.helpers import assert_identical, snapshot
-
-
-class Net(nn.Module):
-    """Every layer's fan-in divisible by 4 and its fan-out by 4."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(4, 8, 1)
-        self.fc1 = nn.Linear(8 * 6 * 6, 16)
-        self.fc2 = nn.Linear(16, 8, bias=False)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+from tests.pruning.helpers import PatternNet, assert_identical, pattern_data, snapshot
 
 
 def data():
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(16, 4, 6, 6, generator=g), torch.randint(0, 8, (16,), generator=g)) for _ in range(3)]
+    return pattern_data(seed=0)
 
 
 PRUNERS = {
@@ -49,7 +35,7 @@ def fitted(kind, model, **kw):
 
 @pytest.mark.parametrize("kind", list(PRUNERS))
 def test_two_four_every_group_has_exactly_two_zeros(kind):
-    model = Net()
+    model = PatternNet()
     pruner = fitted(kind, model, pattern="2:4")
     pruner.prune(substeps=2)  # default: N/M
     for v in pruner.views:
@@ -62,7 +48,7 @@ def test_two_four_every_group_has_exactly_two_zeros(kind):
 
 @pytest.mark.parametrize("kind", ["fls", "magnitude"])
 def test_n_m_in_whole_zeros_per_group(kind):
-    model = Net()
+    model = PatternNet()
     pruner = fitted(kind, model, pattern="3:8", ignore=["conv"])
     pruner.prune(1 / 8)
     assert pruner.sparsity() == pytest.approx(1 / 8)
@@ -80,7 +66,7 @@ def test_n_m_in_whole_zeros_per_group(kind):
 @pytest.mark.parametrize("kind", list(PRUNERS))
 @pytest.mark.parametrize("pattern,rows,cols", [("block4x4", 4, 4), ("block1x4", 1, 4)])
 def test_blocks_are_removed_whole_with_exact_counts(kind, pattern, rows, cols):
-    model = Net()
+    model = PatternNet()
     pruner = fitted(kind, model, pattern=pattern)
     pruner.prune(0.6, substeps=2)
     units = 0
@@ -114,7 +100,7 @@ def test_exact_block_score_and_update_equal_dense_group_obs():
     model = nn.Sequential(nn.Linear(8, 4)).double()
     pruner = fls.FishLegPruner(model, init_batches=1, refine_steps=0, pattern="block2x4", block_score="exact")
     pruner.fit([torch.randn(6, 8, dtype=torch.float64)], steps=2)
-    block = pruner.blocks[0]
+    block = pruner.method.blocks[0]
     with torch.no_grad():
         block.R.add_(torch.randn_like(block.R) / 4)
         block.L.add_(torch.randn_like(block.L) / 4)
@@ -137,14 +123,14 @@ def test_exact_block_score_and_update_equal_dense_group_obs():
 
 
 def test_a_dense_state_loads_across_patterns_but_a_pruned_one_does_not():
-    model = Net()
+    model = PatternNet()
     unstructured = fitted("fls", model)
     dense_state = unstructured.state_dict()
     unstructured.prune(0.5)
     pruned_state = unstructured.state_dict()
-    other = PRUNERS["fls"](Net(), pattern="2:4")
+    other = PRUNERS["fls"](PatternNet(), pattern="2:4")
     other.load_state_dict(dense_state)
-    for a, b in zip(other.blocks.parameters(), unstructured.blocks.parameters()):
+    for a, b in zip(other.method.blocks.parameters(), unstructured.method.blocks.parameters()):
         assert a.shape == b.shape
     with pytest.raises(ValueError, match="state_dict: saved with pattern unstructured"):
         other.load_state_dict(pruned_state)

@@ -28,13 +28,13 @@ def test_one_step_matches_dense_obs_per_layer():
     pruner = fls.FishLegPruner(model, "categorical", init_batches=1, refine_steps=0)
     pruner.fit([torch.randn(8, 2, 5, 5, dtype=torch.float64)], steps=3)
     with torch.no_grad():  # an arbitrary λ, so the test does not depend on the fit
-        for b in pruner.blocks:
+        for b in pruner.method.blocks:
             b.R.add_(torch.randn_like(b.R) / 4)
             b.L.add_(torch.randn_like(b.L) / 4)
             b.A.uniform_(0.5, 1.5)
     views = pruner.views
     before = [v.matrix() for v in views]
-    Qs = [kron_matrix(b.A.detach(), *b.grams()) for b in pruner.blocks]
+    Qs = [kron_matrix(b.A.detach(), *b.grams()) for b in pruner.method.blocks]
     # Expected: global selection of the smallest θ²/(2 Q_qq) over weight columns only.
     scores = []
     for v, W, Q in zip(views, before, Qs):
@@ -68,4 +68,4 @@ def test_model_dtype_and_device_are_kept(dtype):
     pruner.fit([torch.randn(4, 2, 5, 5, dtype=dtype)], steps=2)
     pruner.prune(0.5, substeps=2)
     assert all(p.dtype == dtype and p.device.type == "cpu" for p in model.parameters())
-    assert all(b.A.dtype == dtype for b in pruner.blocks)
+    assert all(b.A.dtype == dtype for b in pruner.method.blocks)

@@ -12,15 +12,17 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from fls_kernels import timing
-from fls_kernels.curvature.fisher import eval_mode
+from fls_kernels.data import eval_mode
 from fls_kernels.distributed.comm import attempt
-from fls_kernels.pruning.checks import count
-from fls_kernels.pruning.curvature import CurvaturePruner
+from fls_kernels.pruning.checks import choice, integer
+from fls_kernels.pruning.method import Recomputing
+from fls_kernels.pruning.methods.fisher import FisherMethod
+from fls_kernels.pruning.pruner import Pruner
 
 
 def _labels(batch: object) -> Tensor:
@@ -29,8 +31,8 @@ def _labels(batch: object) -> Tensor:
     raise ValueError("loader: OBERTPruner needs labelled batches (x, y, ...) for the empirical Fisher")
 
 
-class OBERTPruner(CurvaturePruner):
-    """oBERT, faithful to the published method, with the shared life cycle and selection rules.
+class OBERT(Recomputing, FisherMethod):
+    """oBERT, faithful to the published method.
 
     Args:
         block_size: B, entries per Fisher block (50 in the paper).
@@ -39,13 +41,14 @@ class OBERTPruner(CurvaturePruner):
         fisher: "empirical" (default, the paper: gradients of the loss at the batch's labels) or "sampled"
             (labels drawn from the model: the true Fisher, for models whose data has no labels, e.g. embeddings).
         targets: batch → labels for the empirical Fisher (default: ``batch[1]``).
-        **kwargs: :class:`~fls_kernels.pruning.curvature.CurvaturePruner` arguments; ``damping`` is the
-            dampening λ (default: ``relative_damping`` · mean of the empirical Fisher diagonal).
+        *args, **kwargs: :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` arguments; ``damping`` is
+            the dampening λ (default: ``relative_damping`` · mean of the empirical Fisher diagonal).
     """
+
+    name = "obert"
 
     def __init__(
         self,
-        model: nn.Module,
         *args,
         block_size: int = 50,
         num_grads: int = 1024,
@@ -54,12 +57,11 @@ class OBERTPruner(CurvaturePruner):
         targets: Callable[[object], Tensor] = _labels,
         **kwargs,
     ) -> None:
-        if fisher not in ("empirical", "sampled"):
-            raise ValueError(f"fisher: expected 'empirical' or 'sampled', got {fisher!r}")
-        block_size = count("block_size", block_size, 1)
-        num_grads = count("num_grads", num_grads, 1)
-        grad_chunk = count("grad_chunk", grad_chunk, 1)
-        super().__init__(model, *args, **kwargs)
+        choice("fisher", fisher, ("empirical", "sampled"))
+        block_size = integer("block_size", block_size, 1)
+        num_grads = integer("num_grads", num_grads, 1)
+        grad_chunk = integer("grad_chunk", grad_chunk, 1)
+        super().__init__(*args, **kwargs)
         self.block_size, self.num_grads, self.grad_chunk = block_size, num_grads, grad_chunk
         self.targets = targets
         self.fisher = fisher
@@ -73,23 +75,23 @@ class OBERTPruner(CurvaturePruner):
             y = self.targets(batch)
         else:
             with torch.no_grad():
-                y = self.likelihood.sample(self.curvature.output(self.model(*args, **kwargs)), self.generator)
-        weights = {f"{v.name}.weight" if v.name else "weight": v.weight.detach() for v in self.views}
+                y = self.likelihood.sample(self.curvature.output(self.ctx.model(*args, **kwargs)), self.generator)
+        weights = {f"{v.name}.weight" if v.name else "weight": v.weight.detach() for v in self.ctx.views}
 
         def loss(params, a, k, t):
             a, k, t = tree_map(lambda x: x.unsqueeze(0), (a, k, t))
-            out = self.curvature.output(functional_call(self.model, params, a, k, strict=False))
+            out = self.curvature.output(functional_call(self.ctx.model, params, a, k, strict=False))
             return self.likelihood.nll(out, t).sum()
 
         with torch.no_grad():  # torch.func.grad ignores it; it keeps the other parameters out of autograd
             per = vmap(grad(loss), in_dims=(None, 0, 0, 0), chunk_size=self.grad_chunk)(weights, args, kwargs, y)
         out = []
-        for v, name in zip(self.views, weights):
-            g = per[name].reshape(per[name].shape[0], -1) * self.masks[v.name].reshape(1, -1)
-            out.append(g.to(self._work_dtype()))
+        for v, name in zip(self.ctx.views, weights):
+            g = per[name].reshape(per[name].shape[0], -1) * self.ctx.masks[v.name].reshape(1, -1)
+            out.append(g.to(self.ctx.dtype))
         return out
 
-    def _recompute(self) -> None:
+    def recompute(self) -> None:
         with timing.section("statistics"):
             self._estimate()
 
@@ -97,7 +99,7 @@ class OBERTPruner(CurvaturePruner):
         """F_B⁻¹ by m Woodbury rank-1 updates over the first m per-sample gradients of the data (with
         ``distributed``: of the ranks' batches in rank order, every rank's kept gradients broadcast to all)."""
         G = [torch.cat(g) for g in self._collect()]  # [m_grads, d_layer], the same order on every rank
-        damping = self._resolve_damping(sum(float((g**2).mean(0).sum()) for g in G) / self.num_prunable())
+        damping = self.resolve_damping(sum(float((g**2).mean(0).sum()) for g in G) / self.ctx.masks.num_prunable())
         B = self.block_size
         self.finv = []
         for g in G:
@@ -115,12 +117,12 @@ class OBERTPruner(CurvaturePruner):
         """Per layer, chunks of per-sample gradients [rows, m·n_weight] adding up to ``num_grads`` rows: the first
         rows of the data — with ``distributed``, of the ranks' batches in rank order, each rank's kept rows
         broadcast to all."""
-        stream = self._require_data("fit")
-        comm = self.comm
+        stream = self.ctx.data.require("fit")
+        comm = self.ctx.mode.comm
         me = comm.rank if comm is not None else 0
-        grads: list[list[Tensor]] = [[] for _ in self.views]
+        grads: list[list[Tensor]] = [[] for _ in self.ctx.views]
         taken = 0
-        with eval_mode(self.model):
+        with eval_mode(self.ctx.model):
             while taken < self.num_grads:
                 per = None
                 with attempt(comm):
@@ -142,8 +144,8 @@ class OBERTPruner(CurvaturePruner):
                         parts = [g[:keep].contiguous() for g in per]
                     else:
                         parts = [
-                            torch.empty(keep, v.m * v.n_weight, dtype=self._work_dtype(), device=self.device)
-                            for v in self.views
+                            torch.empty(keep, v.m * v.n_weight, dtype=self.ctx.dtype, device=self.ctx.device)
+                            for v in self.ctx.views
                         ]
                     if comm is not None:
                         comm.broadcast_(parts, rank)
@@ -152,32 +154,26 @@ class OBERTPruner(CurvaturePruner):
                 taken = min(self.num_grads, taken + sum(sizes))
         return grads
 
-    def _fit(self, steps: int) -> list[float]:
-        self._recompute()
-        return []
-
-    def _is_fitted(self) -> bool:
+    @property
+    def fitted(self) -> bool:
         return self.finv is not None
-
-    def _before_substep(self, substep: int) -> None:
-        self._recompute()
 
     # ------------------------------------------------------------------------------------------ OBS
     def _blocks(self, index: int, x: Tensor) -> Tensor:
         """Layer ``index``'s weight part of an [m, n] matrix as padded blocks [blocks, B]."""
-        view, B = self.views[index], self.block_size
+        view, B = self.ctx.views[index], self.block_size
         flat = x[:, : view.n_weight].reshape(-1)
         blocks = self.finv[index].shape[0]
         return torch.nn.functional.pad(flat, (0, blocks * B - flat.numel())).reshape(blocks, B)
 
-    def _scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
-        view = self.views[index]
+    def scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
+        view = self.ctx.views[index]
         diag = self.finv[index].diagonal(dim1=1, dim2=2).reshape(-1)[: view.m * view.n_weight]
         rho = (W[:, : view.n_weight] ** 2).reshape(-1) / (2 * diag)
         return rho.reshape(view.m, view.n_weight).masked_fill(~alive[:, : view.n_weight], float("inf"))
 
-    def _update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
-        view, finv = self.views[index], self.finv[index]
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+        view, finv = self.ctx.views[index], self.finv[index]
         theta = self._blocks(index, W)
         chosen = self._blocks(index, prune.to(W.dtype)).bool()
         z = torch.where(chosen, theta / finv.diagonal(dim1=1, dim2=2), torch.zeros_like(theta))
@@ -186,13 +182,25 @@ class OBERTPruner(CurvaturePruner):
         W.masked_fill_(~keep, 0)
 
     # ------------------------------------------------------------------------------------------ state
-    def _state(self) -> dict:
-        return {**self._curvature_state(), "finv": self.finv}
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "finv": self.finv}
 
-    def _load_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if state:
-            self._load_curvature_state(state)
+            super().load_state_dict(state)
             self.finv = state["finv"]
 
-    def _memory(self) -> dict[str, int]:
+    def memory(self) -> dict[str, int]:
         return {"fisher_inverse": sum(f.numel() * f.element_size() for f in self.finv or [])}
+
+
+class OBERTPruner(Pruner):
+    """The Optimal BERT Surgeon (block-diagonal empirical Fisher, Woodbury inverse, recomputed each sub-step),
+    with the shared life cycle and selection rules.
+
+    Args: ``likelihood``, ``damping``, ``block_size``, ``num_grads``, ``grad_chunk``, ``fisher``, ``targets``
+    (:class:`OBERT`) and the keywords of :class:`~fls_kernels.pruning.methods.fisher.FisherMethod`, plus the
+    :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
+    """
+
+    method_class = OBERT

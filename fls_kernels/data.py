@@ -1,12 +1,43 @@
-"""An endless, position-counting stream of batches over a re-iterable loader (so checkpoints can resume)."""
+"""Calibration data: model inputs of a batch, eval mode for curvature, and a resumable stream of batches.
+
+Shared by the curvature floor (Fisher products and statistics read batches in eval mode) and the pruners
+(which hold the stream and checkpoint its position).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+from torch import Tensor, nn
+
+
+def split_batch(batch: object) -> tuple[tuple, dict]:
+    """Model inputs of a loader batch: a tensor → (x,); a tuple/list → (batch[0],); a mapping → **batch."""
+    if isinstance(batch, Tensor):
+        return (batch,), {}
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)) and batch:
+        return (batch[0],), {}
+    raise TypeError(f"loader: cannot take model inputs from a batch of type {type(batch).__name__}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 class BatchStream:
-    """Cycles over ``loader``; ``position`` counts the batches handed out.
+    """An endless stream cycling over ``loader``; ``position`` counts the batches handed out (so checkpoints
+    can resume where they stopped).
 
     Args:
         loader: a re-iterable of batches (list, DataLoader, ...).

@@ -26,6 +26,11 @@ class MaskKeeper:
         self._handles: list[RemovableHandle] = []
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are installed."""
+        return bool(self._handles)
+
     def attach(self) -> None:
         """Install the hooks (idempotent)."""
         if self._handles:

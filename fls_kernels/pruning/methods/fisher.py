@@ -1,26 +1,28 @@
-"""CurvaturePruner: the shared base of the pruners that measure the model's Fisher (FLS, K-FAC, OBD, oBERT)."""
+"""The shared part of the methods that measure the model's Fisher (FLS, K-FAC-OBS, OBD, oBERT): the likelihood,
+the Fisher queries, the sampled-label RNG and the damping rule γ = given, or relative · mean(diag F̂)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fls_kernels import timing
-from fls_kernels.curvature.fisher import LayerStats, ModelCurvature, split_batch
+from fls_kernels.curvature.fisher import LayerStats, ModelCurvature
 from fls_kernels.curvature.likelihoods import Likelihood, get_likelihood
-from fls_kernels.pruning.base import BasePruner
-from fls_kernels.pruning.checks import count, positive
+from fls_kernels.data import split_batch
+from fls_kernels.pruning.checks import integer, positive
+from fls_kernels.pruning.context import Context
+from fls_kernels.pruning.method import Method
 
 
-class CurvaturePruner(BasePruner):
-    """Adds the likelihood, the Fisher queries and the damping rule to :class:`BasePruner`.
+class FisherMethod(Method):
+    """Likelihood, damping and statistics for the curvature methods.
 
     Args:
-        model: the network, pruned in place.
         likelihood: "categorical" | "bernoulli" | "gaussian" or a :class:`Likelihood`.
-        damping: γ added to the Fisher. None: ``relative_damping`` · mean(diag F̂), measured by :meth:`fit`.
+        damping: γ added to the Fisher. None: ``relative_damping`` · mean(diag F̂), measured by ``fit``.
         relative_damping: the factor used when ``damping`` is None.
         stat_batches: batches of sampled-label gradients per statistics pass (initialisation, recomputation).
         seed: seed of sampled labels and probes.
@@ -28,12 +30,10 @@ class CurvaturePruner(BasePruner):
         output: model output → the tensor the likelihood reads (default: identity).
         fvp_chunk: samples per forward/backward of a Fisher-vector product (None: whole batches); bounds the
             activation memory of long sequences (see :class:`~fls_kernels.curvature.fisher.ModelCurvature`).
-        **kwargs: :class:`BasePruner` arguments (pattern, schedule, layers, allocation, backend…).
     """
 
     def __init__(
         self,
-        model: nn.Module,
         likelihood: str | Likelihood = "categorical",
         damping: float | None = None,
         *,
@@ -43,41 +43,38 @@ class CurvaturePruner(BasePruner):
         inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
         output: Callable[[object], Tensor] | None = None,
         fvp_chunk: int | None = None,
-        **kwargs,
     ) -> None:
-        likelihood = get_likelihood(likelihood)
-        if damping is not None:
-            damping = positive("damping", damping)
-        relative_damping = positive("relative_damping", relative_damping)
-        stat_batches = count("stat_batches", stat_batches, 1)
-        if fvp_chunk is not None:
-            count("fvp_chunk", fvp_chunk, 1)
-        super().__init__(model, **kwargs)
-        self.likelihood = likelihood
-        self.damping = damping
-        self.relative_damping = relative_damping
-        self.stat_batches = stat_batches
+        self.likelihood = get_likelihood(likelihood)
+        self.damping = positive("damping", damping) if damping is not None else None
+        self.relative_damping = positive("relative_damping", relative_damping)
+        self.stat_batches = integer("stat_batches", stat_batches, 1)
+        self.fvp_chunk = integer("fvp_chunk", fvp_chunk, 1) if fvp_chunk is not None else None
+        self.seed = seed
         self.inputs = inputs
+        self.output = output
+
+    def bind(self, ctx: Context) -> None:
+        super().bind(ctx)
         self.curvature = ModelCurvature(
-            self.model, self.views, likelihood, inputs=inputs, output=output, fvp_chunk=fvp_chunk
+            ctx.model, ctx.views, self.likelihood, inputs=self.inputs, output=self.output, fvp_chunk=self.fvp_chunk
         )
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator(device=ctx.device)
+        self.generator.manual_seed(self.seed)
 
     @staticmethod
     def mean_diag(stats: list[LayerStats]) -> float:
         """mean(diag F̂) over every prunable entry."""
         return sum(float(s.diag.sum()) for s in stats) / sum(s.diag.numel() for s in stats)
 
-    def _statistics(self, kfac: bool) -> list[LayerStats]:
+    def statistics(self, kfac: bool) -> list[LayerStats]:
         """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels)."""
-        stream = self._require_data("fit")
+        stream = self.ctx.data.require("fit")
         with timing.section("statistics"):
             return self.curvature.statistics(
-                stream, self.stat_batches, kfac=kfac, generator=self.generator, comm=self.comm
+                stream, self.stat_batches, kfac=kfac, generator=self.generator, comm=self.ctx.mode.comm
             )
 
-    def _resolve_damping(self, mean_diag: float) -> float:
+    def resolve_damping(self, mean_diag: float) -> float:
         """γ: the given damping, or relative_damping · mean(diag F̂) on first use."""
         if self.damping is None:
             self.damping = self.relative_damping * mean_diag
@@ -85,9 +82,10 @@ class CurvaturePruner(BasePruner):
                 raise ValueError("damping: the measured Fisher is zero; pass an explicit damping")
         return self.damping
 
-    def _curvature_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"damping": self.damping, "generator": self.generator.get_state()}
 
-    def _load_curvature_state(self, state: dict) -> None:
-        self.damping = state["damping"]
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.damping = state["damping"]
+            self.generator.set_state(state["generator"])

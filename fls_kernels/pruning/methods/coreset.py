@@ -10,75 +10,80 @@ max(1, τ / s_ij), τ = the largest pruned priority (the unbiased priority-sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fls_kernels import timing
-from fls_kernels.curvature.fisher import eval_mode, split_batch
+from fls_kernels.data import eval_mode, split_batch
 from fls_kernels.distributed.comm import attempt
-from fls_kernels.pruning.base import BasePruner
-from fls_kernels.pruning.checks import count
+from fls_kernels.pruning.checks import integer
+from fls_kernels.pruning.context import Context
+from fls_kernels.pruning.method import Method, Recomputing
+from fls_kernels.pruning.pruner import Pruner
 
 
-class CoresetPruner(BasePruner):
-    """Sensitivity-based importance sampling with reweighting, with the shared life cycle and selection rules.
+class Coreset(Recomputing, Method):
+    """Sensitivity-based importance sampling with reweighting.
 
     Args:
-        model: the network, pruned in place.
         calib_batches: batches of activations per sensitivity estimate (recomputed before every sub-step).
         reweight: rescale the kept weights by max(1, τ/s) (the method's estimator); False keeps them.
         seed: seed of the sampling.
         inputs: batch → (args, kwargs) for the model.
-        **kwargs: :class:`~fls_kernels.pruning.base.BasePruner` arguments.
     """
+
+    name = "coreset"
 
     def __init__(
         self,
-        model: nn.Module,
         *,
         calib_batches: int = 8,
         reweight: bool = True,
         seed: int = 0,
-        inputs=split_batch,
-        **kwargs,
+        inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
     ) -> None:
-        calib_batches = count("calib_batches", calib_batches, 1)
-        super().__init__(model, **kwargs)
-        self.calib_batches = calib_batches
+        self.calib_batches = integer("calib_batches", calib_batches, 1)
         self.reweight = reweight
+        self.seed = seed
         self.inputs = inputs
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
         self.sensitivity: list[Tensor] | None = None
         self._priority: list[Tensor] = []
         self._tau: list[float] = []
 
-    def _recompute(self) -> None:
+    def bind(self, ctx: Context) -> None:
+        super().bind(ctx)
+        self.generator = torch.Generator(device=ctx.device)
+        self.generator.manual_seed(self.seed)
+
+    def recompute(self) -> None:
         with timing.section("statistics"):
             self._estimate()
 
     def _estimate(self) -> None:
-        stream = self._require_data("fit")
-        sens = [torch.zeros(v.m, v.n_weight, dtype=torch.float64, device=self.device) for v in self.views]
+        ctx = self.ctx
+        stream = ctx.data.require("fit")
+        sens = [torch.zeros(v.m, v.n_weight, dtype=torch.float64, device=ctx.device) for v in ctx.views]
         captured: dict[int, Tensor] = {}
         handles = [
             v.module.register_forward_hook(lambda mod, a, out, i=i: captured.__setitem__(i, a[0].detach()))
-            for i, v in enumerate(self.views)
+            for i, v in enumerate(ctx.views)
         ]
         try:
-            with attempt(self.comm), eval_mode(self.model), torch.no_grad():
+            with attempt(ctx.mode.comm), eval_mode(ctx.model), torch.no_grad():
                 for _ in range(self.calib_batches):
                     args, kwargs = self.inputs(next(stream))
-                    self.model(*args, **kwargs)
-                    for i, view in enumerate(self.views):
+                    ctx.model(*args, **kwargs)
+                    for i, view in enumerate(ctx.views):
                         sens[i] = torch.maximum(sens[i], self._batch_sensitivity(view, captured.pop(i)))
         finally:
             for h in handles:
                 h.remove()
-        if self.comm is not None:  # the max over every rank's batches
-            self.comm.all_reduce_(sens, "max")
-            self.comm.check()
-        self.sensitivity = [s.to(self._work_dtype()) for s in sens]
+        if ctx.mode.comm is not None:  # the max over every rank's batches
+            ctx.mode.comm.all_reduce_(sens, "max")
+            ctx.mode.comm.check()
+        self.sensitivity = [s.to(ctx.dtype) for s in sens]
 
     @staticmethod
     def _batch_sensitivity(view, x: Tensor) -> Tensor:
@@ -96,49 +101,57 @@ class CoresetPruner(BasePruner):
             best = torch.maximum(best, ratio.amax(1))
         return (best * W).reshape(view.m, view.n)[:, : view.n_weight]
 
-    def _fit(self, steps: int) -> list[float]:
-        self._recompute()
-        return []
-
-    def _is_fitted(self) -> bool:
+    @property
+    def fitted(self) -> bool:
         return self.sensitivity is not None
 
-    def _before_substep(self, substep: int) -> None:
-        self._recompute()
+    def before_substep(self, substep: int) -> None:
+        super().before_substep(substep)
         self._priority = []
 
-    def _scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
+    def scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
         s = self.sensitivity[index]
         u = 1 - torch.rand(s.shape, generator=self.generator, device=s.device, dtype=s.dtype)  # (0, 1]
         q = (s / u).masked_fill(~alive[:, : s.shape[1]], float("inf"))
         self._priority.append(q)
         return q
 
-    def _selected(self, chosen: list[Tensor]) -> None:
+    def selected(self, chosen: list[Tensor | None]) -> None:
         pruned = [q[c] for q, c in zip(self._priority, chosen)]
-        if self.allocation == "global":
+        if self.ctx.allocation == "global":
             top = max((float(p.max()) for p in pruned if p.numel()), default=0.0)
             self._tau = [top] * len(pruned)
         else:
             self._tau = [float(p.max()) if p.numel() else 0.0 for p in pruned]
 
-    def _update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
         if self.reweight and self._tau:
-            n = self.views[index].n_weight
+            n = self.ctx.views[index].n_weight
             s = self.sensitivity[index]
             scale = torch.where(s > 0, (self._tau[index] / s).clamp_min(1.0), torch.ones_like(s))
             W[:, :n] *= scale
         W.masked_fill_(~keep, 0)
-        if index == len(self.views) - 1:
+        if index == len(self.ctx.views) - 1:
             self._priority = []
 
-    def _state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "sensitivity": self.sensitivity}
 
-    def _load_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if state:
             self.generator.set_state(state["generator"])
             self.sensitivity = state["sensitivity"]
 
-    def _memory(self) -> dict[str, int]:
+    def memory(self) -> dict[str, int]:
         return {"sensitivity": sum(s.numel() * s.element_size() for s in self.sensitivity or [])}
+
+
+class CoresetPruner(Pruner):
+    """Data-dependent coresets (empirical sensitivities, importance sampling, reweighting), with the shared
+    life cycle and selection rules.
+
+    Args: ``calib_batches``, ``reweight``, ``seed``, ``inputs`` (:class:`Coreset`), plus the
+    :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
+    """
+
+    method_class = Coreset

@@ -1,0 +1,126 @@
+"""The method protocol: what a pruning method contributes to the one shared prune step.
+
+A method scores weights and updates a layer after its pruned set is chosen; everything else (targets, masks,
+selection, snapshots, distribution, checkpoints) is the pruner's. A new method is a subclass of
+:class:`Method` and a :class:`~fls_kernels.pruning.pruner.Pruner` subclass naming it, in one module, plus its
+line in :mod:`fls_kernels.pruning.registry`::
+
+    class Magnitude(Method):
+        name = "magnitude"
+        needs_data = False
+
+        def scores(self, index, W, alive):
+            n = self.ctx.views[index].n_weight
+            return W[:, :n].abs().masked_fill(~alive[:, :n], float("inf"))
+
+    class MagnitudePruner(Pruner):
+        method_class = Magnitude
+
+Shapes: a layer's matrix W and its masks are [m, n] (bias folded in as the last column, always alive); scores
+and chosen sets cover the weight columns only, [m, n_weight].
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import ClassVar
+
+from torch import Tensor
+
+from fls_kernels.pruning.context import Context
+
+
+class Method:
+    """Base of every pruning method; the defaults are those of a method that learns nothing and only zeroes
+    what it prunes. Constructor arguments are the method's own options, validated before any hook is attached.
+    """
+
+    #: registry name (e.g. "fls")
+    name: ClassVar[str] = ""
+    #: whether ``distributed="sharded"`` (per-layer owners of the method state) is supported
+    shardable: ClassVar[bool] = False
+    #: whether :meth:`fit` needs calibration data (False: ``pruner.fit()`` takes no loader)
+    needs_data: ClassVar[bool] = True
+
+    ctx: Context
+
+    def bind(self, ctx: Context) -> None:
+        """Attach to a pruner's layers (allocate per-layer state here). Called once, by the pruner."""
+        self.ctx = ctx
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has given the method what :meth:`scores` needs."""
+        return True
+
+    def fit(self, steps: int) -> list[float]:
+        """Learn from ``self.ctx.data`` (``steps`` iterations where the fit is iterative); returns the losses."""
+        return []
+
+    def before_substep(self, substep: int) -> None:
+        """Called before each sub-step's scoring (e.g. to refresh curvature on the current masks)."""
+
+    def between_prunes(self) -> None:
+        """Called by ``Pruner.step`` on training steps that do not prune (e.g. to keep refining curvature)."""
+
+    def scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
+        """Saliency of each weight of layer ``index``: [m, n_weight], +inf where already pruned."""
+        raise NotImplementedError
+
+    def unit_scores(self, index: int, W: Tensor, alive: Tensor, scores: Tensor) -> Tensor:
+        """Scores of the pattern's units (blocks): by default the sum of their weights' scores."""
+        return self.ctx.pattern.reduce(scores)
+
+    def selected(self, chosen: list[Tensor | None]) -> None:
+        """Called with every layer's newly chosen weights ([m, n_weight] bool; None for layers another rank
+        owns) before the updates."""
+
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+        """Apply the removal of ``prune`` to W in place (all [m, n]); ``keep`` is alive afterwards. Default:
+        zero the removed weights, no compensation."""
+        W.masked_fill_(~keep, 0)
+
+    def state_dict(self) -> dict:
+        """What the method has learnt, for checkpoints and the all-or-nothing snapshot."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (an empty dict: nothing saved)."""
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the method holds beside the model, by kind."""
+        return {}
+
+
+class Recomputing(Method):
+    """A method that estimates what it needs from data at ``fit`` and again before every sub-step, on the
+    current (masked, possibly fine-tuned) model: :meth:`recompute` is its one hook."""
+
+    def recompute(self) -> None:
+        raise NotImplementedError
+
+    def fit(self, steps: int) -> list[float]:
+        self.recompute()
+        return []
+
+    def before_substep(self, substep: int) -> None:
+        self.recompute()
+
+
+def method_parameters(method_class: type[Method]) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
+    """(positional, keyword-only) options of ``method_class``, gathered along its classes' ``__init__`` chain
+    (each passing ``*args, **kwargs`` on to the next)."""
+    positional: list[inspect.Parameter] = []
+    keywords: dict[str, inspect.Parameter] = {}
+    for klass in method_class.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        if not positional:
+            positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        for p in params:
+            if p.kind is p.KEYWORD_ONLY:
+                keywords.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return positional, list(keywords.values())

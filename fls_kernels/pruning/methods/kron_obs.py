@@ -1,0 +1,158 @@
+"""OBS with a Kronecker-factored inverse Fisher block per layer: the shared part of FLS and K-FAC-OBS.
+
+score ρ_q = θ_q² / (2 Q_qq);   update θ ← M_new ⊙ (θ − Q z),  z = M_P ⊙ θ ⊘ diag(Q)
+exact block score ½ θ_Pᵀ (Q_PP)⁻¹ θ_P and update z_P = (Q_PP)⁻¹ θ_P (``block_score="exact"``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fls_kernels import ops
+from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
+from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
+from fls_kernels.ops import PRECISIONS
+from fls_kernels.pruning.checks import choice
+from fls_kernels.pruning.context import Context
+from fls_kernels.pruning.methods.fisher import FisherMethod
+
+BLOCK_SCORES = ("sum", "exact")
+
+
+class KronOBS(FisherMethod):
+    """Scores and updates from per-layer :class:`KronBlock` s; subclasses decide how λ is obtained.
+
+    With ``distributed="sharded"`` each rank holds the blocks of the layers it owns (a :class:`RemoteBlock`
+    stands in for the others), so λ and its optimizer state are split over ranks.
+
+    Args:
+        precision: GEMM mode of the Q products on GPUs: "fp32" | "tf32" | "bf16".
+        block_score: for block patterns, "sum" of the weights' ρ (default) or "exact" group OBS
+            (½ θ_Pᵀ (Q_PP)⁻¹ θ_P, with the matching group update; for small blocks).
+        *args, **kwargs: :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` arguments.
+    """
+
+    shardable = True
+
+    def __init__(self, *args, precision: str = "fp32", block_score: str = "sum", **kwargs) -> None:
+        self.precision = choice("precision", precision, PRECISIONS)
+        self.block_score = choice("block_score", block_score, BLOCK_SCORES)
+        super().__init__(*args, **kwargs)
+
+    def bind(self, ctx: Context) -> None:
+        super().bind(ctx)
+        owners, dtype = ctx.mode.owners, ctx.dtype
+        self.blocks = nn.ModuleList(
+            KronBlock(v.m, v.n, dtype=dtype, device=ctx.device)
+            if ctx.mode.owns(i)
+            else RemoteBlock(v.m, v.n, owners[i], dtype=dtype, device=ctx.device)
+            for i, v in enumerate(ctx.views)
+        )
+
+    def local_blocks(self) -> list[tuple[int, KronBlock]]:
+        """(index, block) of the layers whose λ this rank holds."""
+        return [(i, b) for i, b in enumerate(self.blocks) if isinstance(b, KronBlock)]
+
+    @property
+    def _exact_blocks(self) -> bool:
+        return self.block_score == "exact" and self.ctx.pattern.size > 1
+
+    def scores(self, index: int, W: Tensor, alive: Tensor) -> Tensor:
+        block = self.blocks[index]
+        with torch.no_grad():
+            r, l = block.factor_diags()
+            rho = ops.obs_scores(W, block.A.detach(), r, l, alive, backend=self.ctx.backend_for("obs_scores"))
+        return rho[:, : self.ctx.views[index].n_weight].contiguous()
+
+    def _group_solve(self, index: int, W: Tensor) -> tuple[Tensor, Tensor]:
+        """Per block P of the pattern: (½ θ_Pᵀ λ_P, λ_P) with λ_P = (Q_PP)⁻¹ θ_P; shapes [bm, bn], [bm, bn, R·C].
+
+        Q_PP = (a_P a_Pᵀ) ⊙ (G_R[I, I] ⊗ G_L[J, J]) for rows I and columns J of the block.
+        """
+        R, C = self.ctx.pattern.rows, self.ctx.pattern.cols
+        view, block = self.ctx.views[index], self.blocks[index]
+        G_R, G_L = block.grams()
+        bm, bn = view.m // R, view.n_weight // C
+        gr = G_R.reshape(bm, R, bm, R).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [bm, R, R]
+        gl = G_L[: view.n_weight, : view.n_weight].reshape(bn, C, bn, C).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        a = block.A.detach()[:, : view.n_weight].reshape(bm, R, bn, C).permute(0, 2, 1, 3).reshape(bm, bn, R * C)
+        theta = W[:, : view.n_weight].reshape(bm, R, bn, C).permute(0, 2, 1, 3).reshape(bm, bn, R * C)
+        losses, lams = torch.empty(bm, bn, dtype=W.dtype, device=W.device), torch.empty_like(theta)
+        for i in range(bm):  # one block-row at a time bounds memory at bn·(R·C)² entries
+            kron = torch.einsum("ab,ndc->nacbd", gr[i], gl).reshape(bn, R * C, R * C)  # G_R ⊗ G_Lᵀ, as in Q
+            Q_pp = a[i, :, :, None] * kron * a[i, :, None, :]
+            lam = torch.linalg.solve(Q_pp, theta[i])
+            lams[i] = lam
+            losses[i] = 0.5 * (theta[i] * lam).sum(-1)
+        return losses, lams
+
+    def unit_scores(self, index: int, W: Tensor, alive: Tensor, scores: Tensor) -> Tensor:
+        if not self._exact_blocks:
+            return super().unit_scores(index, W, alive, scores)
+        with torch.no_grad():
+            losses, _ = self._group_solve(index, W)
+        dead = self.ctx.pattern.reduce(scores).isinf()
+        return losses.masked_fill(dead, float("inf"))
+
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+        block = self.blocks[index]
+        with torch.no_grad():
+            G_R, G_L = block.grams()
+            if self._exact_blocks:
+                self._update_exact(index, W, prune, keep, G_R, G_L)
+                return
+            r, l = block.factor_diags()
+            backend = self.ctx.backend_for("surgeon_update_")
+            ops.surgeon_update_(
+                W, block.A.detach(), G_R, G_L, r, l, prune, keep, precision=self.precision, backend=backend
+            )
+
+    def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
+        """W ← keep ⊙ (W − Q z) with z_P = (Q_PP)⁻¹ θ_P on the removed blocks."""
+        view, block = self.ctx.views[index], self.blocks[index]
+        R, C = self.ctx.pattern.rows, self.ctx.pattern.cols
+        _, lams = self._group_solve(index, W)
+        bm, bn = view.m // R, view.n_weight // C
+        Z = torch.zeros_like(W)
+        Z[:, : view.n_weight] = lams.reshape(bm, bn, R, C).permute(0, 2, 1, 3).reshape(view.m, view.n_weight)
+        Z.masked_fill_(~prune, 0)
+        backend = self.ctx.backend_for("kron_qv")
+        W.sub_(ops.kron_qv(Z, block.A.detach(), G_R, G_L, precision=self.precision, backend=backend))
+        W.masked_fill_(~keep, 0)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "blocks": self.blocks.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            super().load_state_dict(state)
+            self.blocks.load_state_dict(state["blocks"])
+
+    def memory(self) -> dict[str, int]:
+        return {"lambda": sum(p.numel() * p.element_size() for p in self.blocks.parameters())}
+
+
+def estimate_memory(
+    model: nn.Module,
+    *,
+    layer_types: Sequence[type[nn.Module]] = SUPPORTED_LAYERS,
+    include: str | None = None,
+    ignore: Sequence[str] = (),
+    include_bias: bool = True,
+    bytes_per_value: int = 4,
+    optimizer: bool = True,
+) -> dict[str, int]:
+    """Dry run, nothing allocated: bytes of λ = (R, L, A) (m² + n² + mn per layer), Adam's two moments when
+    ``optimizer``, and the masks, for the layers these selection arguments pick."""
+    views = find_layers(
+        model, layer_types=tuple(layer_types), include=include, ignore=tuple(ignore), include_bias=include_bias
+    )
+    lam = sum(v.m * v.m + v.n * v.n + v.m * v.n for v in views) * bytes_per_value
+    usage = {"lambda": lam, "masks": sum(v.m * v.n_weight for v in views)}
+    if optimizer:  # Adam: two moments per value and a scalar step per tensor (R, L, A)
+        usage["optimizer"] = 2 * lam + 3 * len(views) * 4
+    usage["total"] = sum(usage.values())
+    return usage

@@ -1,0 +1,301 @@
+"""The pruner: one life cycle — construct, ``fit``, ``prune`` (one-shot) or ``step`` (gradual), ``finalize``,
+checkpoints — for FishLeg and every baseline, over one method (:mod:`.method`). A prune step either completes
+or leaves the model (and the pruner) exactly as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fls_kernels import backends
+from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView
+from fls_kernels.pruning import checkpoint, checks, execution
+from fls_kernels.pruning.context import Context, DataFeed
+from fls_kernels.pruning.layers import select_layers, unwrap
+from fls_kernels.pruning.maskstate import MaskState
+from fls_kernels.pruning.method import Method, method_parameters
+from fls_kernels.pruning.patterns import NMPattern, parse_pattern
+from fls_kernels.pruning.schedules import Schedule, as_schedule
+from fls_kernels.pruning.step import prune_substep
+from fls_kernels.pruning.targets import ALLOCATIONS, parse
+
+log = logging.getLogger("fls_kernels.prune")
+
+
+class Pruner:
+    """Layers, masks, patterns, schedules, the prune step and checkpoints around one :class:`Method`.
+
+    A subclass names its method in ``method_class``; positional arguments after ``model`` and keywords not
+    listed here are the method's own options.
+
+    Args:
+        model: the network to prune in place (a DDP/FSDP wrapper: its module).
+        pattern: "unstructured" (default), "N:M" (e.g. "2:4", along the inputs) or "blockRxC" (e.g. "block4x4").
+        schedule: for gradual pruning with :meth:`step`: a :class:`~fls_kernels.pruning.schedules.Schedule`
+            (e.g. ``CubicSchedule(0.5, 0.95, start=0, end=3000, every=100)``) or any callable step → sparsity.
+        substeps: sub-steps of each scheduled pruning step.
+        layer_types: module types to prune (subset of Linear, Conv2d).
+        include: regex the qualified layer name must fully match (None: every layer of those types).
+        ignore: regexes of layer names to leave dense.
+        allocation: "global" (one ranking over all layers, default) or "uniform" (each layer to the same
+            sparsity); a per-layer dict can also be passed to :meth:`prune`.
+        include_bias: fold biases into the layer matrices (they are never pruned, but may be updated).
+        backend: preferred ops backend (default: automatic); ops it does not implement (e.g. Triton has no
+            ``select_smallest``) run on the automatic choice.
+        progress: show tqdm progress bars.
+        distributed: prune on every rank of a ``torch.distributed`` group, each reading its own batches:
+            True / "replicated" (data-parallel), "sharded" (per-layer owners; FLS and K-FAC-OBS) or a
+            :class:`~fls_kernels.distributed.Distributed`. Every rank ends each step with the same masks and
+            weights; a step failing on any rank raises on every rank with no model changed.
+    """
+
+    #: the method this pruner runs (set by each subclass)
+    method_class: ClassVar[type[Method]] = Method
+    #: bump when the state_dict layout changes
+    STATE_VERSION = 2
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *method_args: object,
+        pattern: str = "unstructured",
+        schedule: Schedule | object = None,
+        substeps: int = 1,
+        layer_types: Sequence[type[nn.Module]] = SUPPORTED_LAYERS,
+        include: str | None = None,
+        ignore: Sequence[str] = (),
+        allocation: str = "global",
+        include_bias: bool = True,
+        backend: str | None = None,
+        progress: bool = False,
+        distributed: object = None,
+        **method_options: object,
+    ) -> None:
+        method = self.method_class(*method_args, **method_options)  # the method's own checks come first
+        model = unwrap(model)
+        checks.choice("allocation", allocation, ALLOCATIONS)
+        self.pattern = parse_pattern(pattern)
+        self.schedule = as_schedule(schedule)
+        self.substeps = checks.integer("substeps", substeps, 1)
+        if backend is not None:
+            backends.get_backend(backend)  # ValueError naming `backend` when unknown
+        views = select_layers(model, layer_types=layer_types, include=include, ignore=ignore, include_bias=include_bias)
+        self.pattern.check(views)
+        name = type(self).__name__
+        mode = execution.create(distributed, views, views[0].weight.device, shardable=method.shardable, who=name)
+        self.model, self.method = model, method
+        self.masks = MaskState(model, views, self.pattern)
+        data = DataFeed(name, views[0].weight.device)
+        self.ctx = Context(name, model, views, self.pattern, allocation, self.masks, mode, data, backend, progress)
+        method.bind(self.ctx)
+        self.masks.attach()  # last: a bad argument above leaves the model without hooks
+        self._finalized = False
+        self._step = 0  # training steps seen by step()
+        self._bar = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # cls(model, <the method's options>, <the pruner's keywords>), for help() and IDEs
+        own = list(inspect.signature(Pruner.__init__).parameters.values())
+        positional, keywords = method_parameters(cls.method_class)
+        cls.__signature__ = inspect.Signature([own[1], *positional, *keywords, *own[3:-1]])
+
+    # ------------------------------------------------------------------------------------------ reporting
+    @property
+    def views(self) -> list[LayerView]:
+        """The prunable layers, in order."""
+        return self.ctx.views
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [v.name for v in self.views]
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has given the method what :meth:`prune` needs."""
+        return self.method.fitted
+
+    def num_prunable(self) -> int:
+        """d: the number of prunable weights (biases excluded)."""
+        return self.masks.num_prunable()
+
+    def num_pruned(self) -> int:
+        return self.masks.num_pruned()
+
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return self.num_pruned() / self.num_prunable()
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Layer name → fraction of its weights removed."""
+        return self.masks.layer_sparsity()
+
+    def report(self) -> str:
+        """A per-layer table: shape, weights, pruned, sparsity, and the total."""
+        return self.masks.report()
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes held by the pruner beside the model: masks plus what the method keeps (λ, optimizer state…)."""
+        usage = {"masks": sum(m.numel() * m.element_size() for m in self.masks.values())}
+        usage.update(self.method.memory())
+        usage["total"] = sum(usage.values())
+        return usage
+
+    # ------------------------------------------------------------------------------------------ data
+    def fit(self, loader: object = None, steps: int = 0) -> list[float]:
+        """Attach the calibration ``loader`` and learn what the method needs (``steps`` of it, if iterative).
+
+        After :meth:`load_state_dict`, calling ``fit(loader, 0)`` re-attaches the data at the saved position.
+
+        Args:
+            loader: re-iterable batches (tensors, (x, y, ...) tuples or mappings of model inputs); methods that
+                need no data (magnitude) accept and ignore it.
+            steps: iterations of the method's fit (aux steps for FLS); methods without one ignore it.
+
+        Returns:
+            the per-step losses of this call (empty for methods without an iterative fit).
+        """
+        self._check_alive()
+        if not self.method.needs_data:
+            return []
+        steps = checks.integer("steps", steps)
+        self.ctx.data.attach(loader)
+        return self.method.fit(steps)
+
+    # ------------------------------------------------------------------------------------------ pruning
+    def prune(self, sparsity: float | Mapping[str, float] | None = None, substeps: int = 1) -> float:
+        """Prune to ``sparsity`` in ``substeps`` rounds along a cubic path from the current sparsity.
+
+        Unstructured, global: exactly ⌈s·d⌉ of the d prunable weights are zero afterwards (per layer for uniform
+        allocation or a dict; in whole blocks for block patterns). N:M: ``sparsity`` is j/M (default N/M) and
+        every group of M inputs then holds exactly j zeros. Pruned weights are +0 and never come back.
+
+        Args:
+            sparsity: target in [0, 1), or layer name → target (layers left out keep their sparsity).
+            substeps: K ≥ 1 scoring/selection/update rounds.
+
+        Returns:
+            the overall sparsity reached.
+
+        Raises:
+            ValueError / TypeError: bad ``sparsity``/``substeps`` or NaN/Inf weights; the model is untouched.
+        """
+        self._check_alive()
+        if not self.method.fitted:
+            raise RuntimeError(f"{self.ctx.owner}.prune: call fit(loader) first")
+        substeps = checks.integer("substeps", substeps, 1)
+        target = parse(sparsity, self.masks, self.ctx.allocation)
+        self.masks.check_finite()
+        snapshot = self._snapshot()
+        try:
+            for step, increment in target.substeps(self.masks, substeps):
+                self.method.before_substep(step)
+                prune_substep(self.ctx, self.method, increment)
+                log.info("sub-step %d/%d: sparsity %.4f", step + 1, substeps, self.sparsity())
+        except BaseException:
+            self._restore(snapshot)
+            raise
+        return self.sparsity()
+
+    def step(self) -> float | None:
+        """Advance the schedule by one training step (call it after ``optimizer.step()``).
+
+        Prunes when the schedule's sparsity rises past the current one; otherwise lets the method keep
+        refining its curvature. Returns the sparsity reached when it pruned, else None.
+        """
+        self._check_alive()
+        if self.schedule is None:
+            raise RuntimeError(f"{self.ctx.owner}.step: no schedule was given to the constructor")
+        step, target = self._step, self.schedule(self._step)
+        if isinstance(self.pattern, NMPattern):  # whole zeros per group, up to N
+            target = min(math.floor(target * self.pattern.m + 1e-9), self.pattern.n) / self.pattern.m
+        try:
+            goal = parse(target, self.masks, self.ctx.allocation)
+        except ValueError as exc:
+            raise ValueError(f"schedule: at step {step}, {exc}") from None
+        reached = None
+        if goal.grows(self.masks):
+            reached = self.prune(target, self.substeps)
+            log.info("step %d: pruned to %.4f", step, reached)
+        else:
+            self.method.between_prunes()
+        self._step += 1
+        self._show_progress()
+        return reached
+
+    def _show_progress(self) -> None:
+        if not self.ctx.progress:
+            return
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=getattr(self.schedule, "end", None), initial=self._step - 1, desc="gradual")
+        self._bar.update(1)
+        self._bar.set_postfix(sparsity=f"{self.sparsity():.4f}")
+
+    def _check_alive(self) -> None:
+        if self._finalized:
+            raise RuntimeError("this pruner was finalized; create a new one to prune again")
+
+    def _snapshot(self) -> dict:
+        return {"masks": self.masks.snapshot(), "method": copy.deepcopy(self.method.state_dict())}
+
+    def _restore(self, snap: dict) -> None:
+        self.masks.restore(snap["masks"])
+        self.method.load_state_dict(snap["method"])
+
+    # ------------------------------------------------------------------------------------------ life cycle
+    def finalize(self) -> nn.Module:
+        """Bake exact zeros into the weights, remove every hook and return the model."""
+        self.masks.apply()
+        self.masks.detach()
+        if self._bar is not None:
+            self._bar.close()
+        self._finalized = True
+        return self.model
+
+    def state_dict(self) -> dict:
+        """Masks, schedule position, data position and method state (λ, optimizer state, RNG…) — the model's
+        own weights are not included (save ``model.state_dict()`` beside it)."""
+        return {
+            "version": self.STATE_VERSION,
+            "method": self.ctx.owner,
+            "pattern": str(self.pattern),
+            "masks": self.masks.state_dict(),
+            "step": self._step,
+            "data_position": self.ctx.data.position,
+            "shard": self.ctx.mode.shard(),
+            "state": copy.deepcopy(self.method.state_dict()),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore :meth:`state_dict` output and re-zero pruned weights. Mismatches raise ValueError (a state
+        saved before any pruning loads into a pruner of any pattern: a fitted Q serves them all).
+
+        Attached data restarts at the saved batch position (skipping batches); a fresh pruner re-attaches its
+        data with ``fit(loader, 0)``, which resumes there too.
+        """
+        self._check_alive()
+        masks = checkpoint.checked_masks(state, self.ctx)
+        snapshot = self._snapshot()
+        try:
+            self.method.load_state_dict(state.get("state", {}))
+            self.masks.load(masks)
+        except BaseException:
+            self._restore(snapshot)
+            raise
+        self._step = int(state.get("step", 0))
+        self.ctx.data.resume_at(int(state.get("data_position", 0)))
+        self.masks.apply()
