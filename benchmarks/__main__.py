@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from benchmarks import registry, runner
+from benchmarks import peaks, registry, runner
 from fls_kernels.backends.table import PRECISIONS
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--sizes", nargs="+", type=int, help="N values (default: 1e7 on cpu; 1.1e8 and 1e9 on cuda)")
-    s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort"])
+    s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort", "copy"])
     s.add_argument("--out", default="out/bench")
     e = sub.add_parser("e2e", help="a whole-model FLS prune per backend, time split by stage")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.shapes:
         shapes = [s for s in registry.SHAPES if s[0] in set(args.shapes)]
     groups = args.groups if args.groups is not None else (list(registry.GROUPS) if args.device == "cuda" else [])
+    ceilings = peaks.measure(args.device, (args.precision,))  # the roofline's rates, from this run
+    print(ceilings.describe())
     rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision, groups)
-    csv_path, md_path = runner.write(rows, args.out, args.device, args.precision)
+    csv_path, md_path = runner.write(rows, args.out, args.device, args.precision, ceilings)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
     if args.base:

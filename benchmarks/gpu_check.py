@@ -66,7 +66,7 @@ def stages(python: str, scratch: Path, cores: int) -> list[Stage]:
     build = {"FLS_BUILD_EXT": "1", "FLS_CUDA_ARCHS": "9.0", "MAX_JOBS": str(cores)}
     quick = {"FLS_AUTOTUNE": "quick", "PYTHONUNBUFFERED": "1"}
     pytest = [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--timeout=60"]
-    gpu, products = ["reference", "cuda", "triton"], ["kron_qv", "surgeon_update_"]
+    gpu, products = ["reference", "cuda", "triton", "gemms"], ["kron_qv", "surgeon_update_"]
     bert, square = "bert-attn 768x768", "square 4096x4096"
 
     def kernels(precision: str, providers: Seq, ops: Seq = (), shapes: Seq = (), out: Path = scratch) -> list[str]:

@@ -35,7 +35,13 @@ GROUPS: dict[str, list[tuple[int, int]]] = {
     "bert-base 72 layers": _BERT_BLOCK * 12,
 }
 
-PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton")
+#: Providers that time a yardstick beside the op rather than the op itself (never verified): ``gemms`` runs the
+#: two GEMMs a Kronecker product needs, G_R · (X · G_L), as ``torch.mm`` in the case's precision mode (bf16:
+#: operands cast beforehand) — the cuBLAS time the fused kernels are measured against.
+YARDSTICKS = ("gemms",)
+PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton", *YARDSTICKS)
+#: Ops whose work is those two GEMMs (per layer), for which ``gemms`` is timed.
+GEMM_OPS = ("kron_qv", "surgeon_update_", "kron_qv_grouped", "surgeon_update_grouped_")
 
 
 #: Per-layer op → its positional arguments from the inputs of ``make_inputs``, for the reference and every backend
@@ -123,9 +129,33 @@ def _call(op: str, fn: Callable, **fixed) -> Callable[[dict, str], object]:
     return call
 
 
+def _gemms(t: dict, p: str) -> list[torch.Tensor]:
+    """G_R · (W · G_L) per layer of the inputs (a dict of tensors or of lists) in precision mode ``p``."""
+    from benchmarks.peaks import matmul_mode
+
+    layers = zip(*(t[k] if isinstance(t[k], list) else [t[k]] for k in ("W", "G_R", "G_L")))
+    with matmul_mode(p):
+        return [G_R @ (W @ G_L) for W, G_R, G_L in layers]
+
+
+def _bf16_once(call: Callable[[dict, str], object]) -> Callable[[dict, str], object]:
+    """``call`` on inputs whose float tensors are cast to bf16 once (the cast is not part of the GEMMs' time)."""
+    cache: dict[int, dict] = {}
+
+    def cast_once(t: dict) -> dict:
+        if id(t) not in cache:
+            to = lambda x: x.to(torch.bfloat16) if x.is_floating_point() else x  # noqa: E731
+            cache[id(t)] = {k: [to(x) for x in v] if isinstance(v, list) else to(v) for k, v in t.items()}
+        return cache[id(t)]
+
+    return lambda t, p: call(cast_once(t), p) if p == "bf16" else call(t, p)
+
+
 def provider_call(op: str, provider: str, grouped_inputs: bool = False) -> Callable[[dict, str], object]:
     """A callable (inputs, precision) → output of ``op`` on ``provider``; with ``grouped_inputs`` a per-layer
-    op runs as a loop over the layers of a group."""
+    op runs as a loop over the layers of a group. The yardstick ``gemms`` returns its products instead."""
+    if provider == "gemms":
+        return _bf16_once(_gemms)
     if provider == "reference":
         call = _call(op, getattr(ref, op))
     elif provider == "reference+compile":
@@ -149,4 +179,6 @@ def unavailable(op: str, provider: str, device: str) -> str | None:
     """Why ``provider`` cannot run ``op`` on ``device`` (None when it can)."""
     if provider.startswith("reference"):
         return None
+    if provider == "gemms":
+        return None if op in GEMM_OPS else "no GEMMs to compare with"
     return fls.backends.get_backend(provider).reason(op, torch.device(device), torch.float32)

@@ -6,17 +6,15 @@ import csv
 import datetime
 import platform
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks import registry
+from benchmarks.peaks import Peaks
+from benchmarks.timer import median_ms
 from fls_kernels.testing import poison_outputs, rel_error, tolerance
-
-#: Peaks of the H100 this project measures on (fp32/TF32/bf16 GEMM FLOP/s, copy bytes/s read+write).
-H100_PEAKS = {"fp32": 51e12, "tf32": 391e12, "bf16": 747e12, "bandwidth": 2.94e12}
 
 
 class VerifyError(AssertionError):
@@ -89,20 +87,6 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
     return median_ms(call, device, num_threads=1)
 
 
-def median_ms(call: Callable[[], object], device: str, min_run_time: float = 0.5, num_threads: int = 1) -> float:
-    """Median milliseconds of ``call()`` after one warm-up call: triton.testing.do_bench on CUDA,
-    torch.utils.benchmark on CPU (at least ``min_run_time`` seconds of runs, with ``num_threads`` torch threads)."""
-    call()
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(call, return_mode="median"))
-    from torch.utils import benchmark
-
-    timer = benchmark.Timer("call()", globals={"call": call}, num_threads=num_threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
 def run(ops, providers, shapes, device: str, precision: str = "fp32", groups=()) -> list[Row]:
     """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``."""
     rows = []
@@ -114,9 +98,12 @@ def run(ops, providers, shapes, device: str, precision: str = "fp32", groups=())
                 if why is not None:
                     rows.append(Row(op, name, provider, precision, device, None, None, why))
                     continue
-                error = verify(case, provider, device)
-                rows.append(Row(op, name, provider, precision, device, time_ms(case, provider, device), error))
-                print(f"{op:24} {name:24} {provider:18} {rows[-1].ms:9.3f} ms  err {error:.1e}", flush=True)
+                yardstick = provider in registry.YARDSTICKS
+                error = None if yardstick else verify(case, provider, device)
+                ms = time_ms(case, provider, device)
+                rows.append(Row(op, name, provider, precision, device, ms, error, "yardstick" if yardstick else ""))
+                shown = "yardstick" if error is None else f"err {error:.1e}"
+                print(f"{op:24} {name:24} {provider:18} {ms:9.3f} ms  {shown}", flush=True)
     return rows
 
 
@@ -158,11 +145,9 @@ def stamp_line(device: str) -> str:
     return f"Measured on {meta['gpu_or_cpu']}, torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}."
 
 
-def roofline_ms(case: registry.Case, device: str) -> float | None:
-    if device != "cuda":
-        return None
-    peak = H100_PEAKS[case.precision]
-    return 1e3 * max(case.flops() / peak, case.bytes() / H100_PEAKS["bandwidth"])
+def roofline_ms(case: registry.Case, peaks: Peaks | None) -> float | None:
+    """The case's bound at the ceilings measured in this run (None without them)."""
+    return None if peaks is None else peaks.roofline_ms(case.flops(), case.bytes(), case.precision)
 
 
 def stem(device: str, precision: str = "fp32") -> str:
@@ -170,8 +155,11 @@ def stem(device: str, precision: str = "fp32") -> str:
     return f"kernels-{device}" + ("" if precision == "fp32" else f"-{precision}")
 
 
-def write(rows: list[Row], out_dir: str | Path, device: str, precision: str = "fp32") -> tuple[Path, Path]:
-    """CSV (one row per measurement, stamped) and a markdown table with speed-ups and % of roofline, named by
+def write(
+    rows: list[Row], out_dir: str | Path, device: str, precision: str = "fp32", peaks: Peaks | None = None
+) -> tuple[Path, Path]:
+    """CSV (one row per measurement, stamped) and a markdown table with speed-ups, the time over the two GEMMs'
+    (where the ``gemms`` yardstick ran) and % of the roofline at ``peaks`` (measured in the same run), named by
     :func:`stem`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,25 +175,24 @@ def write(rows: list[Row], out_dir: str | Path, device: str, precision: str = "f
             w.writerow([r.op, r.shape, r.provider, r.precision, r.device, ms, err, r.note, *meta.values()])
     lines = [
         f"Device {meta['gpu_or_cpu']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}, "
-        f"{meta['timestamp']}.",
+        f"{meta['timestamp']}" + (f"; {peaks.describe()}." if peaks is not None else "."),
         "",
-        "| op | shape | provider | ms | × eager ref | × compiled ref | % roofline |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| op | shape | provider | ms | × eager ref | × compiled ref | time / 2 GEMMs | % roofline |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     base = {(r.op, r.shape, r.provider): r.ms for r in rows}
     for r in rows:
         if r.ms is None:
             continue
         eager, compiled = base.get((r.op, r.shape, "reference")), base.get((r.op, r.shape, "reference+compile"))
-        roof = roofline_ms(_case(r), device)
-        lines.append(
-            f"| {r.op} | {r.shape} | {r.provider} | {r.ms:.3f} | "
-            f"{eager / r.ms:.2f} | "
-            + (f"{compiled / r.ms:.2f}" if compiled else "—")
-            + " | "
-            + (f"{100 * roof / r.ms:.0f}%" if roof else "—")
-            + " |"
-        )
+        gemms, roof = base.get((r.op, r.shape, "gemms")), roofline_ms(_case(r), peaks)
+        cells = [
+            f"{eager / r.ms:.2f}" if eager else "—",
+            f"{compiled / r.ms:.2f}" if compiled else "—",
+            f"{r.ms / gemms:.2f}" if gemms else "—",
+            f"{100 * roof / r.ms:.0f}%" if roof else "—",
+        ]
+        lines.append(f"| {r.op} | {r.shape} | {r.provider} | {r.ms:.3f} | " + " | ".join(cells) + " |")
     skipped = sorted({f"{r.provider}: {r.note}" for r in rows if r.ms is None})
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]

@@ -7,7 +7,8 @@ return values/indices rather than masks:
 
 - ``torch.kthvalue``: the k-th smallest value (a threshold, not yet a mask);
 - ``torch.topk(largest=False)``: the k smallest values and their indices;
-- ``torch.sort``: a full stable sort (what the reference does).
+- ``torch.sort``: a full stable sort (what the reference does);
+- ``copy``: a yardstick, one device copy of the same scores (read once, written once), measured in the same run.
 
 The native result is verified against the reference (fls_reference.select_smallest) before it is timed.
 """
@@ -22,7 +23,8 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from benchmarks.runner import median_ms, stamp
+from benchmarks.runner import stamp
+from benchmarks.timer import median_ms
 
 #: N per device: 10⁷ on the 2-core CPU; 1.1·10⁸ (a ResNet-50-sized model is 2.5·10⁷) and 10⁹ on a GPU.
 SIZES = {"cpu": [10**7], "cuda": [110_000_000, 1_000_000_000]}
@@ -70,13 +72,16 @@ def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
             calls[f"fls {device}"] = lambda: fls.select_smallest(scores, k, backend=device)
         else:
             rows.append(Row(n, f"fls {device}", None, why))
-    flat = torch.cat(scores) if set(providers) - {"native"} else None
+    flat = torch.cat(scores) if set(providers) - {"native", "copy"} else None
     if "kthvalue" in providers:
         calls["torch.kthvalue"] = lambda: torch.kthvalue(flat, k)
     if "topk" in providers:
         calls["torch.topk"] = lambda: torch.topk(flat, k, largest=False)
     if "sort" in providers:
         calls["torch.sort"] = lambda: torch.sort(flat, stable=True)
+    if "copy" in providers:
+        copies = [torch.empty_like(t) for t in scores]
+        calls["copy"] = lambda: [c.copy_(t) for c, t in zip(copies, scores)]
     for name, fn in calls.items():
         try:
             rows.append(Row(n, name, median_ms(fn, device, min_run_time=1.0, num_threads=torch.get_num_threads())))
@@ -108,15 +113,17 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
         f"select_smallest, k = half of the scores below +inf. Device {meta['gpu_or_cpu']} "
         f"({meta['cpu_threads']} CPU threads), torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}.",
         "",
-        "| N | provider | ms | time / fls time |",
-        "|---:|---|---:|---:|",
+        "| N | provider | ms | time / fls time | time / copy |",
+        "|---:|---|---:|---:|---:|",
     ]
     ours = {r.n: r.ms for r in rows if r.provider.startswith("fls") and r.ms is not None}
+    copy = {r.n: r.ms for r in rows if r.provider == "copy" and r.ms is not None}
     for r in rows:
         if r.ms is None:
-            lines.append(f"| {r.n:,} | {r.provider} | — | {r.note} |")
+            lines.append(f"| {r.n:,} | {r.provider} | — | {r.note} | — |")
             continue
         ratio = f"{r.ms / ours[r.n]:.1f}×" if r.n in ours else "—"
-        lines.append(f"| {r.n:,} | {r.provider} | {r.ms:.2f} | {ratio} |")
+        over_copy = f"{r.ms / copy[r.n]:.2f}" if r.n in copy else "—"
+        lines.append(f"| {r.n:,} | {r.provider} | {r.ms:.2f} | {ratio} | {over_copy} |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path

@@ -65,3 +65,37 @@ def test_verify_fails_on_a_wrong_mask(monkeypatch):
     monkeypatch.setattr(registry, "provider_call", provider_call)
     with pytest.raises(runner.VerifyError, match="mask entries differ"):
         runner.verify(registry.Case("select_smallest", "tiny", 7, 11), "bad", "cpu")
+
+
+def test_ceilings_are_measured_and_make_the_roofline():
+    from benchmarks import peaks
+
+    ceilings = peaks.measure("cpu", ("fp32", "bf16"), (4 * 2**20, 128))
+    assert ceilings.bandwidth > 1e8 and all(1e8 < r < 1e15 for r in ceilings.flops.values())
+    case = registry.Case("kron_qv", "tiny", 64, 32)
+    bound = ceilings.roofline_ms(case.flops(), case.bytes(), "fp32")
+    assert bound == pytest.approx(1e3 * max(case.flops() / ceilings.flops["fp32"], case.bytes() / ceilings.bandwidth))
+    assert ceilings.roofline_ms(1.0, 1.0, "tf32") is None  # no rate measured for tf32
+    assert "ceilings measured in this run: copy" in ceilings.describe()
+
+
+def test_the_gemms_yardstick_is_timed_not_verified_and_tabulated(monkeypatch, tmp_path):
+    from benchmarks import peaks
+
+    monkeypatch.setitem(registry.GROUPS, "tiny", [(16, 32), (5, 17)])
+    t = registry.make_inputs(registry.Case("kron_qv", "x", 9, 13), "cpu")
+    (got,) = registry.provider_call("kron_qv", "gemms")(t, "fp32")
+    torch.testing.assert_close(got, t["G_R"] @ t["W"] @ t["G_L"])
+    assert registry.unavailable("obs_scores", "gemms", "cpu") is not None
+    rows = runner.run(["surgeon_update_grouped_"], ["reference", "gemms"], [], "cpu", "fp32", ["tiny"])
+    assert [(r.provider, r.error is None, r.note) for r in rows] == [
+        ("reference", False, ""),
+        ("gemms", True, "yardstick"),
+    ]
+    ceilings = peaks.measure("cpu", ("fp32",), (4 * 2**20, 128))
+    _, md_path = runner.write(rows, tmp_path, "cpu", "fp32", ceilings)
+    table = md_path.read_text()
+    assert "ceilings measured in this run" in table and "time / 2 GEMMs" in table
+    ref_row = next(line for line in table.splitlines() if "| reference |" in line)
+    ratio = rows[0].ms / rows[1].ms
+    assert f"| {ratio:.2f} |" in ref_row and ref_row.rstrip(" |").endswith("%")
