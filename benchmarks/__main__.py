@@ -31,11 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--precision", default="fp32", choices=PRECISIONS)
     k.add_argument("--out", default="out/bench")
     k.add_argument("--base", help="also run at this git ref and write a speed-up table against it")
+    k.add_argument("--seconds", type=float, help="start no case after this many seconds (the rest: not timed)")
     s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--sizes", nargs="+", type=int, help="N values (default: 1e7 on cpu; 1.1e8 and 1e9 on cuda)")
     s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort", "copy"])
     s.add_argument("--out", default="out/bench")
+    s.add_argument("--seconds", type=float, help="start no size after this many seconds")
     e = sub.add_parser("e2e", help="a whole-model FLS prune per backend, time split by stage")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--model", choices=["digits", "mlp"], default="digits")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "select":
         from benchmarks import select
 
-        rows = select.run(args.device, args.sizes or select.SIZES[args.device], args.providers)
+        rows = select.run(args.device, args.sizes or select.SIZES[args.device], args.providers, args.seconds)
         csv_path, md_path = select.write(rows, args.out, args.device)
         print(md_path.read_text())
         print(f"wrote {csv_path} and {md_path}")
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = args.groups if args.groups is not None else (list(registry.GROUPS) if args.device == "cuda" else [])
     ceilings = peaks.measure(args.device, (args.precision,))  # the roofline's rates, from this run
     print(ceilings.describe())
-    rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision, groups)
+    rows = runner.run(args.ops, args.providers, shapes, args.device, args.precision, groups, args.seconds)
     csv_path, md_path = runner.write(rows, args.out, args.device, args.precision, ceilings)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")

@@ -6,6 +6,7 @@ import csv
 import datetime
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +88,20 @@ def time_ms(case: registry.Case, provider: str, device: str) -> float:
     return median_ms(call, device, num_threads=1)
 
 
-def run(ops, providers, shapes, device: str, precision: str = "fp32", groups=()) -> list[Row]:
-    """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``."""
+def run(
+    ops, providers, shapes, device: str, precision: str = "fp32", groups=(), seconds: float | None = None
+) -> list[Row]:
+    """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``. With
+    ``seconds``, cases not started by then are listed as not timed (so a time-limited run still tabulates)."""
     rows = []
+    deadline = None if seconds is None else time.perf_counter() + seconds
     for op in ops:
         for case in registry.cases(op, shapes, list(groups), precision):
             name = case.shape
             for provider in providers:
                 why = registry.unavailable(op, provider, device)
+                if why is None and deadline is not None and time.perf_counter() > deadline:
+                    why = f"not timed: the run's {seconds:.0f} s were spent"
                 if why is not None:
                     rows.append(Row(op, name, provider, precision, device, None, None, why))
                     continue

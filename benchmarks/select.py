@@ -16,6 +16,7 @@ The native result is verified against the reference (fls_reference.select_smalle
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +94,15 @@ def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
     return rows
 
 
-def run(device: str, sizes: list[int], providers: list[str]) -> list[Row]:
-    return [row for n in sizes for row in run_one(n, device, providers)]
+def run(device: str, sizes: list[int], providers: list[str], seconds: float | None = None) -> list[Row]:
+    """Rows for every N of ``sizes``; with ``seconds``, sizes not started by then are listed as not timed."""
+    rows, start = [], time.perf_counter()
+    for n in sizes:
+        if seconds is not None and time.perf_counter() - start > seconds:
+            rows += [Row(n, p, None, f"not timed: the run's {seconds:.0f} s were spent") for p in providers]
+            continue
+        rows += run_one(n, device, providers)
+    return rows
 
 
 def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path]:

@@ -134,3 +134,25 @@ def test_quick_autotuning_searches_a_subset_of_the_full_configs():
     assert min(t[0] * t[1] for t in quick) == min(t[0] * t[1] for t in full[:-1])  # a small tile stays in
     with pytest.raises(ValueError, match="FLS_AUTOTUNE"):
         common.gemm_tiles("exhaustive")
+
+
+def test_benchmark_stages_are_told_their_time_so_a_cut_stage_still_writes_its_tables(tmp_path):
+    plan = gpu_check.stages("python3", tmp_path, 4)
+    timed = [s for s in plan if s.seconds_flag]
+    assert {s.name for s in timed} == {s.name for s in plan if s.name.startswith(("kernels", "compiled", "select"))}
+    stage = gpu_check.with_seconds(timed[0], 40)
+    assert stage.command[-2:] == ["--seconds", "30"] and stage.env == timed[0].env
+    seen = []
+    echo = gpu_check.Stage("echo", _python("import sys; print(sys.argv[1:])"), 20, seconds_flag="--seconds")
+    gpu_check.run([echo], tmp_path, budget=8, echo=seen.append)
+    assert "['--seconds', '6']" in (tmp_path / "gpu-check.log").read_text()
+
+
+def test_a_time_limited_kernels_run_tabulates_what_it_did_not_time():
+    from benchmarks import registry, runner
+
+    shapes = registry.CPU_SHAPES[:2]
+    spent = runner.run(["obs_scores"], ["reference"], shapes, "cpu", seconds=0)
+    assert [r.ms for r in spent] == [None, None] and all("not timed" in r.note for r in spent)
+    timed = runner.run(["obs_scores"], ["reference"], shapes, "cpu", seconds=600)
+    assert all(r.ms is not None for r in timed)
