@@ -75,6 +75,10 @@ class MaskState(Mapping[str, Tensor]):
     def num_pruned(self) -> int:
         return sum(int((~m).sum()) for m in self._masks.values())
 
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return self.num_pruned() / self.num_prunable()
+
     def pruned_units(self, index: int) -> int:
         """Pattern units (weights or blocks) of layer ``index`` removed so far."""
         return int((~self._masks[self.views[index].name]).sum()) // self.pattern.size
@@ -98,8 +102,8 @@ class MaskState(Mapping[str, Tensor]):
             pruned = int((~self._masks[v.name]).sum())
             total = v.m * v.n_weight
             lines.append(f"{v.name:<32} {f'{v.m}x{v.n}':>14} {total:>10} {pruned:>10} {pruned / total:>9.4f}")
-        d, pruned = self.num_prunable(), self.num_pruned()
-        lines.append(f"{'total':<32} {'':>14} {d:>10} {pruned:>10} {pruned / d:>9.4f}")
+        total = f"{self.num_prunable():>10} {self.num_pruned():>10} {self.sparsity():>9.4f}"
+        lines.append(f"{'total':<32} {'':>14} {total}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ writing

@@ -136,7 +136,7 @@ class Pruner:
 
     def sparsity(self) -> float:
         """Fraction of prunable weights removed."""
-        return self.num_pruned() / self.num_prunable()
+        return self.masks.sparsity()
 
     def layer_sparsity(self) -> dict[str, float]:
         """Layer name → fraction of its weights removed."""

@@ -149,10 +149,6 @@ def _pruned(masks: MaskState) -> int:
     return sum(masks.pruned_units(i) for i in range(len(masks.views)))
 
 
-def _sparsity_text(masks: MaskState) -> str:
-    return f"{masks.num_pruned() / masks.num_prunable():.6f}"
-
-
 def parse(sparsity: object, masks: MaskState, allocation: str) -> Target:
     """Validate a requested ``sparsity`` (a number, a dict layer → number, or None for N:M's default N/M).
 
@@ -178,7 +174,7 @@ def parse(sparsity: object, masks: MaskState, allocation: str) -> Target:
             total = sum(masks.total_units(i) for i in range(len(masks.views)))
             k = ceil_count(float(sparsity), total)
             if k < _pruned(masks):
-                raise ValueError(f"sparsity: {sparsity} is below the current sparsity {_sparsity_text(masks)}")
+                raise ValueError(f"sparsity: {sparsity} is below the current sparsity {masks.sparsity():.6f}")
             return GlobalTarget(k)
         per_layer = {name: float(sparsity) for name in current}
     counts = []
@@ -204,5 +200,5 @@ def _parse_nm(sparsity: object, masks: MaskState) -> NMTarget:
     if abs(s * pattern.m - zeros) > 1e-9 or zeros > pattern.n:
         raise ValueError(f"sparsity: with pattern {pattern} use j/{pattern.m} for j ≤ {pattern.n}, got {s}")
     if zeros < masks.num_pruned() // masks.groups():
-        raise ValueError(f"sparsity: {s} is below the current sparsity {_sparsity_text(masks)}")
+        raise ValueError(f"sparsity: {s} is below the current sparsity {masks.sparsity():.6f}")
     return NMTarget(zeros)
