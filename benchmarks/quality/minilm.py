@@ -1,10 +1,14 @@
-"""Prune a real pretrained transformer offline: all-MiniLM-L6-v2, FLS vs magnitude, OBD, oBERT and K-FAC-OBS.
+"""Prune a real pretrained transformer offline: all-MiniLM-L6-v2, FLS vs SparseGPT, Wanda, magnitude, OBD, oBERT
+and K-FAC-OBS.
 
 Text: English prose that ships with CPython (``pydoc_data.topics``, the language reference) split into
 sentences; a calibration set and a disjoint evaluation set. Every method prunes the 36 attention and FFN Linear
 layers (embeddings, LayerNorms and the pooler stay dense) one-shot in K sub-steps, unstructured and 2:4, with
 a Gaussian likelihood on the pooled, normalised embedding (the curvature of what the model outputs; oBERT uses
-sampled targets since sentences carry no labels). Metrics on the evaluation sentences: mean cosine similarity of
+sampled targets since sentences carry no labels). SparseGPT and Wanda reconstruct layer outputs instead, layer by
+layer on the inputs of the already-pruned model, each layer to the same sparsity; the curvature methods rank
+globally across layers, and "FLS-uniform" is FLS held to the same per-layer sparsity, which separates
+allocation from method. Metrics on the evaluation sentences: mean cosine similarity of
 pruned to dense embeddings, and top-1 nearest-neighbour agreement (each sentence's most similar other sentence
 under the pruned model vs under the dense one).
 
@@ -28,7 +32,8 @@ import fls_kernels as fls
 from benchmarks.runner import stamp_line
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
-METHODS = ("FLS", "magnitude", "OBD", "oBERT", "K-FAC")
+METHODS = ("FLS", "FLS-uniform", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC")
+LAYERWISE = ("SparseGPT", "Wanda")  # one-shot in one pass, as published
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Config:
     obert_grads: int = 1024
     stat_batches: int = 8
     relative_damping: float = 1.0
+    sparsegpt_dampening: float = 0.01
     device: str = "cpu"
     seed: int = 0
 
@@ -129,10 +135,20 @@ def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
 def make(method: str, model, config: Config, pattern: str):
     common = dict(include=ENCODER_LAYERS, pattern=pattern, seed=config.seed)
     curv = dict(likelihood="gaussian", relative_damping=config.relative_damping, **common)
-    if method == "FLS":
+    if method in ("FLS", "FLS-uniform"):
+        allocation = "uniform" if method == "FLS-uniform" else "global"
         return fls.FishLegPruner(
-            model, init=config.fls_init, init_batches=config.stat_batches, refine_steps=config.fls_refine_steps, **curv
+            model,
+            init=config.fls_init,
+            init_batches=config.stat_batches,
+            refine_steps=config.fls_refine_steps,
+            allocation=allocation,
+            **curv,
         )
+    if method == "SparseGPT":
+        return fls.SparseGPTPruner(model, dampening=config.sparsegpt_dampening, include=ENCODER_LAYERS, pattern=pattern)
+    if method == "Wanda":
+        return fls.WandaPruner(model, include=ENCODER_LAYERS, pattern=pattern)
     if method == "OBD":
         return fls.OBDPruner(model, stat_batches=config.stat_batches, **curv)
     if method == "oBERT":
@@ -161,7 +177,7 @@ def run(config: Config | None = None, log=print) -> list[dict]:
             base.load_state_dict(weights)
             pruner = make(method, base, config, pattern)
             if fitted_state is None:
-                pruner.fit(batches, steps=config.fls_fit_steps if method == "FLS" else 0)
+                pruner.fit(batches, steps=config.fls_fit_steps if method.startswith("FLS") else 0)
                 fitted_state = pruner.state_dict()
             else:
                 pruner.load_state_dict(fitted_state)
@@ -170,7 +186,7 @@ def run(config: Config | None = None, log=print) -> list[dict]:
                 pruner.load_state_dict(fitted_state)
                 base.load_state_dict(weights)
                 t0 = time.perf_counter()
-                pruner.prune(s, substeps=config.substeps)
+                pruner.prune(s, substeps=1 if method in LAYERWISE else config.substeps)
                 cosine, agreement = metrics(dense, embed(base, tokenizer, evals, config))
                 rows.append(
                     dict(
@@ -197,7 +213,9 @@ def table(rows: list[dict], config: Config) -> str:
         f"all-MiniLM-L6-v2, 36 Linear layers, {config.calib_sentences} calibration / {config.eval_sentences} "
         f"evaluation sentences (max {config.max_length} tokens), one-shot in {config.substeps} sub-steps; FLS "
         f"{config.fls_init} start + {config.fls_fit_steps} aux steps, {config.fls_refine_steps} per sub-step; "
-        f"oBERT m = {config.obert_grads}; γ = {config.relative_damping} × mean diag F̂; device {config.device}. "
+        f"oBERT m = {config.obert_grads}; γ = {config.relative_damping} × mean diag F̂; SparseGPT dampening "
+        f"{config.sparsegpt_dampening} × mean diag H, blocks of 128; SparseGPT, Wanda and FLS-uniform prune every "
+        f"layer to the same sparsity, the others rank globally; device {config.device}. "
         "Mean cosine to the dense embedding / top-1 nearest-neighbour agreement.",
         "",
         "| pattern | sparsity | " + " | ".join(config.methods) + " |",

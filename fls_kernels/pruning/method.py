@@ -23,11 +23,14 @@ and chosen sets cover the weight columns only, [m, n_weight].
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
 from fls_kernels.pruning.context import Context
+
+if TYPE_CHECKING:
+    from fls_kernels.pruning.targets import Budget
 
 
 class Method:
@@ -41,6 +44,11 @@ class Method:
     shardable: ClassVar[bool] = False
     #: whether :meth:`fit` needs calibration data (False: ``pruner.fit()`` takes no loader)
     needs_data: ClassVar[bool] = True
+    #: the allocations it supports, its default first
+    allocations: ClassVar[tuple[str, ...]] = ("global", "uniform")
+    #: whether it chooses and updates one layer at a time, in model order (:meth:`prune_layer`), instead of
+    #: scoring every layer for a shared selection
+    layerwise: ClassVar[bool] = False
 
     ctx: Context
 
@@ -79,6 +87,11 @@ class Method:
         """Apply the removal of ``prune`` to W in place (all [m, n]); ``keep`` is alive afterwards. Default:
         zero the removed weights, no compensation."""
         W.masked_fill_(~keep, 0)
+
+    def prune_layer(self, index: int, W: Tensor, alive: Tensor, budget: Budget) -> Tensor:
+        """Layerwise methods: remove ``budget`` from layer ``index`` (W [m, n], updated in place) after the layers
+        before it were committed; returns the new alive mask [m, n]."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict:
         """What the method has learnt, for checkpoints and the all-or-nothing snapshot."""

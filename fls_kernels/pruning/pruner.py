@@ -45,8 +45,9 @@ class Pruner:
         layer_types: module types to prune (subset of Linear, Conv2d).
         include: regex the qualified layer name must fully match (None: every layer of those types).
         ignore: regexes of layer names to leave dense.
-        allocation: "global" (one ranking over all layers, default) or "uniform" (each layer to the same
-            sparsity); a per-layer dict can also be passed to :meth:`prune`.
+        allocation: "global" (one ranking over all layers) or "uniform" (each layer to the same sparsity);
+            None: the method's default — global, except for the layerwise SparseGPT and Wanda, which only
+            prune uniformly. A per-layer dict can also be passed to :meth:`prune`.
         include_bias: fold biases into the layer matrices (they are never pruned, but may be updated).
         backend: preferred ops backend (default: automatic); ops it does not implement (e.g. Triton has no
             ``select_smallest``) run on the automatic choice.
@@ -72,7 +73,7 @@ class Pruner:
         layer_types: Sequence[type[nn.Module]] = SUPPORTED_LAYERS,
         include: str | None = None,
         ignore: Sequence[str] = (),
-        allocation: str = "global",
+        allocation: str | None = None,
         include_bias: bool = True,
         backend: str | None = None,
         progress: bool = False,
@@ -81,7 +82,10 @@ class Pruner:
     ) -> None:
         method = self.method_class(*method_args, **method_options)  # the method's own checks come first
         model = unwrap(model)
+        allocation = method.allocations[0] if allocation is None else allocation
         checks.choice("allocation", allocation, ALLOCATIONS)
+        if allocation not in method.allocations:
+            raise ValueError(f"allocation: {type(self).__name__} supports {method.allocations}, got {allocation!r}")
         self.pattern = parse_pattern(pattern)
         self.schedule = as_schedule(schedule)
         self.substeps = checks.integer("substeps", substeps, 1)

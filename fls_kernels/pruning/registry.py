@@ -12,6 +12,8 @@ from fls_kernels.pruning.methods.kfac import KFACPruner
 from fls_kernels.pruning.methods.magnitude import MagnitudePruner
 from fls_kernels.pruning.methods.obd import OBDPruner
 from fls_kernels.pruning.methods.obert import OBERTPruner
+from fls_kernels.pruning.methods.sparsegpt import SparseGPTPruner
+from fls_kernels.pruning.methods.wanda import WandaPruner
 from fls_kernels.pruning.pruner import Pruner
 
 _ALL: tuple[type[Pruner], ...] = (
@@ -21,6 +23,8 @@ _ALL: tuple[type[Pruner], ...] = (
     OBERTPruner,
     KFACPruner,
     CoresetPruner,
+    SparseGPTPruner,
+    WandaPruner,
 )
 
 #: method name (e.g. "fls") → its pruner class

@@ -21,6 +21,9 @@ from fls_kernels.pruning.targets import Increment
 
 def prune_substep(ctx: Context, method: Method, increment: Increment) -> None:
     """Remove ``increment`` from the layers: scores, selection, updates, then masks and weights committed."""
+    if method.layerwise:
+        _layer_by_layer(ctx, method, increment)
+        return
     views, mode, masks = ctx.views, ctx.mode, ctx.masks
     layers = [i for i in range(len(views)) if mode.owns(i)]
     mats = [v.matrix(ctx.dtype) for v in views]
@@ -41,6 +44,18 @@ def prune_substep(ctx: Context, method: Method, increment: Increment) -> None:
     for i in range(len(views)):
         masks.commit(i, mats[i], keeps[i])
     masks.apply()
+
+
+def _layer_by_layer(ctx: Context, method: Method, increment: Increment) -> None:
+    """Layerwise methods: layer i is chosen, updated and committed after layers < i, so that what it measures
+    comes from the model as already pruned. Every rank holds every layer (these methods are not shardable) and
+    reduces its measurements over ranks, so each computes the same update."""
+    for i, view in enumerate(ctx.views):
+        W, alive = view.matrix(ctx.dtype), ctx.masks.full(i)
+        with ctx.mode.guarded(), timing.section("update"):
+            keep = method.prune_layer(i, W, alive, increment.budget(i))
+        ctx.masks.commit(i, W, keep)
+        ctx.masks.apply()
 
 
 def _update(ctx: Context, method: Method, index: int, W: Tensor, alive: Tensor, chosen: Tensor) -> Tensor:

@@ -49,6 +49,19 @@ class Increment:
         """Per layer the weights removed now ([m, n_weight] bool; None for layers another rank owns)."""
         raise NotImplementedError
 
+    def budget(self, index: int) -> Budget:
+        """What layer ``index`` gives up now, for methods that choose and update a layer together."""
+        raise TypeError(f"{type(self).__name__} has no per-layer budget (use a per-layer allocation)")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One layer's share of a sub-step: ``new`` more weights pruned (unstructured), or — N:M — ``zeros`` zeros
+    in every group of M inputs, counting those already pruned (``new`` is then None)."""
+
+    new: int | None = None
+    zeros: int | None = None
+
 
 @dataclass(frozen=True)
 class GlobalIncrement(Increment):
@@ -72,6 +85,9 @@ class LayerIncrement(Increment):
                     chosen[i] = ctx.pattern.expand(picked)
         return chosen
 
+    def budget(self, index: int) -> Budget:
+        return Budget(new=self.new[index])
+
 
 @dataclass(frozen=True)
 class NMIncrement(Increment):
@@ -89,6 +105,9 @@ class NMIncrement(Increment):
                 s = s.masked_fill(~live, float("-inf"))  # already pruned count first
                 chosen[i] = ops.select_nm(s, self.zeros, ctx.pattern.m, backend=ctx.backend_for("select_nm")) & live
         return chosen
+
+    def budget(self, index: int) -> Budget:
+        return Budget(zeros=self.zeros)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ def _same_everywhere(results: list[dict]) -> None:
         "obd_replicated",
         "obert_replicated",
         "coreset_replicated",
+        "sparsegpt_replicated",
+        "wanda_replicated",
         "nm_sharded",
         "ddp",
         "fsdp",

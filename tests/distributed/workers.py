@@ -100,6 +100,10 @@ def baseline_run(world: int, rank: int | None, mode: str | None, method: str) ->
         pruner = fls.OBERTPruner(net, num_grads=20, block_size=6, **kw)
     elif method == "OBD":
         pruner = fls.OBDPruner(net, stat_batches=3, **kw)
+    elif method == "SparseGPT":
+        pruner = fls.SparseGPTPruner(net, blocksize=8, calib_batches=3, **kw)
+    elif method == "Wanda":
+        pruner = fls.WandaPruner(net, calib_batches=3, **kw)
     else:
         pruner = fls.CoresetPruner(net, calib_batches=3, **kw)
     pruner.fit(loader(world, rank))
@@ -254,6 +258,8 @@ SCENARIOS: dict[str, Callable[[int, int], dict]] = {
     "obd_replicated": lambda w, r: baseline_run(w, r, "replicated", "OBD"),
     "obert_replicated": lambda w, r: baseline_run(w, r, "replicated", "oBERT"),
     "coreset_replicated": lambda w, r: baseline_run(w, r, "replicated", "coreset"),
+    "sparsegpt_replicated": lambda w, r: baseline_run(w, r, "replicated", "SparseGPT"),
+    "wanda_replicated": lambda w, r: baseline_run(w, r, "replicated", "Wanda"),
     "nm_sharded": lambda w, r: nm_run(w, r, "sharded"),
     "failure_replicated": lambda w, r: failure_run(w, r, "replicated"),
     "failure_sharded": lambda w, r: failure_run(w, r, "sharded"),
@@ -271,6 +277,8 @@ SINGLE: dict[str, Callable[[int], dict]] = {
     "obd_replicated": lambda w: baseline_run(w, None, None, "OBD"),
     "obert_replicated": lambda w: baseline_run(w, None, None, "oBERT"),
     "coreset_replicated": lambda w: baseline_run(w, None, None, "coreset"),
+    "sparsegpt_replicated": lambda w: baseline_run(w, None, None, "SparseGPT"),
+    "wanda_replicated": lambda w: baseline_run(w, None, None, "Wanda"),
     "nm_sharded": lambda w: nm_run(w, None, None),
     "ddp": lambda w: fls_run_ddp_single(w),
     "fsdp": lambda w: fls_run_ddp_single(w),

@@ -145,7 +145,7 @@ def test_fls_prunes_a_small_bert_exactly(pattern, sparsity):
     assert out.shape == (4, 16) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("method", ["oBERT", "OBD", "K-FAC"])
+@pytest.mark.parametrize("method", ["oBERT", "OBD", "K-FAC", "SparseGPT", "Wanda"])
 def test_baselines_prune_a_small_bert(method):
     """Per-sample gradients (oBERT's vmap) and sampled statistics trace through the encoder with padding."""
     model = tiny_bert()
@@ -154,6 +154,9 @@ def test_baselines_prune_a_small_bert(method):
         pruner = fls.OBERTPruner(model, "gaussian", fisher="sampled", num_grads=8, grad_chunk=4, **common)
     elif method == "OBD":
         pruner = fls.OBDPruner(model, "gaussian", **common)
+    elif method in ("SparseGPT", "Wanda"):  # layerwise: each layer to 50%, on the pruned model's inputs
+        cls = fls.SparseGPTPruner if method == "SparseGPT" else fls.WandaPruner
+        pruner = cls(model, include=ENCODER_LAYERS)
     else:
         pruner = fls.KFACPruner(model, "gaussian", **common)
     pruner.fit(token_batches())

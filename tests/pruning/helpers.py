@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -44,7 +46,9 @@ def loader(batches=3, size=16, seed=0):
     ]
 
 
-KINDS = ["fls", "magnitude", "obd", "obert", "kfac", "coreset"]
+KINDS = ["fls", "magnitude", "obd", "obert", "kfac", "coreset", "sparsegpt", "wanda"]
+#: methods that prune each layer to its own budget (uniform allocation by default)
+LAYERWISE = ("sparsegpt", "wanda")
 
 
 def make(kind: str, model: nn.Module, **kwargs):
@@ -56,9 +60,18 @@ def make(kind: str, model: nn.Module, **kwargs):
         "obert": lambda: fls.OBERTPruner(model, num_grads=24, block_size=16, **kwargs),
         "kfac": lambda: fls.KFACPruner(model, stat_batches=2, **kwargs),
         "coreset": lambda: fls.CoresetPruner(model, calib_batches=2, **kwargs),
+        "sparsegpt": lambda: fls.SparseGPTPruner(model, blocksize=16, **kwargs),
+        "wanda": lambda: fls.WandaPruner(model, **kwargs),
     }[kind]()
     pruner.fit(loader(), steps=5)
     return pruner
+
+
+def expected_zeros(pruner, sparsity: float) -> int:
+    """⌈s·d⌉ over all layers for a global allocation, Σ_l ⌈s·d_l⌉ for a uniform one."""
+    if pruner.ctx.allocation == "global":
+        return math.ceil(round(sparsity * pruner.num_prunable(), 9))
+    return sum(math.ceil(round(sparsity * v.m * v.n_weight, 9)) for v in pruner.views)
 
 
 def prunable_weights(pruner):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fls_kernels as fls
-from tests.pruning.helpers import KINDS, SmallNet, loader, make, prunable_weights
+from tests.pruning.helpers import KINDS, SmallNet, expected_zeros, loader, make, prunable_weights
 
 
 def check_exact(pruner, expected_zeros: int | None = None):
@@ -26,13 +26,13 @@ def check_exact(pruner, expected_zeros: int | None = None):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("substeps", [1, 3])
-def test_global_sparsity_is_exact(kind, substeps):
+def test_default_allocation_is_exact(kind, substeps):
     pruner = make(kind, SmallNet())
     d = pruner.num_prunable()
     for s in (0.3, 0.7, 0.71):
         reached = pruner.prune(s, substeps=substeps)
-        check_exact(pruner, math.ceil(round(s * d, 9)))
-        assert reached == pytest.approx(math.ceil(round(s * d, 9)) / d)
+        check_exact(pruner, expected_zeros(pruner, s))
+        assert reached == pytest.approx(expected_zeros(pruner, s) / d)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -99,7 +99,7 @@ def test_zeros_survive_optimizer_steps(kind, make_opt):
     pruner = make(kind, model)
     pruner.prune(0.6)
     train(3)
-    check_exact(pruner, math.ceil(0.6 * pruner.num_prunable()))
+    check_exact(pruner, expected_zeros(pruner, 0.6))
     for v in pruner.views:
         mask = pruner.masks[v.name]
         assert (v.weight.grad[~mask] == 0).all()
@@ -119,7 +119,7 @@ def test_state_dict_reload_restores_masks_and_zeros(kind):
     other = make(kind, fresh)
     fresh.load_state_dict(model_state)
     other.load_state_dict(pruner_state)
-    check_exact(other, math.ceil(0.75 * other.num_prunable()))
+    check_exact(other, expected_zeros(other, 0.75))
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
     # Loading dense weights into a pruned model keeps the pruned entries at zero.
@@ -179,7 +179,7 @@ def test_a_pruner_on_a_preferred_backend_prunes_exactly(backend):
         pytest.skip(f"{backend}: {why}")
     pruner = make("fls", SmallNet(), backend=backend)
     pruner.prune(0.6, substeps=2)
-    check_exact(pruner, math.ceil(0.6 * pruner.num_prunable()))
+    check_exact(pruner, expected_zeros(pruner, 0.6))
 
 
 def test_an_unavailable_backend_raises_with_the_reason():

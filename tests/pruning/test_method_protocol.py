@@ -123,7 +123,7 @@ def test_method_options_are_checked_before_any_hook_and_show_in_the_signature():
 
 
 def test_registry_lists_every_pruner_and_fls_kernels_exports_them():
-    assert set(PRUNERS) == {"fls", "magnitude", "obd", "obert", "kfac", "coreset"}
+    assert set(PRUNERS) == {"fls", "magnitude", "obd", "obert", "kfac", "coreset", "sparsegpt", "wanda"}
     for name, cls in PRUNERS.items():
         assert issubclass(cls, Pruner) and cls.method_class.name == name
         assert getattr(fls, cls.__name__) is cls and cls.__name__ in fls.__all__

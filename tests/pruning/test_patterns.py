@@ -10,7 +10,7 @@ from torch import nn
 
 import fls_kernels as fls
 from fls_reference.dense import kron_matrix
-from tests.pruning.helpers import PatternNet, assert_identical, pattern_data, snapshot
+from tests.pruning.helpers import LAYERWISE, PatternNet, assert_identical, pattern_data, snapshot
 
 
 def data():
@@ -24,6 +24,8 @@ PRUNERS = {
     "obert": lambda m, **kw: fls.OBERTPruner(m, num_grads=16, block_size=10, **kw),
     "kfac": lambda m, **kw: fls.KFACPruner(m, stat_batches=1, **kw),
     "coreset": lambda m, **kw: fls.CoresetPruner(m, calib_batches=1, **kw),
+    "sparsegpt": lambda m, **kw: fls.SparseGPTPruner(m, blocksize=8, **kw),
+    "wanda": lambda m, **kw: fls.WandaPruner(m, **kw),
 }
 
 
@@ -63,7 +65,7 @@ def test_n_m_in_whole_zeros_per_group(kind):
     assert_identical(model, before)
 
 
-@pytest.mark.parametrize("kind", list(PRUNERS))
+@pytest.mark.parametrize("kind", [k for k in PRUNERS if k not in LAYERWISE])  # they refuse blocks
 @pytest.mark.parametrize("pattern,rows,cols", [("block4x4", 4, 4), ("block1x4", 1, 4)])
 def test_blocks_are_removed_whole_with_exact_counts(kind, pattern, rows, cols):
     model = PatternNet()

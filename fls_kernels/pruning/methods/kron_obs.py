@@ -1,7 +1,10 @@
 """OBS with a Kronecker-factored inverse Fisher block per layer: the shared part of FLS and K-FAC-OBS.
 
-score ρ_q = θ_q² / (2 Q_qq);   update θ ← M_new ⊙ (θ − Q z),  z = M_P ⊙ θ ⊘ diag(Q)
+score ρ_q = θ_q² / (2 Q_qq);   update θ ← M_new ⊙ (θ − Q z),  z = M_P ⊙ θ ⊘ diag(Q)      (``update="diagonal"``)
 exact block score ½ θ_Pᵀ (Q_PP)⁻¹ θ_P and update z_P = (Q_PP)⁻¹ θ_P (``block_score="exact"``)
+``update="columns"``: the removed set P eliminated column by column, each row by exact OBS with the rows' shared
+input factor C = D_ā G_L D_ā (ā_j: root-mean-square of A's column j) — the interactions inside P that the diagonal
+update drops are kept, across rows G_R is taken as diagonal (it cancels from a row's update).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.checks import choice
+from fls_kernels.pruning.columns import eliminate_columns_
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.fisher import FisherMethod
 
 BLOCK_SCORES = ("sum", "exact")
+UPDATES = ("diagonal", "columns")
 
 
 class KronOBS(FisherMethod):
@@ -32,14 +37,21 @@ class KronOBS(FisherMethod):
         precision: GEMM mode of the Q products on GPUs: "fp32" | "tf32" | "bf16".
         block_score: for block patterns, "sum" of the weights' ρ (default) or "exact" group OBS
             (½ θ_Pᵀ (Q_PP)⁻¹ θ_P, with the matching group update; for small blocks).
+        update: "diagonal" (−Q z with z = θ_P ⊘ diag(Q), the FishLeg Surgeon's) or "columns" (exact row-wise OBS
+            of the removed set, eliminated column by column with Q's input factor; see the module docstring).
         *args, **kwargs: :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` arguments.
     """
 
     shardable = True
 
-    def __init__(self, *args, precision: str = "fp32", block_score: str = "sum", **kwargs) -> None:
+    def __init__(
+        self, *args, precision: str = "fp32", block_score: str = "sum", update: str = "diagonal", **kwargs
+    ) -> None:
         self.precision = choice("precision", precision, PRECISIONS)
         self.block_score = choice("block_score", block_score, BLOCK_SCORES)
+        self.update_rule = choice("update", update, UPDATES)
+        if update == "columns" and block_score == "exact":
+            raise ValueError("update: 'columns' solves the removed set itself; use it with block_score='sum'")
         super().__init__(*args, **kwargs)
 
     def bind(self, ctx: Context) -> None:
@@ -104,11 +116,27 @@ class KronOBS(FisherMethod):
             if self._exact_blocks:
                 self._update_exact(index, W, prune, keep, G_R, G_L)
                 return
+            if self.update_rule == "columns":
+                self._update_columns(index, W, prune, keep, G_L)
+                return
             r, l = block.factor_diags()
             backend = self.ctx.backend_for("surgeon_update_")
             ops.surgeon_update_(
                 W, block.A.detach(), G_R, G_L, r, l, prune, keep, precision=self.precision, backend=backend
             )
+
+    def _update_columns(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_L: Tensor) -> None:
+        """Row-wise exact OBS of ``prune``, column by column, with C = D_ā G_L D_ā (:mod:`..columns`)."""
+        view, block = self.ctx.views[index], self.blocks[index]
+        a = block.A.detach().pow(2).mean(0).sqrt()
+        C = (a[:, None] * G_L * a[None, :]).to(torch.float64)
+        C = (C + C.mT) / 2
+        C.diagonal().add_(1e-10 * C.diagonal().mean())
+        try:
+            U = torch.linalg.cholesky(C).mT  # Uᵀ U = C, U upper triangular
+        except torch.linalg.LinAlgError:
+            raise ValueError(f"update: Q's input factor of layer {view.name!r} is not positive definite") from None
+        eliminate_columns_(W, U.to(W.dtype), keep | prune, view.n_weight, None, prune=prune)
 
     def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
         """W ← keep ⊙ (W − Q z) with z_P = (Q_PP)⁻¹ θ_P on the removed blocks."""

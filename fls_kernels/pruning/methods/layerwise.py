@@ -1,0 +1,71 @@
+"""The shared part of the layerwise methods (SparseGPT, Wanda): calibration batches held for the prune, and each
+layer's input moments measured on the model as pruned so far.
+
+Layer i is measured after layers < i are pruned and committed (the prune step calls :meth:`Method.prune_layer`
+in model order), so it sees the inputs the pruned model produces. Each layer is pruned to its own budget:
+allocation is uniform (or a per-layer dict), since these methods' losses — layer-output reconstruction — are
+not comparable across layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fls_kernels.curvature.inputs import InputMoments, input_moments
+from fls_kernels.data import split_batch
+from fls_kernels.pruning.checks import integer
+from fls_kernels.pruning.context import Context
+from fls_kernels.pruning.method import Method
+from fls_kernels.pruning.patterns import NMPattern
+
+
+class Layerwise(Method):
+    """Calibration batches and per-layer input moments.
+
+    Args:
+        calib_batches: batches of the loader held as the calibration set (None: one pass, ``len(loader)``).
+        inputs: batch → (args, kwargs) for the model (default: tensor, first element, or mapping).
+    """
+
+    allocations = ("uniform",)
+    layerwise = True
+
+    def __init__(
+        self, *, calib_batches: int | None = None, inputs: Callable[[object], tuple[tuple, dict]] = split_batch
+    ) -> None:
+        self.calib_batches = integer("calib_batches", calib_batches, 1) if calib_batches is not None else None
+        self.inputs = inputs
+        self.batches: list[object] | None = None
+
+    def bind(self, ctx: Context) -> None:
+        if not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
+            raise ValueError(f"pattern: {ctx.owner} prunes 'unstructured' or N:M patterns, got {ctx.pattern}")
+        super().bind(ctx)
+
+    @property
+    def fitted(self) -> bool:
+        return self.batches is not None
+
+    def fit(self, steps: int) -> list[float]:
+        """Hold ``calib_batches`` batches of the attached data (the whole loader by default)."""
+        stream = self.ctx.data.require("fit")
+        count = self.calib_batches
+        if count is None:
+            try:
+                count = len(stream.loader)
+            except TypeError:
+                raise ValueError("calib_batches: the loader has no len(); pass the number of batches") from None
+        self.batches = [next(stream) for _ in range(count)]
+        return []
+
+    def moments(self, index: int, diagonal: bool) -> InputMoments:
+        """Σ a aᵀ (or Σ a ⊙ a) of layer ``index``'s inputs over the calibration batches (summed over ranks)."""
+        moments = input_moments(
+            self.ctx.model, self.ctx.views[index], self.batches or [], diagonal=diagonal, inputs=self.inputs
+        )
+        comm = self.ctx.mode.comm
+        if comm is not None:
+            counts = moments.total.new_tensor([moments.samples, moments.tokens])
+            comm.all_reduce_([moments.total, counts])
+            moments.samples, moments.tokens = (int(c) for c in counts.tolist())
+        return moments

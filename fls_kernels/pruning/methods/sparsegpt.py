@@ -1,0 +1,89 @@
+"""SparseGPT (Frantar & Alistarh, 2023): per layer, OBS on the output reconstruction loss ‖W X − Ŵ X‖², columns
+eliminated in order with the Cholesky factor of H⁻¹ and the mask chosen adaptively per block of columns.
+
+    H = (2/N) Σ a aᵀ + δ I,   δ = dampening · mean diag H,   H⁻¹ = Uᵀ U (U upper triangular)
+    column j:  q_j = w_j with its pruned rows zeroed,  e = (w_j − q_j) / U_jj,  W[:, j:] −= e U[j, j:]
+    mask of a block of B columns: the smallest w² / U_jj² (unstructured); N:M: per group of M, at its first column
+
+The update of the columns after a block is applied lazily, once per block (W[:, j₂:] −= E U[j₁:j₂, j₂:]). Rows share
+H and are independent. Layers are pruned in model order, each measured on the inputs of the model pruned so far
+(:mod:`.layerwise`). A folded bias is the last column, which is never pruned and so absorbs part of the error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fls_kernels.pruning.checks import integer, positive
+from fls_kernels.pruning.columns import eliminate_columns_, shares
+from fls_kernels.pruning.methods.layerwise import Layerwise
+from fls_kernels.pruning.patterns import NMPattern
+from fls_kernels.pruning.pruner import Pruner
+from fls_kernels.pruning.targets import Budget
+
+
+def inverse_factor(H: Tensor, dampening: float, name: str) -> Tensor:
+    """U, upper triangular with Uᵀ U = (H + δ I)⁻¹, δ = dampening · mean diag H (zero-input columns get H_jj = 1)."""
+    H = H.clone()
+    dead = H.diagonal() == 0
+    H.diagonal()[dead] = 1
+    H.diagonal().add_(dampening * H.diagonal().mean())
+    L, info = torch.linalg.cholesky_ex(H)
+    if info:
+        raise ValueError(f"dampening: H + δI of layer {name!r} is not positive definite; increase dampening")
+    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+
+class SparseGPT(Layerwise):
+    """Per-layer OBS reconstruction with lazy column blocks (see the module docstring).
+
+    Args:
+        dampening: δ as a fraction of mean diag H (the paper's 1%).
+        blocksize: B, columns per lazy update and per adaptive mask selection (the paper's 128).
+        **kwargs: ``calib_batches``, ``inputs`` (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
+    """
+
+    name = "sparsegpt"
+
+    def __init__(self, *, dampening: float = 0.01, blocksize: int = 128, **kwargs) -> None:
+        self.dampening = positive("dampening", dampening)
+        self.blocksize = integer("blocksize", blocksize, 1)
+        super().__init__(**kwargs)
+
+    def prune_layer(self, index: int, W: Tensor, alive: Tensor, budget: Budget) -> Tensor:
+        view, pattern = self.ctx.views[index], self.ctx.pattern
+        m = pattern.m if isinstance(pattern, NMPattern) else None
+        blocksize = self.blocksize if m is None else max(m, self.blocksize // m * m)  # whole N:M groups per block
+        moments = self.moments(index, diagonal=False)
+        H = 2 * moments.total / max(moments.samples, 1)  # [g, n, n]
+        g = H.shape[0]
+        size = view.m // g
+        news = shares(budget.new, [int(alive[r * size : (r + 1) * size].sum()) for r in range(g)]) if m is None else []
+        keep = torch.empty_like(alive)
+        for r in range(g):
+            U = inverse_factor(H[r], self.dampening, view.name).to(W.dtype)
+            part = slice(r * size, (r + 1) * size)
+            share = Budget(new=news[r]) if m is None else budget
+            block = W[part]
+            keep[part] = eliminate_columns_(block, U, alive[part].clone(), view.n_weight, share, m, blocksize)
+            W[part] = block
+        return keep
+
+
+class SparseGPTPruner(Pruner):
+    """SparseGPT: layer-by-layer OBS reconstruction of each layer's outputs on calibration data, pruned in model
+    order with the inputs of the already-pruned model; unstructured or N:M, each layer to the same sparsity
+    (``allocation="uniform"``, the default here) or to a per-layer dict. ``fit(loader)`` holds the calibration
+    batches; ``prune`` measures and solves.
+
+    Args: ``dampening``, ``blocksize``, ``calib_batches``, ``inputs`` and the
+    :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
+
+    Example:
+        >>> pruner = SparseGPTPruner(model, include=r".*encoder.*")
+        >>> pruner.fit(calib_batches)
+        >>> pruner.prune(0.5)
+    """
+
+    method_class = SparseGPT
