@@ -1,10 +1,12 @@
-"""FLS vs magnitude, OBD, oBERT, K-FAC-OBS and coresets on the digits CNN, under one protocol.
+"""FLS vs SparseGPT, Wanda, magnitude, OBD, oBERT, K-FAC-OBS and coresets on the digits CNN, under one protocol.
 
 Protocol (identical for every method): the same trained dense model and data splits per seed; calibration
 batches from the training split; one-shot pruning in K sub-steps, each method recomputing (or, for FLS,
 refining) its curvature before every sub-step; damping chosen per method and seed from a grid of values
 relative to the mean Fisher diagonal, by validation accuracy at the sweep sparsity (the test split is never
-used for choices); gradual pruning with the same fine-tuning budget, optimizer and cubic schedule for all.
+used for choices; SparseGPT's grid is its 1% dampening × the same factors); SparseGPT and Wanda prune one-shot in
+one pass, layer by layer, each layer to the same sparsity, and "FLS-uniform" holds FLS to that allocation;
+gradual pruning with the same fine-tuning budget, optimizer and cubic schedule for all.
 
 ``python -m benchmarks quality [--seeds 5] [--quick] [--out out/quality]`` writes quality.csv, quality.md and
 quality.png.
@@ -27,8 +29,9 @@ import fls_kernels as fls
 from benchmarks.runner import stamp_line
 from fls_kernels import demo
 
-METHODS = ("FLS", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
-CURVATURE = {"FLS", "OBD", "oBERT", "K-FAC"}
+METHODS = ("FLS", "FLS-uniform", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
+CURVATURE = {"FLS", "FLS-uniform", "SparseGPT", "OBD", "oBERT", "K-FAC"}  # methods with a damping to tune
+LAYERWISE = {"SparseGPT", "Wanda"}
 
 
 @dataclass
@@ -72,9 +75,16 @@ def split(seed: int) -> Split:
 
 def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.Pruner:
     common = dict(seed=seed, **kw)
-    if method == "FLS":
+    if method in ("FLS", "FLS-uniform"):
         refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
-        return fls.FishLegPruner(model, relative_damping=relative_damping, refine_steps=refine, **common)
+        allocation = "uniform" if method == "FLS-uniform" else "global"
+        return fls.FishLegPruner(
+            model, relative_damping=relative_damping, refine_steps=refine, allocation=allocation, **common
+        )
+    if method == "SparseGPT":
+        return fls.SparseGPTPruner(model, dampening=0.01 * relative_damping, **kw)
+    if method == "Wanda":
+        return fls.WandaPruner(model, **kw)
     if method == "OBD":
         return fls.OBDPruner(model, relative_damping=relative_damping, **common)
     if method == "oBERT":
@@ -101,7 +111,7 @@ def one_shot(method, dense, data, protocol, seed, relative_damping, sparsities) 
     for s in sparsities:
         pruner.load_state_dict(state)
         model.load_state_dict(weights)
-        pruner.prune(s, substeps=protocol.substeps)
+        pruner.prune(s, substeps=1 if method in LAYERWISE else protocol.substeps)
         out[s] = (demo.accuracy(model, data.x_val, data.y_val), demo.accuracy(model, data.x_test, data.y_test))
     return out
 

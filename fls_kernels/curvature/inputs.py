@@ -6,13 +6,15 @@
 a: the layer's input patches (trailing 1 for a folded bias, see :meth:`LayerView.patches`), b: samples, t:
 tokens/locations. The forward stops at the layer (nothing after it runs), in eval mode and without gradients, so
 measuring layer after layer on a model whose earlier layers are already pruned gives each layer the inputs that
-the pruned model feeds it. Padding tokens (a mapping batch's ``attention_mask``) are left out.
+the pruned model feeds it; layers fed the same tensor as the first (query, key, value) are measured in its pass.
+Padding tokens (a mapping batch's ``attention_mask``) are left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -54,44 +56,59 @@ def token_weights(batch: object, x: Tensor) -> Tensor | None:
 @torch.no_grad()
 def input_moments(
     model: nn.Module,
-    view: LayerView,
+    views: list[LayerView],
     batches: Iterable[object],
     *,
     diagonal: bool,
     inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
-) -> InputMoments:
-    """Moments of ``view``'s inputs over ``batches`` (see the module docstring)."""
-    captured: list[Tensor] = []
+) -> list[InputMoments]:
+    """Moments of the inputs of ``views[0]`` and of the layers after it that the forward calls next with the very
+    same input tensor (attention's query, key and value): those inputs were computed before ``views[0]`` ran, so
+    pruning it cannot change them, and one pass measures them all. Returns one entry per layer of that run."""
+    captured: list[list[Tensor]] = [[] for _ in views]
+    reached = [0]  # how many of the views this batch's forward has fed so far
 
-    def hook(module: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
+    def hook(i: int, module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if i == 0 or (reached[0] == i and captured[0] and x is captured[0][-1]):
+            captured[i].append(x)
+            reached[0] = i + 1
+            return
         raise _Reached
 
-    total, samples, tokens = None, 0, 0
-    handle = view.module.register_forward_pre_hook(hook)
+    handles = [v.module.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views)]
+    totals: list[Tensor | None] = [None] * len(views)
+    counts = [[0, 0] for _ in views]
+    measured = len(views)
     try:
         with eval_mode(model):
             for batch in batches:
                 args, kwargs = inputs(batch)
+                reached[0] = 0
                 try:
                     model(*args, **kwargs)
                 except _Reached:
                     pass
-                if not captured:
-                    raise RuntimeError(f"layer {view.name!r} was not called by the model's forward on a batch")
-                x = captured.pop()
-                a = view.patches(x).to(torch.float64)  # [B, g, T, n]
-                weights = token_weights(batch, x)
-                if weights is not None:
-                    a = a * weights[:, None, :, None]
-                    tokens += int(weights.sum())
-                else:
-                    tokens += a.shape[0] * a.shape[2]
-                samples += a.shape[0]
-                part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
-                total = part if total is None else total + part
+                if not captured[0]:
+                    raise RuntimeError(f"layer {views[0].name!r} was not called by the model's forward on a batch")
+                measured = min(measured, reached[0])
+                x = captured[0][-1].detach()
+                for i in range(measured):
+                    a = views[i].patches(x).to(torch.float64)  # [B, g, T, n]
+                    weights = token_weights(batch, x)
+                    if weights is not None:
+                        a = a * weights[:, None, :, None]
+                        counts[i][1] += int(weights.sum())
+                    else:
+                        counts[i][1] += a.shape[0] * a.shape[2]
+                    counts[i][0] += a.shape[0]
+                    part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
+                    totals[i] = part if totals[i] is None else totals[i] + part
+                for c in captured:
+                    c.clear()
     finally:
-        handle.remove()
-    if total is None:
+        for h in handles:
+            h.remove()
+    if totals[0] is None:
         raise ValueError("loader: no calibration batches")
-    return InputMoments(total, samples, tokens)
+    return [InputMoments(totals[i], *counts[i]) for i in range(measured)]

@@ -218,7 +218,7 @@ def test_input_moments_leave_out_padding_tokens():
             return self.layer(inputs)
 
     batch = {"inputs": x, "attention_mask": mask}
-    got = input_moments(Model(), LayerView(layer, "layer"), [batch], diagonal=False)
+    (got,) = input_moments(Model(), [LayerView(layer, "layer")], [batch], diagonal=False)
     kept = torch.cat([x[0, :3], x[1, :2]]).double()
     kept = torch.cat([kept, torch.ones(5, 1, dtype=torch.float64)], 1)
     torch.testing.assert_close(got.total[0], kept.T @ kept)
@@ -272,3 +272,26 @@ def test_sparsegpt_grouped_conv():
     for v in pruner.views:
         assert int((~pruner.masks[v.name]).sum()) == math.ceil(0.5 * v.m * v.n_weight)
     assert torch.isfinite(model(data[0])).all()
+
+
+def test_layers_fed_the_same_tensor_are_measured_in_one_pass():
+    class QKV(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(6, 6) for _ in range(4))
+
+        def forward(self, x):
+            return self.o(self.q(x) * self.k(x) + self.v(x))
+
+    model, data = QKV(), [torch.randn(5, 6) for _ in range(2)]
+    views = [LayerView(getattr(model, name), name) for name in "qkvo"]
+    group = input_moments(model, views, data, diagonal=False)
+    assert len(group) == 3  # q, k, v share x; o is fed their combination
+    alone = input_moments(model, views[1:], data, diagonal=False)
+    assert len(alone) == 2  # k, v
+    for g, a in zip(group[1:], alone):
+        torch.testing.assert_close(g.total, a.total)
+    (o,) = input_moments(model, views[3:], data, diagonal=False)
+    x = torch.cat(data)
+    h = torch.cat([model.q(x) * model.k(x) + model.v(x), torch.ones(10, 1)], 1).detach().double()
+    torch.testing.assert_close(o.total[0], h.T @ h, rtol=1e-5, atol=1e-5)  # h from a float32 forward

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from fls_kernels.curvature.inputs import InputMoments, input_moments
 from fls_kernels.data import split_batch
 from fls_kernels.pruning.checks import integer
@@ -36,6 +38,7 @@ class Layerwise(Method):
         self.calib_batches = integer("calib_batches", calib_batches, 1) if calib_batches is not None else None
         self.inputs = inputs
         self.batches: list[object] | None = None
+        self._measured: dict[int, InputMoments] = {}  # later layers measured in an earlier layer's pass
 
     def bind(self, ctx: Context) -> None:
         if not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
@@ -56,16 +59,27 @@ class Layerwise(Method):
             except TypeError:
                 raise ValueError("calib_batches: the loader has no len(); pass the number of batches") from None
         self.batches = [next(stream) for _ in range(count)]
+        self._measured.clear()
         return []
 
+    def before_substep(self, substep: int) -> None:
+        self._measured.clear()
+
     def moments(self, index: int, diagonal: bool) -> InputMoments:
-        """Σ a aᵀ (or Σ a ⊙ a) of layer ``index``'s inputs over the calibration batches (summed over ranks)."""
-        moments = input_moments(
-            self.ctx.model, self.ctx.views[index], self.batches or [], diagonal=diagonal, inputs=self.inputs
-        )
+        """Σ a aᵀ (or Σ a ⊙ a) of layer ``index``'s inputs over the calibration batches (summed over ranks); the
+        layers after it fed the same input tensor are measured in the same pass and kept for their turn."""
+        if index in self._measured:
+            return self._measured.pop(index)
+        views = self.ctx.views[index:]
+        group = input_moments(self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs)
         comm = self.ctx.mode.comm
         if comm is not None:
-            counts = moments.total.new_tensor([moments.samples, moments.tokens])
-            comm.all_reduce_([moments.total, counts])
-            moments.samples, moments.tokens = (int(c) for c in counts.tolist())
-        return moments
+            size = torch.tensor([len(group)], device=group[0].total.device)
+            comm.all_reduce_([size], op="min")  # every rank keeps the same layers
+            group = group[: int(size)]
+            counts = group[0].total.new_tensor([[m.samples, m.tokens] for m in group])
+            comm.all_reduce_([m.total for m in group] + [counts])
+            for m, (samples, tokens) in zip(group, counts.tolist()):
+                m.samples, m.tokens = int(samples), int(tokens)
+        self._measured.update({index + i: m for i, m in enumerate(group[1:], 1)})
+        return group[0]
