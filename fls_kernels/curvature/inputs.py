@@ -65,13 +65,14 @@ def input_moments(
     """Moments of the inputs of ``views[0]`` and of the layers after it that the forward calls next with the very
     same input tensor (attention's query, key and value): those inputs were computed before ``views[0]`` ran, so
     pruning it cannot change them, and one pass measures them all. Returns one entry per layer of that run."""
-    captured: list[list[Tensor]] = [[] for _ in views]
+    captured: list[Tensor] = []  # views[0]'s input on this batch
     reached = [0]  # how many of the views this batch's forward has fed so far
 
     def hook(i: int, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        if i == 0 or (reached[0] == i and captured[0] and x is captured[0][-1]):
-            captured[i].append(x)
+        if i == 0 or (reached[0] == i and captured and x is captured[-1]):
+            if i == 0:
+                captured.append(x)
             reached[0] = i + 1
             return
         raise _Reached
@@ -89,23 +90,20 @@ def input_moments(
                     model(*args, **kwargs)
                 except _Reached:
                     pass
-                if not captured[0]:
+                if not captured:
                     raise RuntimeError(f"layer {views[0].name!r} was not called by the model's forward on a batch")
                 measured = min(measured, reached[0])
-                x = captured[0][-1].detach()
+                x = captured.pop().detach()
+                captured.clear()
+                weights = token_weights(batch, x)
                 for i in range(measured):
                     a = views[i].patches(x).to(torch.float64)  # [B, g, T, n]
-                    weights = token_weights(batch, x)
                     if weights is not None:
                         a = a * weights[:, None, :, None]
-                        counts[i][1] += int(weights.sum())
-                    else:
-                        counts[i][1] += a.shape[0] * a.shape[2]
                     counts[i][0] += a.shape[0]
+                    counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
                     part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
                     totals[i] = part if totals[i] is None else totals[i] + part
-                for c in captured:
-                    c.clear()
     finally:
         for h in handles:
             h.remove()

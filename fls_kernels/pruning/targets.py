@@ -89,6 +89,13 @@ class LayerIncrement(Increment):
         return Budget(new=self.new[index])
 
 
+def select_nm_alive(ctx: Context, scores: Tensor, live: Tensor, zeros: int) -> Tensor:
+    """The alive weights ([m, n_weight] bool) that bring every group of M inputs to ``zeros`` zeros, the already
+    pruned ones counting first, by the smallest ``scores``."""
+    ranked = scores.masked_fill(~live, float("-inf"))
+    return ops.select_nm(ranked, zeros, ctx.pattern.m, backend=ctx.backend_for("select_nm")) & live
+
+
 @dataclass(frozen=True)
 class NMIncrement(Increment):
     zeros: int  # per group of M, counting those already pruned
@@ -101,9 +108,7 @@ class NMIncrement(Increment):
             for i, s in enumerate(scores):
                 if s is None:
                     continue
-                live = alive[i][:, : ctx.views[i].n_weight]
-                s = s.masked_fill(~live, float("-inf"))  # already pruned count first
-                chosen[i] = ops.select_nm(s, self.zeros, ctx.pattern.m, backend=ctx.backend_for("select_nm")) & live
+                chosen[i] = select_nm_alive(ctx, s, alive[i][:, : ctx.views[i].n_weight], self.zeros)
         return chosen
 
     def budget(self, index: int) -> Budget:

@@ -65,9 +65,7 @@ class SparseGPT(Layerwise):
             U = inverse_factor(H[r], self.dampening, view.name).to(W.dtype)
             part = slice(r * size, (r + 1) * size)
             share = Budget(new=news[r]) if m is None else budget
-            block = W[part]
-            keep[part] = eliminate_columns_(block, U, alive[part].clone(), view.n_weight, share, m, blocksize)
-            W[part] = block
+            keep[part] = eliminate_columns_(W[part], U, alive[part].clone(), view.n_weight, share, m, blocksize)
         return keep
 
 

@@ -17,7 +17,7 @@ from fls_kernels.pruning.checks import choice
 from fls_kernels.pruning.methods.layerwise import Layerwise
 from fls_kernels.pruning.patterns import NMPattern
 from fls_kernels.pruning.pruner import Pruner
-from fls_kernels.pruning.targets import Budget
+from fls_kernels.pruning.targets import Budget, select_nm_alive
 
 COMPARISONS = ("row", "layer")
 
@@ -70,8 +70,7 @@ class Wanda(Layerwise):
         scores = self.layer_scores(index, W)
         live = alive[:, :n]
         if isinstance(pattern, NMPattern):
-            ranked = scores.masked_fill(~live, float("-inf"))
-            chosen = ops.select_nm(ranked, budget.zeros, pattern.m, backend=self.ctx.backend_for("select_nm")) & live
+            chosen = select_nm_alive(self.ctx, scores, live, budget.zeros)
         elif self.comparison == "row":
             chosen = row_balanced(scores, ~live, budget.new)
         else:
