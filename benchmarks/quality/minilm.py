@@ -52,6 +52,7 @@ class Config:
     obert_grads: int = 1024
     stat_batches: int = 8
     relative_damping: float = 1.0
+    update: str = "diagonal"
     sparsegpt_dampening: float = 0.01
     device: str = "cpu"
     seed: int = 0
@@ -135,6 +136,7 @@ def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
 def make(method: str, model, config: Config, pattern: str):
     common = dict(include=ENCODER_LAYERS, pattern=pattern, seed=config.seed)
     curv = dict(likelihood="gaussian", relative_damping=config.relative_damping, **common)
+    kron = dict(update=config.update)
     if method in ("FLS", "FLS-uniform"):
         allocation = "uniform" if method == "FLS-uniform" else "global"
         return fls.FishLegPruner(
@@ -143,6 +145,7 @@ def make(method: str, model, config: Config, pattern: str):
             init_batches=config.stat_batches,
             refine_steps=config.fls_refine_steps,
             allocation=allocation,
+            **kron,
             **curv,
         )
     if method == "SparseGPT":
@@ -154,7 +157,7 @@ def make(method: str, model, config: Config, pattern: str):
     if method == "oBERT":
         return fls.OBERTPruner(model, fisher="sampled", num_grads=config.obert_grads, grad_chunk=8, **curv)
     if method == "K-FAC":
-        return fls.KFACPruner(model, stat_batches=config.stat_batches, **curv)
+        return fls.KFACPruner(model, stat_batches=config.stat_batches, **kron, **curv)
     return fls.MagnitudePruner(model, include=ENCODER_LAYERS, pattern=pattern)
 
 

@@ -5,6 +5,8 @@ triangular): SparseGPT's solver, also used by the Kronecker methods' ``update="c
 
 which is exact OBS, row by row, on ½ δᵀ C_S⁻¹ δ over the columns S = {j, …} not yet visited (earlier columns stay
 as they are). Updates beyond a block of B columns are applied once per block: W[:, j₂:] −= E U[j₁:j₂, j₂:].
+Weights chosen on the way are the smallest OBS losses w_ij² / (r_i U_jj²) of the block (r_i: a row's share of the
+inverse curvature, 1 when rows are alike) — the saliency with the inverse recomputed after every column.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ def eliminate_columns_(
     m: int | None = None,
     blocksize: int = 128,
     prune: Tensor | None = None,
+    row_scale: Tensor | None = None,
 ) -> Tensor:
     """Eliminate one row group's pruned weights in place: W [r, n], U [n, n] (Uᵀ U = the rows' shared inverse
     curvature), alive [r, n]. The weights removed are ``prune`` ([r, n], fixed in advance) or chosen on the way:
     ``budget.new`` more (unstructured, shared between column blocks by their alive weights) or ``budget.zeros``
-    zeros per group of ``m`` inputs (N:M). Returns the new alive mask; removed weights are exactly 0."""
+    zeros per group of ``m`` inputs (N:M); ``row_scale`` [r] weighs the rows' unstructured scores (None: all 1).
+    Returns the new alive mask; removed weights are exactly 0."""
     n = W.shape[1]
     pruned = ~alive if prune is None else (~alive | prune)
     pruned[:, n_weight:] = False  # the bias column is never pruned
@@ -50,12 +54,15 @@ def eliminate_columns_(
     if budget.new is not None:
         block_new = shares(budget.new, [int(alive[:, s : min(s + blocksize, n_weight)].sum()) for s in starts])
     d = U.diagonal()
+    rows = torch.ones(W.shape[0], 1, dtype=W.dtype, device=W.device) if row_scale is None else row_scale[:, None]
     for b, j1 in enumerate(starts):
         j2, end = min(j1 + blocksize, n), max(min(j1 + blocksize, n_weight) - j1, 0)
         W1, U1 = W[:, j1:j2].clone(), U[j1:j2, j1:j2]
         E = torch.zeros_like(W1)
         if budget.new is not None and block_new[b]:
-            score = (W1[:, :end] ** 2 / d[j1 : j1 + end] ** 2).masked_fill(pruned[:, j1 : j1 + end], float("inf"))
+            score = (W1[:, :end] ** 2 / (rows * d[j1 : j1 + end] ** 2)).masked_fill(
+                pruned[:, j1 : j1 + end], float("inf")
+            )
             pick = torch.zeros(score.numel(), dtype=torch.bool, device=W.device)
             pick[score.flatten().topk(block_new[b], largest=False).indices] = True
             pruned[:, j1 : j1 + end] |= pick.reshape(score.shape)

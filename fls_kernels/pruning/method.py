@@ -83,10 +83,12 @@ class Method:
         """Called with every layer's newly chosen weights ([m, n_weight] bool; None for layers another rank
         owns) before the updates."""
 
-    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
         """Apply the removal of ``prune`` to W in place (all [m, n]); ``keep`` is alive afterwards. Default:
-        zero the removed weights, no compensation."""
+        zero the removed weights, no compensation. A method that picks the removed weights itself returns its
+        own alive mask instead (as many removed per layer, and the pattern kept)."""
         W.masked_fill_(~keep, 0)
+        return None
 
     def prune_layer(self, index: int, W: Tensor, alive: Tensor, budget: Budget) -> Tensor:
         """Layerwise methods: remove ``budget`` from layer ``index`` (W [m, n], updated in place) after the layers

@@ -65,5 +65,5 @@ def _update(ctx: Context, method: Method, index: int, W: Tensor, alive: Tensor, 
     if view.has_bias:
         prune = torch.cat([prune, prune.new_zeros(view.m, 1)], dim=1)
     keep = alive & ~prune
-    method.update(index, W, prune, keep)
-    return keep
+    chosen = method.update(index, W, prune, keep)
+    return keep if chosen is None else chosen

@@ -78,7 +78,7 @@ def loss_increase(model, W0, data):
 
 def test_columns_update_beats_the_diagonal_update_on_the_same_mask():
     results = {}
-    for update in ("diagonal", "columns"):
+    for update in ("diagonal", "columns", "adaptive"):
         model, data = regression()
         layer = model[0]
         W0 = torch.cat([layer.weight, layer.bias[:, None]], 1).detach().clone()
@@ -88,23 +88,56 @@ def test_columns_update_beats_the_diagonal_update_on_the_same_mask():
         results[update] = (loss_increase(model, W0, data), pruner.masks["0"].clone())
     assert torch.equal(results["diagonal"][1], results["columns"][1])  # scores and selection are shared
     assert results["columns"][0] < 0.85 * results["diagonal"][0]  # measured 7.17 vs 9.29
+    assert int(results["adaptive"][1].sum()) == int(results["columns"][1].sum())  # as many removed
+    assert results["adaptive"][0] < results["columns"][0]  # the mask chosen on the way does better
 
 
+def test_row_scale_weighs_the_adaptive_choice():
+    torch.manual_seed(3)
+    W, U = torch.randn(4, 8, dtype=F64), torch.eye(8, dtype=F64)
+    rows = torch.tensor([1.0, 10.0, 0.1, 1.0], dtype=F64)
+    alive = torch.ones(4, 8, dtype=torch.bool)
+    keep = eliminate_columns_(W.clone(), U, alive.clone(), 8, Budget(new=10), blocksize=8, row_scale=rows)
+    score = W**2 / rows[:, None]  # U = I: no compensation, the choice is the 10 smallest w² / r_i
+    expect = torch.zeros(32, dtype=torch.bool)
+    expect[score.flatten().topk(10, largest=False).indices] = True
+    assert torch.equal(~keep, expect.reshape(4, 8))
+
+
+@pytest.mark.parametrize("update", ["columns", "adaptive"])
 @pytest.mark.parametrize("kind", ["fls", "kfac"])
-def test_columns_update_keeps_exact_sparsity(kind):
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_columns_update_keeps_exact_sparsity(kind, update, allocation):
     model = SmallNet()
     if kind == "fls":
-        pruner = fls.FishLegPruner(model, init="kfac", init_batches=2, refine_steps=2, update="columns")
+        pruner = fls.FishLegPruner(
+            model, init="kfac", init_batches=2, refine_steps=2, update=update, allocation=allocation
+        )
         pruner.fit(loader(), steps=3)
     else:
-        pruner = fls.KFACPruner(model, stat_batches=2, update="columns")
+        pruner = fls.KFACPruner(model, stat_batches=2, update=update, allocation=allocation)
         pruner.fit(loader())
     pruner.prune(0.6, substeps=2)
-    assert pruner.num_pruned() == math.ceil(0.6 * pruner.num_prunable())
+    if allocation == "global":
+        assert pruner.num_pruned() == math.ceil(0.6 * pruner.num_prunable())
     for v in pruner.views:
         w, mask = v.weight.detach(), pruner.masks[v.name]
         assert (w[~mask] == 0).all() and (w[mask] != 0).all()
+        if allocation == "uniform":
+            assert (~mask).sum().item() == math.ceil(0.6 * mask.numel())
     with pytest.raises(ValueError, match="update"):
         fls.KFACPruner(SmallNet(), update="columns", block_score="exact")
+    with pytest.raises(ValueError, match="update"):
+        fls.KFACPruner(SmallNet(), update="adaptive", pattern="block2x2", include="fc1")
+
+
+def test_adaptive_update_keeps_two_four():
+    pruner = fls.KFACPruner(SmallNet(), stat_batches=2, update="adaptive", pattern="2:4", ignore=["conv"])
+    pruner.fit(loader())
+    pruner.prune(0.5)
+    for v in pruner.views:
+        mask = pruner.masks[v.name]
+        assert (mask.reshape(mask.shape[0], -1, 4).sum(-1) == 2).all()
+        assert (v.weight.detach()[~mask] == 0).all()
     with pytest.raises(ValueError, match="update"):
         fls.KFACPruner(SmallNet(), update="nope")

@@ -109,9 +109,9 @@ class FishLeg(KronOBS):
         if self.fitter is not None and self.gradual_aux_steps:
             self._refine("step", self.gradual_aux_steps, "track")
 
-    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
-        super().update(index, W, prune, keep)
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
         self._stale = True
+        return super().update(index, W, prune, keep)
 
     def state_dict(self) -> dict:
         return {

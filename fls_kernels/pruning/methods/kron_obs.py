@@ -5,6 +5,9 @@ exact block score ½ θ_Pᵀ (Q_PP)⁻¹ θ_P and update z_P = (Q_PP)⁻¹ θ_P 
 ``update="columns"``: the removed set P eliminated column by column, each row by exact OBS with the rows' shared
 input factor C = D_ā G_L D_ā (ā_j: root-mean-square of A's column j) — the interactions inside P that the diagonal
 update drops are kept, across rows G_R is taken as diagonal (it cancels from a row's update).
+``update="adaptive"``: the same elimination, but the selection only fixes how many weights each layer loses (and
+the N:M pattern); which ones is decided block by block of columns on the way, by the OBS loss with the inverse
+recomputed after every column, w_ij² / (G_R,ii U_jj²) with Uᵀ U = C (SparseGPT's adaptive mask, on Q's factors).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from fls_kernels.pruning.checks import choice
 from fls_kernels.pruning.columns import eliminate_columns_
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.fisher import FisherMethod
+from fls_kernels.pruning.patterns import NMPattern
+from fls_kernels.pruning.targets import Budget
 
 BLOCK_SCORES = ("sum", "exact")
-UPDATES = ("diagonal", "columns")
+UPDATES = ("diagonal", "columns", "adaptive")
 
 
 class KronOBS(FisherMethod):
@@ -38,7 +43,9 @@ class KronOBS(FisherMethod):
         block_score: for block patterns, "sum" of the weights' ρ (default) or "exact" group OBS
             (½ θ_Pᵀ (Q_PP)⁻¹ θ_P, with the matching group update; for small blocks).
         update: "diagonal" (−Q z with z = θ_P ⊘ diag(Q), the FishLeg Surgeon's) or "columns" (exact row-wise OBS
-            of the removed set, eliminated column by column with Q's input factor; see the module docstring).
+            of the removed set, eliminated column by column with Q's input factor) or "adaptive" (the same
+            elimination choosing the removed weights of each layer on the way, as many as the selection; not for
+            block patterns). See the module docstring.
         *args, **kwargs: :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` arguments.
     """
 
@@ -50,11 +57,13 @@ class KronOBS(FisherMethod):
         self.precision = choice("precision", precision, PRECISIONS)
         self.block_score = choice("block_score", block_score, BLOCK_SCORES)
         self.update_rule = choice("update", update, UPDATES)
-        if update == "columns" and block_score == "exact":
-            raise ValueError("update: 'columns' solves the removed set itself; use it with block_score='sum'")
+        if update != "diagonal" and block_score == "exact":
+            raise ValueError(f"update: {update!r} solves the removed set itself; use it with block_score='sum'")
         super().__init__(*args, **kwargs)
 
     def bind(self, ctx: Context) -> None:
+        if self.update_rule == "adaptive" and not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
+            raise ValueError(f"update: 'adaptive' chooses single weights or N:M groups, not {ctx.pattern} blocks")
         super().bind(ctx)
         owners, dtype = ctx.mode.owners, ctx.dtype
         self.blocks = nn.ModuleList(
@@ -109,24 +118,26 @@ class KronOBS(FisherMethod):
         dead = self.ctx.pattern.reduce(scores).isinf()
         return losses.masked_fill(dead, float("inf"))
 
-    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> None:
+    def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
         block = self.blocks[index]
         with torch.no_grad():
             G_R, G_L = block.grams()
             if self._exact_blocks:
                 self._update_exact(index, W, prune, keep, G_R, G_L)
-                return
-            if self.update_rule == "columns":
-                self._update_columns(index, W, prune, keep, G_L)
-                return
+                return None
+            if self.update_rule != "diagonal":
+                return self._update_columns(index, W, prune, keep, G_R, G_L)
             r, l = block.factor_diags()
             backend = self.ctx.backend_for("surgeon_update_")
             ops.surgeon_update_(
                 W, block.A.detach(), G_R, G_L, r, l, prune, keep, precision=self.precision, backend=backend
             )
 
-    def _update_columns(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_L: Tensor) -> None:
-        """Row-wise exact OBS of ``prune``, column by column, with C = D_ā G_L D_ā (:mod:`..columns`)."""
+    def _update_columns(
+        self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor
+    ) -> Tensor | None:
+        """Row-wise exact OBS, column by column, with C = D_ā G_L D_ā (:mod:`..columns`), of ``prune`` or, adaptive,
+        of as many weights (N:M: zeros per group) chosen on the way; returns the adaptive alive mask."""
         view, block = self.ctx.views[index], self.blocks[index]
         a = block.A.detach().pow(2).mean(0).sqrt()
         C = (a[:, None] * G_L * a[None, :]).to(torch.float64)
@@ -136,7 +147,20 @@ class KronOBS(FisherMethod):
             U = torch.linalg.cholesky(C).mT  # Uᵀ U = C, U upper triangular
         except torch.linalg.LinAlgError:
             raise ValueError(f"update: Q's input factor of layer {view.name!r} is not positive definite") from None
-        eliminate_columns_(W, U.to(W.dtype), keep | prune, view.n_weight, None, prune=prune)
+        alive = keep | prune
+        if self.update_rule == "columns":
+            eliminate_columns_(W, U.to(W.dtype), alive, view.n_weight, None, prune=prune)
+            return None
+        pattern, n = self.ctx.pattern, view.n_weight
+        if isinstance(pattern, NMPattern):
+            zeros = (~keep[:, :n]).reshape(view.m, n // pattern.m, pattern.m).sum(-1)
+            budget, m = Budget(zeros=int(zeros.max())), pattern.m
+            if not bool((zeros == zeros.max()).all()):
+                raise ValueError(f"update: 'adaptive' needs the same zeros in every group of {view.name!r}")
+        else:
+            budget, m = Budget(new=int(prune[:, :n].sum())), None
+        rows = G_R.diagonal().to(W.dtype)
+        return eliminate_columns_(W, U.to(W.dtype), alive, n, budget, m, prune=None, row_scale=rows)
 
     def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
         """W ← keep ⊙ (W − Q z) with z_P = (Q_PP)⁻¹ θ_P on the removed blocks."""
