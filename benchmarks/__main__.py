@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 gradual_targets=(0.9,) if args.gradual is None else protocol.gradual_targets,
                 substeps=2,
                 damping_grid=(1.0,),
+                fls_damping_grid=(1.0,),
                 fls_fit_steps=20,
                 fls_refine_steps=2,
                 obert_grads=32,

@@ -41,6 +41,9 @@ class Protocol:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     substeps: int = 16
     damping_grid: tuple[float, ...] = (0.1, 1.0, 10.0)  # × mean diag of each method's Fisher
+    fls_damping_grid: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0)  # the adaptive update wants less damping
+    fls_update: str = "adaptive"
+    fls_init: str = "kfac"
     sweep_sparsity: float = 0.8
     fls_fit_steps: int = 3000
     fls_refine_steps: int = 100
@@ -79,7 +82,13 @@ def make(method: str, model: nn.Module, relative_damping: float, protocol: Proto
         refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
         allocation = "uniform" if method == "FLS-uniform" else "global"
         return fls.FishLegPruner(
-            model, relative_damping=relative_damping, refine_steps=refine, allocation=allocation, **common
+            model,
+            relative_damping=relative_damping,
+            refine_steps=refine,
+            allocation=allocation,
+            update=protocol.fls_update,
+            init=protocol.fls_init,
+            **common,
         )
     if method == "SparseGPT":
         return fls.SparseGPTPruner(model, dampening=0.01 * relative_damping, **kw)
@@ -165,6 +174,8 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
         for method in protocol.methods:
             t0 = time.perf_counter()
             grid = protocol.damping_grid if method in CURVATURE else (1.0,)
+            if method.startswith("FLS"):
+                grid = protocol.fls_damping_grid
             sweep = {rd: one_shot(method, dense, data, protocol, seed, rd, (protocol.sweep_sparsity,)) for rd in grid}
             best = max(grid, key=lambda rd: sweep[rd][protocol.sweep_sparsity][0])
             rest = tuple(s for s in protocol.sparsities if s != protocol.sweep_sparsity)

@@ -50,9 +50,11 @@ class Config:
     fls_fit_steps: int = 2000
     fls_refine_steps: int = 50
     obert_grads: int = 1024
-    stat_batches: int = 8
+    stat_batches: int = 0  # 0: every calibration batch
     relative_damping: float = 1.0
-    update: str = "diagonal"
+    fls_damping: float = 1e-4
+    fls_update: str = "adaptive"
+    kfac_update: str = "diagonal"
     sparsegpt_dampening: float = 0.01
     device: str = "cpu"
     seed: int = 0
@@ -67,7 +69,6 @@ REDUCED = dict(
     fls_fit_steps=20,
     fls_refine_steps=3,
     obert_grads=64,
-    stat_batches=2,
 )
 
 
@@ -133,31 +134,31 @@ def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
     return cosine, (neighbours(dense) == neighbours(pruned)).float().mean().item()
 
 
-def make(method: str, model, config: Config, pattern: str):
+def make(method: str, model, config: Config, pattern: str, num_batches: int):
+    """The pruner of ``method``; statistics over ``config.stat_batches`` batches (0: all ``num_batches``)."""
     common = dict(include=ENCODER_LAYERS, pattern=pattern, seed=config.seed)
     curv = dict(likelihood="gaussian", relative_damping=config.relative_damping, **common)
-    kron = dict(update=config.update)
+    stats = config.stat_batches or num_batches
     if method in ("FLS", "FLS-uniform"):
-        allocation = "uniform" if method == "FLS-uniform" else "global"
         return fls.FishLegPruner(
             model,
             init=config.fls_init,
-            init_batches=config.stat_batches,
+            init_batches=stats,
             refine_steps=config.fls_refine_steps,
-            allocation=allocation,
-            **kron,
-            **curv,
+            allocation="uniform" if method == "FLS-uniform" else "global",
+            update=config.fls_update,
+            **{**curv, "relative_damping": config.fls_damping},
         )
     if method == "SparseGPT":
         return fls.SparseGPTPruner(model, dampening=config.sparsegpt_dampening, include=ENCODER_LAYERS, pattern=pattern)
     if method == "Wanda":
         return fls.WandaPruner(model, include=ENCODER_LAYERS, pattern=pattern)
     if method == "OBD":
-        return fls.OBDPruner(model, stat_batches=config.stat_batches, **curv)
+        return fls.OBDPruner(model, stat_batches=stats, **curv)
     if method == "oBERT":
         return fls.OBERTPruner(model, fisher="sampled", num_grads=config.obert_grads, grad_chunk=8, **curv)
     if method == "K-FAC":
-        return fls.KFACPruner(model, stat_batches=config.stat_batches, **kron, **curv)
+        return fls.KFACPruner(model, stat_batches=stats, update=config.kfac_update, **curv)
     return fls.MagnitudePruner(model, include=ENCODER_LAYERS, pattern=pattern)
 
 
@@ -178,7 +179,7 @@ def run(config: Config | None = None, log=print) -> list[dict]:
         for pattern in config.patterns:
             targets = [0.5] if pattern == "2:4" else list(config.sparsities)
             base.load_state_dict(weights)
-            pruner = make(method, base, config, pattern)
+            pruner = make(method, base, config, pattern, len(batches))
             if fitted_state is None:
                 pruner.fit(batches, steps=config.fls_fit_steps if method.startswith("FLS") else 0)
                 fitted_state = pruner.state_dict()
@@ -216,9 +217,12 @@ def table(rows: list[dict], config: Config) -> str:
         f"all-MiniLM-L6-v2, 36 Linear layers, {config.calib_sentences} calibration / {config.eval_sentences} "
         f"evaluation sentences (max {config.max_length} tokens), one-shot in {config.substeps} sub-steps; FLS "
         f"{config.fls_init} start + {config.fls_fit_steps} aux steps, {config.fls_refine_steps} per sub-step; "
-        f"oBERT m = {config.obert_grads}; γ = {config.relative_damping} × mean diag F̂; SparseGPT dampening "
-        f"{config.sparsegpt_dampening} × mean diag H, blocks of 128; SparseGPT, Wanda and FLS-uniform prune every "
-        f"layer to the same sparsity, the others rank globally; device {config.device}. "
+        f"FLS update {config.fls_update!r}, γ = {config.fls_damping} × mean diag F̂; K-FAC-OBS update "
+        f"{config.kfac_update!r}; oBERT m = {config.obert_grads}; OBD, oBERT, K-FAC-OBS γ = "
+        f"{config.relative_damping} × mean diag F̂; statistics on "
+        f"{'every calibration batch' if not config.stat_batches else f'{config.stat_batches} batches'}; "
+        f"SparseGPT dampening {config.sparsegpt_dampening} × mean diag H, blocks of 128; SparseGPT, Wanda and "
+        f"FLS-uniform prune every layer to the same sparsity, the others rank globally; device {config.device}. "
         "Mean cosine to the dense embedding / top-1 nearest-neighbour agreement.",
         "",
         "| pattern | sparsity | " + " | ".join(config.methods) + " |",

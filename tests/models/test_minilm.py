@@ -201,3 +201,16 @@ def test_sentences_are_english_and_the_splits_disjoint():
     assert all(6 <= len(s.split()) <= 40 for s in calib + evals)
     dense = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
     assert minilm.metrics(dense, dense) == pytest.approx((1.0, 1.0))
+
+
+@pytest.mark.slow
+def test_reduced_study_fls_beats_wanda():
+    """The CI-sized ``--reduced`` study at 70%: FLS (uniform allocation, the study's defaults) ≥ Wanda."""
+    from benchmarks.quality import minilm
+
+    config = minilm.Config(
+        **{**minilm.REDUCED, "methods": ("FLS-uniform", "Wanda"), "sparsities": (0.7,), "patterns": ("unstructured",)}
+    )
+    rows = {r["method"]: r for r in minilm.run(config, log=lambda _: None)}
+    assert all(0.0 < r["cosine"] <= 1.0 for r in rows.values())
+    assert rows["FLS-uniform"]["cosine"] >= rows["Wanda"]["cosine"], rows

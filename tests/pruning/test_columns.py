@@ -141,3 +141,36 @@ def test_adaptive_update_keeps_two_four():
         assert (v.weight.detach()[~mask] == 0).all()
     with pytest.raises(ValueError, match="update"):
         fls.KFACPruner(SmallNet(), update="nope")
+
+
+def test_rank_one_fit_of_A():
+    from fls_kernels.pruning.methods.kron_obs import rank_one
+
+    g = torch.Generator().manual_seed(3)
+    r0, c0 = torch.rand(7, generator=g, dtype=F64) + 0.1, torch.rand(5, generator=g, dtype=F64) + 0.1
+    r, c = rank_one(torch.outer(r0, c0))  # exact on a rank-one A, c at unit mean square
+    torch.testing.assert_close(torch.outer(r, c), torch.outer(r0, c0))
+    torch.testing.assert_close(c.square().mean(), torch.tensor(1.0, dtype=F64))
+    A = torch.rand(9, 6, generator=g, dtype=F64) + 0.5  # otherwise: the leading singular pair
+    r, c = rank_one(A)
+    U, S, Vh = torch.linalg.svd(A)
+    torch.testing.assert_close(torch.outer(r, c), S[0] * torch.outer(U[:, 0], Vh[0]))
+    ones = rank_one(torch.ones(4, 3, dtype=F64))  # the K-FAC start leaves the factors as they are
+    torch.testing.assert_close(ones[0], torch.ones(4, dtype=F64))
+    torch.testing.assert_close(ones[1], torch.ones(3, dtype=F64))
+
+
+def test_upper_factor_is_a_cholesky_factor_even_when_singular():
+    from fls_kernels.pruning.methods.kron_obs import upper_factor
+
+    g = torch.Generator().manual_seed(4)
+    M = torch.randn(6, 6, generator=g, dtype=F64)
+    U = upper_factor(M)
+    assert torch.equal(U, U.triu()) and (U.diagonal() > 0).all()
+    torch.testing.assert_close(U.T @ U, M @ M.T, atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(U, torch.linalg.cholesky(M @ M.T).T, atol=1e-8, rtol=1e-8)
+    M[:, 3] = 0.0
+    M[3] = M[1]  # rank-deficient M Mᵀ: still a finite, positive factor
+    U = upper_factor(M)
+    assert torch.isfinite(U).all() and (U.diagonal() > 0).all()
+    torch.testing.assert_close(U.T @ U, M @ M.T, atol=1e-6, rtol=1e-6)

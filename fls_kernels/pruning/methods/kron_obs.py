@@ -3,11 +3,13 @@
 score ρ_q = θ_q² / (2 Q_qq);   update θ ← M_new ⊙ (θ − Q z),  z = M_P ⊙ θ ⊘ diag(Q)      (``update="diagonal"``)
 exact block score ½ θ_Pᵀ (Q_PP)⁻¹ θ_P and update z_P = (Q_PP)⁻¹ θ_P (``block_score="exact"``)
 ``update="columns"``: the removed set P eliminated column by column, each row by exact OBS with the rows' shared
-input factor C = D_ā G_L D_ā (ā_j: root-mean-square of A's column j) — the interactions inside P that the diagonal
-update drops are kept, across rows G_R is taken as diagonal (it cancels from a row's update).
+input factor C = D_c G_L D_c, where A ≈ r cᵀ is A's best rank-one fit (exact for the K-FAC start A = 1) — the
+interactions inside P that the diagonal update drops are kept, across rows G_R is taken as diagonal (it cancels
+from a row's update).
 ``update="adaptive"``: the same elimination, but the selection only fixes how many weights each layer loses (and
 the N:M pattern); which ones is decided block by block of columns on the way, by the OBS loss with the inverse
-recomputed after every column, w_ij² / (G_R,ii U_jj²) with Uᵀ U = C (SparseGPT's adaptive mask, on Q's factors).
+recomputed after every column, w_ij² / (r_i² G_R,ii U_jj²) with Uᵀ U = C (SparseGPT's adaptive mask, on Q's
+factors).
 """
 
 from __future__ import annotations
@@ -136,17 +138,13 @@ class KronOBS(FisherMethod):
     def _update_columns(
         self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor
     ) -> Tensor | None:
-        """Row-wise exact OBS, column by column, with C = D_ā G_L D_ā (:mod:`..columns`), of ``prune`` or, adaptive,
+        """Row-wise exact OBS, column by column, with C = D_c G_L D_c (:mod:`..columns`), of ``prune`` or, adaptive,
         of as many weights (N:M: zeros per group) chosen on the way; returns the adaptive alive mask."""
         view, block = self.ctx.views[index], self.blocks[index]
-        a = block.A.detach().pow(2).mean(0).sqrt()
-        C = (a[:, None] * G_L * a[None, :]).to(torch.float64)
-        C = (C + C.mT) / 2
-        C.diagonal().add_(1e-10 * C.diagonal().mean())
-        try:
-            U = torch.linalg.cholesky(C).mT  # Uᵀ U = C, U upper triangular
-        except torch.linalg.LinAlgError:
-            raise ValueError(f"update: Q's input factor of layer {view.name!r} is not positive definite") from None
+        r, c = rank_one(block.A.detach().to(torch.float64))
+        U = upper_factor(c[:, None] * block.L.detach().to(torch.float64))
+        if not bool(torch.isfinite(U).all()):
+            raise ValueError(f"update: Q's input factor of layer {view.name!r} is not finite")
         alive = keep | prune
         if self.update_rule == "columns":
             eliminate_columns_(W, U.to(W.dtype), alive, view.n_weight, None, prune=prune)
@@ -159,7 +157,7 @@ class KronOBS(FisherMethod):
                 raise ValueError(f"update: 'adaptive' needs the same zeros in every group of {view.name!r}")
         else:
             budget, m = Budget(new=int(prune[:, :n].sum())), None
-        rows = G_R.diagonal().to(W.dtype)
+        rows = (r.square() * G_R.diagonal().to(torch.float64)).to(W.dtype)
         return eliminate_columns_(W, U.to(W.dtype), alive, n, budget, m, prune=None, row_scale=rows)
 
     def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
@@ -208,3 +206,25 @@ def estimate_memory(
         usage["optimizer"] = 2 * lam + 3 * len(views) * 4
     usage["total"] = sum(usage.values())
     return usage
+
+
+def rank_one(A: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:
+    """(r, c) minimising ‖A − r cᵀ‖_F (power iteration from A's column norms), c scaled to unit mean square."""
+    c = A.square().mean(0).sqrt()
+    r = A @ c / c.dot(c).clamp_min(torch.finfo(A.dtype).tiny)
+    for _ in range(iterations):
+        c = A.mT @ r / r.dot(r).clamp_min(torch.finfo(A.dtype).tiny)
+        r = A @ c / c.dot(c).clamp_min(torch.finfo(A.dtype).tiny)
+    scale = c.square().mean().sqrt().clamp_min(torch.finfo(A.dtype).tiny)
+    return r * scale, c / scale
+
+
+def upper_factor(M: Tensor, jitter: float = 1e-10) -> Tensor:
+    """Upper-triangular U with Uᵀ U = M Mᵀ + ε I (ε = jitter × mean diag M Mᵀ), by a QR factorisation of
+    [Mᵀ; √ε I]: positive semi-definite by construction, where a Cholesky factor of a rounded M Mᵀ can fail."""
+    n = M.shape[0]
+    eps = jitter * M.square().sum() / n
+    stacked = torch.cat([M.mT, eps.sqrt() * torch.eye(n, dtype=M.dtype, device=M.device)])
+    U = torch.linalg.qr(stacked, mode="r").R
+    signs = torch.where(U.diagonal() < 0, -1.0, 1.0).to(U.dtype)
+    return signs[:, None] * U
