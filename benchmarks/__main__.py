@@ -61,12 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
+    q.add_argument("--ablation", action="store_true", help="minilm: the ablation of FLS's options (70%%)")
+    q.add_argument("--variants", type=int, nargs="+", help="ablation: run these rows only (indices)")
     q.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
     )
     args = parser.parse_args(argv)
     if args.command == "quality" and args.out is None:
         args.out = "out/quality" if args.model == "digits" else "out/minilm" + ("_reduced" if args.reduced else "")
+        args.out = "out/minilm_ablation" if args.ablation else args.out
+    if args.command == "quality" and args.ablation:
+        from benchmarks.quality import ablation
+
+        if args.merge:
+            rows = ablation.merge([Path(p) for p in args.merge])
+        else:
+            picked = ablation.VARIANTS if args.variants is None else [ablation.VARIANTS[i] for i in args.variants]
+            rows = ablation.run(picked)
+        print(ablation.table(rows))
+        print("wrote", ", ".join(str(p) for p in ablation.write(rows, args.out, args.device)))
+        return 0
     if args.command == "quality" and args.model == "minilm":
         from benchmarks.quality import minilm
 

@@ -1,4 +1,7 @@
-"""Assemble ``benchmarks/README.md`` from the runner's latest markdown outputs (never edited by hand)."""
+"""Assemble ``benchmarks/README.md`` from the runner's latest markdown outputs (never edited by hand).
+
+A section whose output is absent from this checkout keeps the table the README already holds (stamped with the
+device, versions and commit it was measured at); a section never measured says so."""
 
 from __future__ import annotations
 
@@ -14,10 +17,49 @@ SECTIONS = [
     ("End to end on the H200 (`python -m benchmarks e2e --device cuda --model mlp`)", "e2e-mlp-cuda.md"),
     ("End to end on the CPU (`python -m benchmarks e2e`)", "e2e-digits-cpu.md"),
 ]
+QUALITY = [  # (title, output relative to the parent of the kernels' output folder)
+    ("digits CNN (`python -m benchmarks quality`)", "quality/quality.md"),
+    ("all-MiniLM-L6-v2 on the H200 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm/minilm.md"),
+    (
+        "all-MiniLM-L6-v2, 256 calibration sentences, on the CPU (`python -m benchmarks quality --model minilm "
+        "--reduced --set calib_sentences=256 --out out/minilm_256`)",
+        "minilm_256/minilm.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, ablation of FLS's options (`python -m benchmarks quality --model minilm --ablation`)",
+        "minilm_ablation/ablation.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, reduced, on the CPU (`python -m benchmarks quality --model minilm --reduced`)",
+        "minilm_reduced/minilm.md",
+    ),
+]
 
 
-def build(out_dir: str | Path) -> str:
+def sections(readme: str) -> dict[str, str]:
+    """``## title`` → body of an existing README."""
+    found, title, body = {}, None, []
+    for line in readme.splitlines():
+        if line.startswith("## "):
+            if title is not None:
+                found[title] = "\n".join(body).strip()
+            title, body = line[3:].strip(), []
+        elif title is not None:
+            body.append(line)
+    if title is not None:
+        found[title] = "\n".join(body).strip()
+    return found
+
+
+def build(out_dir: str | Path, previous: str = "") -> str:
     out = Path(out_dir)
+    kept = sections(previous)
+
+    def body(title: str, path: Path) -> str:
+        if path.exists():
+            return path.read_text().strip()
+        return kept.get(title) or "_Not measured yet._"
+
     lines = [
         "# Benchmarks",
         "",
@@ -25,25 +67,15 @@ def build(out_dir: str | Path) -> str:
         "the device, versions and commit it was measured on. Sections without a run say so.",
     ]
     for title, name in SECTIONS:
-        lines += ["", f"## {title}", ""]
-        path = out / name
-        lines.append(path.read_text().strip() if path.exists() else "_Not measured yet._")
-    quality = out.parent / "quality" / "quality.md"
-    lines += ["", "## Quality: digits CNN (`python -m benchmarks quality`)", ""]
-    lines.append(quality.read_text().strip() if quality.exists() else "_Not measured yet._")
-    for title, folder in (
-        ("all-MiniLM-L6-v2 on the H200 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm"),
-        (
-            "all-MiniLM-L6-v2, reduced, on the CPU (`python -m benchmarks quality --model minilm --reduced`)",
-            "minilm_reduced",
-        ),
-    ):
-        path = out.parent / folder / "minilm.md"
-        lines += ["", f"## Quality: {title}", ""]
-        lines.append(path.read_text().strip() if path.exists() else "_Not measured yet._")
+        lines += ["", f"## {title}", "", body(title, out / name)]
+    for title, path in QUALITY:
+        title = f"Quality: {title}"
+        lines += ["", f"## {title}", "", body(title, out.parent / path)]
     return "\n".join(lines) + "\n"
 
 
 def write(out_dir: str | Path, target: str | Path = Path(__file__).parent / "README.md") -> Path:
-    Path(target).write_text(build(out_dir))
-    return Path(target)
+    target = Path(target)
+    previous = target.read_text() if target.exists() else ""
+    target.write_text(build(out_dir, previous))
+    return target

@@ -99,3 +99,15 @@ def test_the_gemms_yardstick_is_timed_not_verified_and_tabulated(monkeypatch, tm
     ref_row = next(line for line in table.splitlines() if "| reference |" in line)
     ratio = rows[0].ms / rows[1].ms
     assert f"| {ratio:.2f} |" in ref_row and ref_row.rstrip(" |").endswith("%")
+
+
+def test_readme_keeps_measured_sections_whose_output_is_absent(tmp_path):
+    from benchmarks import readme
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "kernels-cpu.md").write_text("fresh table\n")
+    title = readme.SECTIONS[0][0]
+    previous = f"# Benchmarks\n\n## {title}\n\nold H200 table\n\n## {readme.SECTIONS[3][0]}\n\nold cpu table\n"
+    text = readme.build(tmp_path / "bench", previous)
+    assert "old H200 table" in text and "fresh table" in text and "old cpu table" not in text
+    assert text.count("_Not measured yet._") == len(readme.SECTIONS) + len(readme.QUALITY) - 2

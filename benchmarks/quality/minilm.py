@@ -55,6 +55,7 @@ class Config:
     fls_damping: float = 1e-4
     fls_update: str = "adaptive"
     kfac_update: str = "diagonal"
+    kfac_allocation: str = "global"
     sparsegpt_dampening: float = 0.01
     device: str = "cpu"
     seed: int = 0
@@ -158,7 +159,9 @@ def make(method: str, model, config: Config, pattern: str, num_batches: int):
     if method == "oBERT":
         return fls.OBERTPruner(model, fisher="sampled", num_grads=config.obert_grads, grad_chunk=8, **curv)
     if method == "K-FAC":
-        return fls.KFACPruner(model, stat_batches=stats, update=config.kfac_update, **curv)
+        return fls.KFACPruner(
+            model, stat_batches=stats, update=config.kfac_update, allocation=config.kfac_allocation, **curv
+        )
     return fls.MagnitudePruner(model, include=ENCODER_LAYERS, pattern=pattern)
 
 

@@ -1,0 +1,106 @@
+"""What each FLS choice is worth on MiniLM: one cell (70% unstructured), one variant per row, same sentences.
+
+Every row is :func:`benchmarks.quality.minilm.run` with the ``--reduced`` budgets, ``calib_sentences`` = 256 and
+the overrides shown, so a row is reproduced by
+``python -m benchmarks quality --model minilm --reduced --set calib_sentences=256 sparsities=0.7
+patterns=unstructured methods=M FIELD=VALUE …``. ``python -m benchmarks quality --model minilm --ablation``
+writes ablation.csv and ablation.md.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.quality import minilm
+from benchmarks.runner import stamp_line
+
+# (label, method, overrides of the study's defaults); the defaults are FLS's chosen options
+VARIANTS: tuple[tuple[str, str, dict], ...] = (
+    ("K-FAC-OBS as published: global, diagonal update, γ = 1, 2 statistics batches", "K-FAC", dict(stat_batches=2)),
+    ("… statistics on every calibration batch", "K-FAC", {}),
+    ("… uniform allocation", "K-FAC", dict(kfac_allocation="uniform")),
+    (
+        "… column-sequential update, γ = 1e-2",
+        "K-FAC",
+        dict(kfac_allocation="uniform", kfac_update="columns", relative_damping=1e-2),
+    ),
+    (
+        "… adaptive mask, γ = 1e-4",
+        "K-FAC",
+        dict(kfac_allocation="uniform", kfac_update="adaptive", relative_damping=1e-4),
+    ),
+    (
+        "FLS as before: global, diagonal update, γ = 1, 2 statistics batches",
+        "FLS",
+        dict(fls_update="diagonal", fls_damping=1.0, stat_batches=2),
+    ),
+    ("FLS global, adaptive, γ = 1e-4 (the study's FLS)", "FLS", {}),
+    ("FLS uniform, adaptive, γ = 1e-4 (the study's FLS-uniform)", "FLS-uniform", {}),
+    ("… γ = 1e-3", "FLS-uniform", dict(fls_damping=1e-3)),
+    ("… γ = 1e-2", "FLS-uniform", dict(fls_damping=1e-2)),
+    ("… diagonal update (γ = 1)", "FLS-uniform", dict(fls_update="diagonal", fls_damping=1.0)),
+    ("… column-sequential update (γ = 1e-2)", "FLS-uniform", dict(fls_update="columns", fls_damping=1e-2)),
+    ("… no aux steps (K-FAC start, refined only)", "FLS-uniform", dict(fls_fit_steps=0)),
+    ("… 100 aux steps, 10 per sub-step", "FLS-uniform", dict(fls_fit_steps=100, fls_refine_steps=10)),
+    ("… 1 sub-step", "FLS-uniform", dict(substeps=1)),
+    ("… 4 sub-steps", "FLS-uniform", dict(substeps=4)),
+    ("SparseGPT (reference)", "SparseGPT", {}),
+)
+
+
+def config(method: str, overrides: dict) -> minilm.Config:
+    base = {**minilm.REDUCED, "calib_sentences": 256, "sparsities": (0.7,), "patterns": ("unstructured",)}
+    return minilm.Config(**{**base, **overrides, "methods": (method,)})
+
+
+def run(variants=VARIANTS, log: Callable[[str], None] = print) -> list[dict]:
+    rows = []
+    for label, method, overrides in variants:
+        (row,) = minilm.run(config(method, overrides), log=lambda _: None)
+        settings = " ".join(f"{k}={v}" for k, v in overrides.items())
+        rows.append(dict(variant=label, method=method, settings=settings, **row))
+        log(f"{label}: cosine {row['cosine']:.4f} / {row['nn_agreement']:.3f}, {row['method_seconds']:.0f} s")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "all-MiniLM-L6-v2, 70% unstructured, 256 calibration / 192 evaluation sentences, `--reduced` budgets "
+        "(2 sub-steps, FLS 20 aux steps + 3 per sub-step); each row changes the row above it (…) or the "
+        "study's defaults (`--set` overrides shown). Mean cosine / top-1 NN agreement; wall time of the method "
+        "(fit and prune).",
+        "",
+        "| variant | method | `--set` | cosine / NN | time |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['method']} | {r['settings'] or '—'} | {r['cosine']:.4f} / "
+            f"{r['nn_agreement']:.3f} | {r['method_seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], out_dir: str | Path, device: str = "cpu") -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["variant", "method", "settings", "cosine", "nn_agreement", "method_seconds"]
+    with open(out / "ablation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "ablation.md").write_text(table(rows) + f"\n\n{stamp_line(device)}\n")
+    return [out / "ablation.csv", out / "ablation.md"]
+
+
+def merge(parts: list[Path]) -> list[dict]:
+    """The rows of several runs over parts of :data:`VARIANTS` (their ablation.csv files), in table order."""
+    order = {label: i for i, (label, _, _) in enumerate(VARIANTS)}
+    rows = []
+    for part in parts:
+        with open(Path(part) / "ablation.csv") as f:
+            for r in csv.DictReader(f):
+                rows.append({**r, **{k: float(r[k]) for k in ("cosine", "nn_agreement", "method_seconds")}})
+    return sorted(rows, key=lambda r: order.get(r["variant"], len(order)))
