@@ -1,4 +1,4 @@
-"""What each FLS choice is worth on MiniLM: one cell (70% unstructured), one variant per row, same sentences.
+"""What each FLS choice is worth on MiniLM: 70% unstructured (and 2:4), one variant per row, same sentences.
 
 Every row is :func:`benchmarks.quality.minilm.run` with the ``--reduced`` budgets, ``calib_sentences`` = 256 and
 the overrides shown, so a row is reproduced by
@@ -47,6 +47,14 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("… 1 sub-step", "FLS-uniform", dict(substeps=1)),
     ("… 4 sub-steps", "FLS-uniform", dict(substeps=4)),
     ("SparseGPT (reference)", "SparseGPT", {}),
+    ("FLS at 2:4 (the study's defaults)", "FLS-uniform", dict(patterns=("2:4",))),
+    ("… no aux steps (K-FAC start)", "FLS-uniform", dict(patterns=("2:4",), fls_fit_steps=0)),
+    (
+        "… 100 aux steps, 10 per sub-step",
+        "FLS-uniform",
+        dict(patterns=("2:4",), fls_fit_steps=100, fls_refine_steps=10),
+    ),
+    ("SparseGPT at 2:4 (reference)", "SparseGPT", dict(patterns=("2:4",))),
 )
 
 
@@ -59,7 +67,7 @@ def run(variants=VARIANTS, log: Callable[[str], None] = print) -> list[dict]:
     rows = []
     for label, method, overrides in variants:
         (row,) = minilm.run(config(method, overrides), log=lambda _: None)
-        settings = " ".join(f"{k}={v}" for k, v in overrides.items())
+        settings = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items())
         rows.append(dict(variant=label, method=method, settings=settings, **row))
         log(f"{label}: cosine {row['cosine']:.4f} / {row['nn_agreement']:.3f}, {row['method_seconds']:.0f} s")
     return rows
@@ -67,17 +75,18 @@ def run(variants=VARIANTS, log: Callable[[str], None] = print) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "all-MiniLM-L6-v2, 70% unstructured, 256 calibration / 192 evaluation sentences, `--reduced` budgets "
-        "(2 sub-steps, FLS 20 aux steps + 3 per sub-step); each row changes the row above it (…) or the "
-        "study's defaults (`--set` overrides shown). Mean cosine / top-1 NN agreement; wall time of the method "
+        "all-MiniLM-L6-v2, 256 calibration / 192 evaluation sentences, `--reduced` budgets "
+        "(2 sub-steps, FLS 20 aux steps + 3 per sub-step); `--set` gives each row's whole difference from the "
+        'study\'s defaults, and "…" continues the group of rows above. Mean cosine / top-1 NN agreement; wall time of the method '
         "(fit and prune).",
         "",
-        "| variant | method | `--set` | cosine / NN | time |",
-        "|---|---|---|---:|---:|",
+        "| variant | method | cell | `--set` | cosine / NN | time |",
+        "|---|---|---|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['method']} | {r['settings'] or '—'} | {r['cosine']:.4f} / "
+            f"| {r['variant']} | {r['method']} | {r['pattern']} {float(r['sparsity']):.0%} | {r['settings'] or '—'} | "
+            f"{r['cosine']:.4f} / "
             f"{r['nn_agreement']:.3f} | {r['method_seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -86,7 +95,7 @@ def table(rows: list[dict]) -> str:
 def write(rows: list[dict], out_dir: str | Path, device: str = "cpu") -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "method", "settings", "cosine", "nn_agreement", "method_seconds"]
+    fields = ["variant", "method", "pattern", "sparsity", "settings", "cosine", "nn_agreement", "method_seconds"]
     with open(out / "ablation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

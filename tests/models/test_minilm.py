@@ -214,3 +214,29 @@ def test_reduced_study_fls_beats_wanda():
     rows = {r["method"]: r for r in minilm.run(config, log=lambda _: None)}
     assert all(0.0 < r["cosine"] <= 1.0 for r in rows.values())
     assert rows["FLS-uniform"]["cosine"] >= rows["Wanda"]["cosine"], rows
+
+
+def test_ablation_variants_are_valid_configs_and_tabulate(tmp_path):
+    from benchmarks.quality import ablation, minilm
+
+    for label, method, overrides in ablation.VARIANTS:
+        config = ablation.config(method, overrides)
+        assert config.methods == (method,) and config.calib_sentences == 256, label
+        assert set(overrides) <= {f.name for f in minilm.dataclasses.fields(minilm.Config)}
+    rows = [
+        dict(
+            variant=label,
+            method=m,
+            pattern="unstructured",
+            sparsity=0.7,
+            settings="",
+            cosine=0.5 + i / 100,
+            nn_agreement=0.4,
+            method_seconds=1.0,
+        )
+        for i, (label, m, _) in enumerate(ablation.VARIANTS[:3])
+    ]
+    ablation.write(rows[::-1], tmp_path)
+    merged = ablation.merge([tmp_path])
+    assert [r["variant"] for r in merged] == [r["variant"] for r in rows]
+    assert "| 0.5200 / 0.400 |" in ablation.table(merged)
