@@ -77,7 +77,8 @@ def table(rows: list[dict]) -> str:
     lines = [
         "all-MiniLM-L6-v2, 256 calibration / 192 evaluation sentences, `--reduced` budgets "
         "(2 sub-steps, FLS 20 aux steps + 3 per sub-step); `--set` gives each row's whole difference from the "
-        'study\'s defaults, and "…" continues the group of rows above. Mean cosine / top-1 NN agreement; wall time of the method '
+        "study's defaults, and “…” continues the group of rows above. Mean cosine / top-1 NN agreement; "
+        "wall time of the method "
         "(fit and prune).",
         "",
         "| variant | method | cell | `--set` | cosine / NN | time |",
