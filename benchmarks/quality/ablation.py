@@ -68,7 +68,7 @@ def run(variants=VARIANTS, log: Callable[[str], None] = print) -> list[dict]:
     for label, method, overrides in variants:
         (row,) = minilm.run(config(method, overrides), log=lambda _: None)
         settings = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items())
-        rows.append(dict(variant=label, method=method, settings=settings, **row))
+        rows.append({**row, "variant": label, "settings": settings})
         log(f"{label}: cosine {row['cosine']:.4f} / {row['nn_agreement']:.3f}, {row['method_seconds']:.0f} s")
     return rows
 

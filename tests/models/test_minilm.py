@@ -240,3 +240,28 @@ def test_ablation_variants_are_valid_configs_and_tabulate(tmp_path):
     merged = ablation.merge([tmp_path])
     assert [r["variant"] for r in merged] == [r["variant"] for r in rows]
     assert "| 0.5200 / 0.400 |" in ablation.table(merged)
+
+
+def test_ablation_run_labels_each_row(monkeypatch):
+    from benchmarks.quality import ablation, minilm
+
+    def fake(config, log=print):
+        return [
+            dict(
+                method=config.methods[0],
+                pattern=config.patterns[0],
+                sparsity=0.5,
+                cosine=0.8,
+                nn_agreement=0.5,
+                prune_seconds=1.0,
+                method_seconds=2.0,
+            )
+        ]
+
+    monkeypatch.setattr(minilm, "run", fake)
+    rows = ablation.run(ablation.VARIANTS[-2:], log=lambda _: None)
+    assert [r["variant"] for r in rows] == [v[0] for v in ablation.VARIANTS[-2:]]
+    assert rows[0]["settings"] == "patterns=2:4 fls_fit_steps=100 fls_refine_steps=10"
+    assert "| FLS-uniform | 2:4 50% | patterns=2:4 fls_fit_steps=100 fls_refine_steps=10 | 0.8000 / 0.500 | 2 s |" in (
+        ablation.table(rows)
+    )

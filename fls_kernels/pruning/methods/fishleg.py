@@ -162,7 +162,9 @@ class FishLegPruner(Pruner):
         gradual_aux_steps: masked aux steps on each training step that does not prune (gradual pruning with
             :meth:`step`): λ keeps tracking the fine-tuned model.
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
-            ``block_score`` (:class:`~fls_kernels.pruning.methods.kron_obs.KronOBS`), and the
+            ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
+            ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``:
+            :class:`~fls_kernels.pruning.methods.kron_obs.KronOBS`), and the
             :class:`~fls_kernels.pruning.pruner.Pruner` arguments (pattern, schedule, substeps, layer_types,
             include, ignore, allocation, include_bias, backend, progress, distributed).
 
