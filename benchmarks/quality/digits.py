@@ -6,6 +6,7 @@ refining) its curvature before every sub-step; damping chosen per method and see
 relative to the mean Fisher diagonal, by validation accuracy at the sweep sparsity (the test split is never
 used for choices; SparseGPT's grid is its 1% dampening × the same factors); SparseGPT and Wanda prune one-shot in
 one pass, layer by layer, each layer to the same sparsity, and "FLS-uniform" holds FLS to that allocation;
+"FLS-diagonal" is FLS with the FishLeg Surgeon's diagonal update from the diagonal start (on the K-FAC methods' grid);
 gradual pruning with the same fine-tuning budget, optimizer and cubic schedule for all.
 
 ``python -m benchmarks quality [--seeds 5] [--quick] [--out out/quality]`` writes quality.csv, quality.md and
@@ -29,8 +30,16 @@ import fls_kernels as fls
 from benchmarks.runner import stamp_line
 from fls_kernels import demo
 
-METHODS = ("FLS", "FLS-uniform", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
-CURVATURE = {"FLS", "FLS-uniform", "SparseGPT", "OBD", "oBERT", "K-FAC"}  # methods with a damping to tune
+METHODS = ("FLS", "FLS-uniform", "FLS-diagonal", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
+CURVATURE = {
+    "FLS",
+    "FLS-uniform",
+    "FLS-diagonal",
+    "SparseGPT",
+    "OBD",
+    "oBERT",
+    "K-FAC",
+}  # methods with a damping to tune
 LAYERWISE = {"SparseGPT", "Wanda"}
 
 
@@ -78,16 +87,19 @@ def split(seed: int) -> Split:
 
 def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.Pruner:
     common = dict(seed=seed, **kw)
-    if method in ("FLS", "FLS-uniform"):
+    if method in ("FLS", "FLS-uniform", "FLS-diagonal"):
         refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
         allocation = "uniform" if method == "FLS-uniform" else "global"
+        update, init = (
+            ("diagonal", "diagonal") if method == "FLS-diagonal" else (protocol.fls_update, protocol.fls_init)
+        )
         return fls.FishLegPruner(
             model,
             relative_damping=relative_damping,
             refine_steps=refine,
             allocation=allocation,
-            update=protocol.fls_update,
-            init=protocol.fls_init,
+            update=update,
+            init=init,
             **common,
         )
     if method == "SparseGPT":
@@ -174,7 +186,7 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
         for method in protocol.methods:
             t0 = time.perf_counter()
             grid = protocol.damping_grid if method in CURVATURE else (1.0,)
-            if method.startswith("FLS"):
+            if method in ("FLS", "FLS-uniform"):
                 grid = protocol.fls_damping_grid
             sweep = {rd: one_shot(method, dense, data, protocol, seed, rd, (protocol.sweep_sparsity,)) for rd in grid}
             best = max(grid, key=lambda rd: sweep[rd][protocol.sweep_sparsity][0])
@@ -212,25 +224,34 @@ def _cell(values: list[float]) -> str:
 
 
 def merge(parts: list[Path], protocol: Protocol) -> Results:
-    """Results of several runs over disjoint seeds (their quality.csv files), as one."""
+    """Results of several runs (their quality.csv files) over disjoint (seed, method) pairs, as one; runs that
+    share a seed must have trained the same dense model (equal dense accuracy)."""
     results = Results(protocol)
-    seen: set[int] = set()
+    seen: set[tuple[int, str]] = set()
+    dense: dict[int, float] = {}
     for part in parts:
         with open(Path(part) / "quality.csv") as f:
             part_rows = list(csv.DictReader(f))
-        seeds = {int(r["seed"]) for r in part_rows}
-        if seeds & seen:
-            raise ValueError(f"merge: seeds {sorted(seeds & seen)} appear in more than one run ({part})")
-        seen |= seeds
+        pairs = {(int(r["seed"]), r["method"]) for r in part_rows if r["mode"] != "dense"}
+        if pairs & seen:
+            raise ValueError(f"merge: (seed, method) {sorted(pairs & seen)} appear in more than one run ({part})")
+        seen |= pairs
         for row in part_rows:
+            seed, accuracy = int(row["seed"]), float(row["accuracy"])
+            if row["mode"] == "dense":
+                if seed in dense and dense[seed] != accuracy:
+                    raise ValueError(f"merge: seed {seed}'s dense model differs between runs ({part})")
+                if seed in dense:
+                    continue
+                dense[seed] = accuracy
             results.rows.append(
                 dict(
-                    seed=int(row["seed"]),
+                    seed=seed,
                     method=row["method"],
                     mode=row["mode"],
                     sparsity=float(row["sparsity"]),
                     damping=float(row["damping"]) if row["damping"] else None,
-                    accuracy=float(row["accuracy"]),
+                    accuracy=accuracy,
                 )
             )
         seconds = Path(part) / "seconds.txt"
@@ -240,6 +261,8 @@ def merge(parts: list[Path], protocol: Protocol) -> Results:
         if stamp.exists() and stamp.read_text().strip() not in results.stamp:
             results.stamp = f"{results.stamp} {stamp.read_text().strip()}".strip()
     rows = results.rows
+    present = {r["method"] for r in rows if r["mode"] != "dense"}
+    results.protocol.methods = tuple(m for m in METHODS if m in present)
     results.protocol.seeds = tuple(sorted({r["seed"] for r in rows}))
     results.protocol.sparsities = tuple(sorted({r["sparsity"] for r in rows if r["mode"] == "one-shot"}))
     results.protocol.gradual_targets = tuple(sorted({r["sparsity"] for r in rows if r["mode"] == "gradual"}))
