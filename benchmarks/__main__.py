@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "quality" and args.ablation:
         from benchmarks.quality import ablation
 
+        stamp = None
         if args.merge:
             rows = ablation.merge([Path(p) for p in args.merge])
+            stamp = ablation.stamps([Path(p) for p in args.merge]) or None
         else:
             picked = ablation.VARIANTS if args.variants is None else [ablation.VARIANTS[i] for i in args.variants]
             rows = ablation.run(picked)
         print(ablation.table(rows))
-        print("wrote", ", ".join(str(p) for p in ablation.write(rows, args.out, args.device)))
+        print("wrote", ", ".join(str(p) for p in ablation.write(rows, args.out, args.device, stamp)))
         return 0
     if args.command == "quality" and args.model == "minilm":
         from benchmarks.quality import minilm

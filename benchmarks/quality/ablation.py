@@ -93,7 +93,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict], out_dir: str | Path, device: str = "cpu") -> list[Path]:
+def write(rows: list[dict], out_dir: str | Path, device: str = "cpu", stamp: str | None = None) -> list[Path]:
+    """ablation.csv, ablation.md and stamp.txt; ``stamp`` (default: this checkout now) names where rows ran."""
+    stamp = stamp or stamp_line(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["variant", "method", "pattern", "sparsity", "settings", "cosine", "nn_agreement", "method_seconds"]
@@ -101,16 +103,33 @@ def write(rows: list[dict], out_dir: str | Path, device: str = "cpu") -> list[Pa
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (out / "ablation.md").write_text(table(rows) + f"\n\n{stamp_line(device)}\n")
+    (out / "ablation.md").write_text(table(rows) + f"\n\n{stamp}\n")
+    (out / "stamp.txt").write_text(stamp)
     return [out / "ablation.csv", out / "ablation.md"]
+
+
+def stamps(parts: list[Path]) -> str:
+    """The distinct stamps of several runs' outputs, in order."""
+    found: list[str] = []
+    for part in parts:
+        path = Path(part) / "stamp.txt"
+        text = path.read_text().strip() if path.exists() else ""
+        if text and text not in found:
+            found.append(text)
+    return " ".join(found)
 
 
 def merge(parts: list[Path]) -> list[dict]:
     """The rows of several runs over parts of :data:`VARIANTS` (their ablation.csv files), in table order."""
-    order = {label: i for i, (label, _, _) in enumerate(VARIANTS)}
+    order = {key(label, overrides): i for i, (label, _, overrides) in enumerate(VARIANTS)}
     rows = []
     for part in parts:
         with open(Path(part) / "ablation.csv") as f:
             for r in csv.DictReader(f):
                 rows.append({**r, **{k: float(r[k]) for k in ("cosine", "nn_agreement", "method_seconds")}})
-    return sorted(rows, key=lambda r: order.get(r["variant"], len(order)))
+    return sorted(rows, key=lambda r: order.get((r["variant"], r["pattern"]), len(order)))
+
+
+def key(label: str, overrides: dict) -> tuple[str, str]:
+    """A variant's identity in merged outputs: its label and cell pattern."""
+    return label, overrides.get("patterns", ("unstructured",))[0]

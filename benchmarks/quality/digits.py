@@ -278,7 +278,8 @@ def table(results: Results) -> str:
         f"no fine-tuning. Gradual: {p.finetune_steps} Adam steps, cubic 50% → target over {p.prune_until} steps "
         f"(every {p.prune_every}, {p.gradual_substeps} sub-steps). Damping per method and seed from "
         f"{list(p.damping_grid)} × mean diag F̂ (FLS: {list(p.fls_damping_grid)}, update {p.fls_update!r}, "
-        f"{p.fls_init} start) by validation accuracy at {p.sweep_sparsity:.0%}. "
+        f"{p.fls_init} start; FLS-diagonal: the diagonal update from the diagonal start) by validation accuracy "
+        f"at {p.sweep_sparsity:.0%}; seconds: the longest of the runs merged. "
         f"{results.seconds / 60:.0f} min.",
         "",
         "| mode | sparsity | " + " | ".join(p.methods) + " |",

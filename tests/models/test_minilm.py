@@ -219,6 +219,8 @@ def test_reduced_study_fls_beats_wanda():
 def test_ablation_variants_are_valid_configs_and_tabulate(tmp_path):
     from benchmarks.quality import ablation, minilm
 
+    keys = [ablation.key(label, overrides) for label, _, overrides in ablation.VARIANTS]
+    assert len(set(keys)) == len(keys)
     for label, method, overrides in ablation.VARIANTS:
         config = ablation.config(method, overrides)
         assert config.methods == (method,) and config.calib_sentences == 256, label
