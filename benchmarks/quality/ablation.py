@@ -78,8 +78,7 @@ def table(rows: list[dict]) -> str:
         "all-MiniLM-L6-v2, 256 calibration / 192 evaluation sentences, `--reduced` budgets "
         "(2 sub-steps, FLS 20 aux steps + 3 per sub-step); `--set` gives each row's whole difference from the "
         "study's defaults, and “…” continues the group of rows above. Mean cosine / top-1 NN agreement; "
-        "wall time of the method "
-        "(fit and prune).",
+        "wall time of the method (fit and prune).",
         "",
         "| variant | method | cell | `--set` | cosine / NN | time |",
         "|---|---|---|---|---:|---:|",
@@ -87,8 +86,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['method']} | {r['pattern']} {float(r['sparsity']):.0%} | {r['settings'] or '—'} | "
-            f"{r['cosine']:.4f} / "
-            f"{r['nn_agreement']:.3f} | {r['method_seconds']:.0f} s |"
+            f"{r['cosine']:.4f} / {r['nn_agreement']:.3f} | {r['method_seconds']:.0f} s |"
         )
     return "\n".join(lines)
 

@@ -31,15 +31,8 @@ from benchmarks.runner import stamp_line
 from fls_kernels import demo
 
 METHODS = ("FLS", "FLS-uniform", "FLS-diagonal", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
-CURVATURE = {
-    "FLS",
-    "FLS-uniform",
-    "FLS-diagonal",
-    "SparseGPT",
-    "OBD",
-    "oBERT",
-    "K-FAC",
-}  # methods with a damping to tune
+# methods with a damping to tune
+CURVATURE = {"FLS", "FLS-uniform", "FLS-diagonal", "SparseGPT", "OBD", "oBERT", "K-FAC"}
 LAYERWISE = {"SparseGPT", "Wanda"}
 
 

@@ -128,16 +128,14 @@ class KronOBS(FisherMethod):
                 self._update_exact(index, W, prune, keep, G_R, G_L)
                 return None
             if self.update_rule != "diagonal":
-                return self._update_columns(index, W, prune, keep, G_R, G_L)
+                return self._update_columns(index, W, prune, keep, G_R)
             r, l = block.factor_diags()
             backend = self.ctx.backend_for("surgeon_update_")
             ops.surgeon_update_(
                 W, block.A.detach(), G_R, G_L, r, l, prune, keep, precision=self.precision, backend=backend
             )
 
-    def _update_columns(
-        self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor
-    ) -> Tensor | None:
+    def _update_columns(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor) -> Tensor | None:
         """Row-wise exact OBS, column by column, with C = D_c G_L D_c (:mod:`..columns`), of ``prune`` or, adaptive,
         of as many weights (N:M: zeros per group) chosen on the way; returns the adaptive alive mask."""
         view, block = self.ctx.views[index], self.blocks[index]
@@ -145,9 +143,9 @@ class KronOBS(FisherMethod):
         U = upper_factor(c[:, None] * block.L.detach().to(torch.float64))
         if not bool(torch.isfinite(U).all()):
             raise ValueError(f"update: Q's input factor of layer {view.name!r} is not finite")
-        alive = keep | prune
+        U, alive = U.to(W.dtype), keep | prune
         if self.update_rule == "columns":
-            eliminate_columns_(W, U.to(W.dtype), alive, view.n_weight, None, prune=prune)
+            eliminate_columns_(W, U, alive, view.n_weight, None, prune=prune)
             return None
         pattern, n = self.ctx.pattern, view.n_weight
         if isinstance(pattern, NMPattern):
@@ -158,7 +156,7 @@ class KronOBS(FisherMethod):
         else:
             budget, m = Budget(new=int(prune[:, :n].sum())), None
         rows = (r.square() * G_R.diagonal().to(torch.float64)).to(W.dtype)
-        return eliminate_columns_(W, U.to(W.dtype), alive, n, budget, m, prune=None, row_scale=rows)
+        return eliminate_columns_(W, U, alive, n, budget, m, prune=None, row_scale=rows)
 
     def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
         """W ← keep ⊙ (W − Q z) with z_P = (Q_PP)⁻¹ θ_P on the removed blocks."""
@@ -210,12 +208,13 @@ def estimate_memory(
 
 def rank_one(A: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:
     """(r, c) minimising ‖A − r cᵀ‖_F (power iteration from A's column norms), c scaled to unit mean square."""
+    tiny = torch.finfo(A.dtype).tiny
     c = A.square().mean(0).sqrt()
-    r = A @ c / c.dot(c).clamp_min(torch.finfo(A.dtype).tiny)
     for _ in range(iterations):
-        c = A.mT @ r / r.dot(r).clamp_min(torch.finfo(A.dtype).tiny)
-        r = A @ c / c.dot(c).clamp_min(torch.finfo(A.dtype).tiny)
-    scale = c.square().mean().sqrt().clamp_min(torch.finfo(A.dtype).tiny)
+        r = A @ c / c.dot(c).clamp_min(tiny)
+        c = A.mT @ r / r.dot(r).clamp_min(tiny)
+    r = A @ c / c.dot(c).clamp_min(tiny)
+    scale = c.square().mean().sqrt().clamp_min(tiny)
     return r * scale, c / scale
 
 
