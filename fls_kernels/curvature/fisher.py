@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
+from fls_kernels.curvature.captures import Capture, LayerCapture
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
 from fls_kernels.data import eval_mode, split_batch
@@ -122,21 +123,62 @@ class ModelCurvature:
         kfac: bool,
         generator: torch.Generator | None = None,
         comm: Comm | None = None,
+        captures: list[Capture] | None = None,
     ) -> list[LayerStats]:
         """Per-layer Ā = E[a aᵀ], G = E[Σ_t δ δᵀ] and diag F̂ = E[g ⊙ g] from per-sample sampled-label
         gradients g (δ: output gradients, a: input patches, t: locations/tokens).
 
         With ``comm``, every rank reads its own batches; the sums are added over ranks and the sampled labels
-        are those of one process reading the ranks' batches concatenated in rank order.
+        are those of one process reading the ranks' batches concatenated in rank order. With ``captures``, each
+        batch's patches and output gradients are also appended to it as a :class:`Capture` (layer-wise FVPs).
         """
         stats = [LayerStats(v, kfac) for v in self.views]
+
+        def sink(i: int, a: Tensor, d: Tensor) -> None:
+            stats[i].add_patches(a, d)
+
+        self._sampled_passes(batches, num_batches, generator, comm, sink, captures)
+        if comm is not None:
+            parts = [t for s in stats for t in s.totals()]
+            counts = torch.tensor([float(s.samples) for s in stats], dtype=torch.float64, device=comm.device)
+            comm.all_reduce_(parts)
+            counts = comm.check(counts)
+            for s, c in zip(stats, counts.tolist()):
+                s.samples = int(c)
+        return stats
+
+    def capture(
+        self,
+        batches: Iterator[object],
+        num_batches: int,
+        *,
+        generator: torch.Generator | None = None,
+        comm: Comm | None = None,
+    ) -> list[Capture]:
+        """``num_batches`` batches' patches and sampled-label output gradients at the current weights, one
+        :class:`Capture` per batch (the same sampled labels as :meth:`statistics` would draw)."""
+        captures: list[Capture] = []
+        self._sampled_passes(batches, num_batches, generator, comm, None, captures)
+        return captures
+
+    def _sampled_passes(self, batches, num_batches, generator, comm, sink, captures) -> None:
+        """Forward + sampled-label backward of ``num_batches`` batches; every layer's (patches, output grads)
+        go to ``sink(i, a, d)`` and, with ``captures``, into one :class:`Capture` per batch."""
         captured: dict[int, Tensor] = {}
+        layers: dict[int, LayerCapture] = {}
         handles = []
         for i, view in enumerate(self.views):
 
-            def hook(module, args, output, i=i):
+            def on_grad(g: Tensor, i: int = i, view: LayerView = view) -> None:
+                a, d = view.patches(captured.pop(i)), view.output_grads(g.detach())
+                if sink is not None:
+                    sink(i, a, d)
+                if captures is not None:
+                    layers[i] = LayerCapture(view, a, d)
+
+            def hook(module, args, output, on_grad=on_grad, i=i):
                 captured[i] = args[0].detach()
-                output.register_hook(lambda g, i=i: stats[i].add(captured.pop(i), g.detach()))
+                output.register_hook(on_grad)
 
             handles.append(view.module.register_forward_hook(hook))
         try:
@@ -159,18 +201,16 @@ class ModelCurvature:
                         )
                         loss = self.likelihood.nll(out, target).sum()
                         torch.autograd.grad(loss, list(params.values()))
+                    if captures is not None:
+                        missing = [v.name for i, v in enumerate(self.views) if i not in layers]
+                        if missing:
+                            raise RuntimeError(f"no statistics were collected for layer {missing[0]!r}")
+                        captures.append(Capture([[layers[i] for i in range(len(self.views))]]))
+                        layers.clear()
         finally:
             for h in handles:
                 h.remove()
             captured.clear()
-        if comm is not None:
-            parts = [t for s in stats for t in s.totals()]
-            counts = torch.tensor([float(s.samples) for s in stats], dtype=torch.float64, device=comm.device)
-            comm.all_reduce_(parts)
-            counts = comm.check(counts)
-            for s, c in zip(stats, counts.tolist()):
-                s.samples = int(c)
-        return stats
 
 
 @dataclass
@@ -191,8 +231,12 @@ class LayerStats:
         self._act, self._grad, self._diag = _Acc(), _Acc(), _Acc()
 
     def add(self, x: Tensor, grad_out: Tensor) -> None:
-        a = self.view.patches(x).to(torch.float64)  # [B, g, T, n]
-        d = self.view.output_grads(grad_out).to(torch.float64)  # [B, g, T, m/g]
+        """Add a batch from the layer's input ``x`` and the gradient w.r.t. its output."""
+        self.add_patches(self.view.patches(x), self.view.output_grads(grad_out))
+
+    def add_patches(self, a: Tensor, d: Tensor) -> None:
+        """Add a batch from its patches a [B, g, T, n] and output gradients d [B, g, T, m/g]."""
+        a, d = a.to(torch.float64), d.to(torch.float64)
         B, g, T, _ = a.shape
         self.samples += B
         if self.kfac:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fls_kernels import timing
+from fls_kernels.curvature.captures import Capture
 from fls_kernels.curvature.fisher import LayerStats, ModelCurvature
 from fls_kernels.curvature.likelihoods import Likelihood, get_likelihood
 from fls_kernels.data import split_batch
@@ -66,12 +67,18 @@ class FisherMethod(Method):
         """mean(diag F̂) over every prunable entry."""
         return sum(float(s.diag.sum()) for s in stats) / sum(s.diag.numel() for s in stats)
 
-    def statistics(self, kfac: bool) -> list[LayerStats]:
-        """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels)."""
+    def statistics(self, kfac: bool, captures: list[Capture] | None = None) -> list[LayerStats]:
+        """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels); with
+        ``captures``, the batches' patches and output gradients are appended to it."""
         stream = self.ctx.data.require("fit")
         with timing.section("statistics"):
             return self.curvature.statistics(
-                stream, self.stat_batches, kfac=kfac, generator=self.generator, comm=self.ctx.mode.comm
+                stream,
+                self.stat_batches,
+                kfac=kfac,
+                generator=self.generator,
+                comm=self.ctx.mode.comm,
+                captures=captures,
             )
 
     def resolve_damping(self, mean_diag: float) -> float:

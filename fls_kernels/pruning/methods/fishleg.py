@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
+from fls_kernels import timing
+from fls_kernels.curvature.captures import Capture
 from fls_kernels.curvature.fitter import AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
 from fls_kernels.pruning.checks import choice, integer, positive
+from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.kron_obs import KronOBS, estimate_memory
 from fls_kernels.pruning.pruner import Pruner
 
 log = logging.getLogger("fls_kernels.prune")
 
 INITS = ("diagonal", "identity", "kfac")
+AUX_FISHERS = ("exact", "layerwise")
 
 
 class FishLeg(KronOBS):
     """λ learnt by the auxiliary loss (:class:`~fls_kernels.curvature.fitter.AuxFitter`), warm-started from
     the diagonal, identity or K-FAC statistics, refined on the current masks before each sub-step.
+
+    With ``aux_fisher="layerwise"`` the aux steps read F v from :class:`~fls_kernels.curvature.captures.Capture` s
+    of the calibration batches (taken with the statistics, and again at the current weights before a refinement
+    or a tracking step); they are not checkpointed, so a resumed fit captures afresh.
 
     Args: see :class:`FishLegPruner`.
     """
@@ -37,9 +47,13 @@ class FishLeg(KronOBS):
         precondition: bool = True,
         refine_steps: int = 100,
         gradual_aux_steps: int = 1,
+        aux_fisher: str = "exact",
+        aux_batches: int | None = None,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
+        self.aux_fisher = choice("aux_fisher", aux_fisher, AUX_FISHERS)
+        self.aux_batches = integer("aux_batches", aux_batches, 1) if aux_batches is not None else None
         self.lr = positive("lr", lr)
         self.refine_steps = integer("refine_steps", refine_steps)
         self.gradual_aux_steps = integer("gradual_aux_steps", gradual_aux_steps)
@@ -48,6 +62,16 @@ class FishLeg(KronOBS):
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
         self._stale = False  # masks changed since λ was last refined
+        self._captures: list[Capture] | None = None  # layer-wise mode: batches captured at the current weights
+
+    def bind(self, ctx: Context) -> None:
+        if self.aux_fisher == "layerwise" and ctx.mode.comm is not None:
+            raise ValueError("aux_fisher: 'layerwise' runs in one process; use 'exact' with distributed=")
+        super().bind(ctx)
+
+    @property
+    def _layerwise_fvp(self) -> bool:
+        return self.aux_fisher == "layerwise"
 
     @property
     def fitted(self) -> bool:
@@ -57,14 +81,16 @@ class FishLeg(KronOBS):
         """``steps`` aux steps (masked once pruning started); the first call initialises λ and γ."""
         if self.fitter is None:
             self._initialise()
-        stream = self.ctx.data.require("fit")
+        stream = self._stream("fit", self.stat_batches) if steps else iter(())
         losses = self.fitter.run(stream, steps, masks=self._masks(), progress=self.ctx.progress, desc="fit")
         if steps:
             self._stale = False
         return losses
 
     def _initialise(self) -> None:
-        stats = self.statistics(kfac=self.init == "kfac")
+        captures = [] if self._layerwise_fvp else None
+        stats = self.statistics(kfac=self.init == "kfac", captures=captures)
+        self._captures = captures
         mean_diag = self.mean_diag(stats)
         damping = self.resolve_damping(mean_diag)
         log.info("mean diag F̂ %.4g, damping γ %.4g, init %s", mean_diag, damping, self.init)
@@ -81,7 +107,7 @@ class FishLeg(KronOBS):
     def _make_fitter(self) -> AuxFitter:
         return AuxFitter(
             list(self.blocks),
-            self.curvature.fvp,
+            _capture_fvp if self._layerwise_fvp else self.curvature.fvp,
             self.damping,
             lr=self.lr,
             precondition=self.precondition,
@@ -96,8 +122,24 @@ class FishLeg(KronOBS):
             return None
         return [self.ctx.masks.full(i).to(self.blocks[i].dtype) for i in range(len(self.ctx.views))]
 
-    def _refine(self, what: str, steps: int, desc: str) -> None:
-        self.fitter.run(self.ctx.data.require(what), steps, masks=self._masks(), desc=desc)
+    def _stream(self, what: str, batches: int) -> Iterator[object]:
+        """What the aux steps read: the attached batches, or (layer-wise) captures of ``batches`` of them at the
+        current weights, ``aux_batches`` per step in a random order (all of them when None)."""
+        stream = self.ctx.data.require(what)
+        if not self._layerwise_fvp:
+            return stream
+        if self._captures is None:
+            with timing.section("statistics"):
+                self._captures = self.curvature.capture(stream, batches, generator=self.generator)
+            log.info("captured %d batches for layer-wise FVPs (%.3g GB)", batches, self._nbytes() / 1e9)
+        return _cycle(self._captures, self.aux_batches, self.generator)
+
+    def _nbytes(self) -> int:
+        return sum(c.nbytes() for c in self._captures or ())
+
+    def _refine(self, what: str, steps: int, desc: str, batches: int | None = None) -> None:
+        stream = self._stream(what, self.stat_batches if batches is None else batches)
+        self.fitter.run(stream, steps, masks=self._masks(), desc=desc)
         self._stale = False
 
     def before_substep(self, substep: int) -> None:
@@ -107,10 +149,13 @@ class FishLeg(KronOBS):
 
     def between_prunes(self) -> None:
         if self.fitter is not None and self.gradual_aux_steps:
-            self._refine("step", self.gradual_aux_steps, "track")
+            self._captures = None  # training moved the weights
+            self._refine("step", self.gradual_aux_steps, "track", batches=self.gradual_aux_steps)
+        self._captures = None
 
     def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
         self._stale = True
+        self._captures = None
         return super().update(index, W, prune, keep)
 
     def state_dict(self) -> dict:
@@ -126,6 +171,7 @@ class FishLeg(KronOBS):
             return
         super().load_state_dict(state)
         self._stale = state["stale"]
+        self._captures = None
         if state["optimizer"] is None:
             self.fitter = None
             return
@@ -143,7 +189,25 @@ class FishLeg(KronOBS):
                 for t in s.values()
                 if hasattr(t, "numel")
             )
+        if self._captures:
+            usage["captures"] = self._nbytes()
         return usage
+
+
+def _capture_fvp(capture: Capture, vectors: list[Tensor]) -> list[Tensor]:
+    return capture.fvp(vectors)
+
+
+def _cycle(captures: list[Capture], per_step: int | None, generator: torch.Generator) -> Iterator[Capture]:
+    """Endless joins of ``per_step`` captures (all: the same join every time), reshuffled on every pass."""
+    if per_step is None or per_step >= len(captures):
+        whole = Capture.join(captures)
+        while True:
+            yield whole
+    while True:
+        order = torch.randperm(len(captures), generator=generator, device=generator.device).tolist()
+        for s in range(0, len(order) - per_step + 1, per_step):
+            yield Capture.join([captures[i] for i in order[s : s + per_step]])
 
 
 class FishLegPruner(Pruner):
@@ -161,6 +225,12 @@ class FishLegPruner(Pruner):
         refine_steps: masked aux steps before each sub-step after the masks changed (warm start).
         gradual_aux_steps: masked aux steps on each training step that does not prune (gradual pruning with
             :meth:`step`): λ keeps tracking the fine-tuned model.
+        aux_fisher: the F v of the aux steps: "exact" (default; F = (1/B) Σ J_bᵀ H_b J_b of the whole network, a
+            forward-mode JVP and a VJP per step) or "layerwise" (F_ll v = (1/B) Σ_b ⟨g_b, v⟩ g_b per layer from
+            the sampled-label gradients g_b of the ``init_batches`` captured calibration batches — the diagonal
+            blocks the aux loss of a block-diagonal Q depends on, without the cross-layer noise, and no pass
+            through the model per step; memory ≈ B·T·Σ(m + n) values: :mod:`fls_kernels.curvature.captures`).
+        aux_batches: layer-wise: captured batches per aux step (None: all of them, a deterministic F̂).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``:
