@@ -44,6 +44,11 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("… column-sequential update (γ = 1e-2)", "FLS-uniform", dict(fls_update="columns", fls_damping=1e-2)),
     ("… no aux steps (K-FAC start, refined only)", "FLS-uniform", dict(fls_fit_steps=0)),
     ("… 100 aux steps, 10 per sub-step", "FLS-uniform", dict(fls_fit_steps=100, fls_refine_steps=10)),
+    (
+        "… layer-wise aux FVPs (1 batch per step), 100 aux steps, 10 per sub-step",
+        "FLS-uniform",
+        dict(fls_aux_fisher="layerwise", fls_aux_batches=1, fls_fit_steps=100, fls_refine_steps=10),
+    ),
     ("… 1 sub-step", "FLS-uniform", dict(substeps=1)),
     ("… 4 sub-steps", "FLS-uniform", dict(substeps=4)),
     ("SparseGPT (reference)", "SparseGPT", {}),
@@ -53,6 +58,11 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
         "… 100 aux steps, 10 per sub-step",
         "FLS-uniform",
         dict(patterns=("2:4",), fls_fit_steps=100, fls_refine_steps=10),
+    ),
+    (
+        "… layer-wise aux FVPs (1 batch per step), 100 aux steps, 10 per sub-step",
+        "FLS-uniform",
+        dict(patterns=("2:4",), fls_aux_fisher="layerwise", fls_aux_batches=1, fls_fit_steps=100, fls_refine_steps=10),
     ),
     ("SparseGPT at 2:4 (reference)", "SparseGPT", dict(patterns=("2:4",))),
 )

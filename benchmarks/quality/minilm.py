@@ -54,6 +54,8 @@ class Config:
     relative_damping: float = 1.0
     fls_damping: float = 1e-4
     fls_update: str = "adaptive"
+    fls_aux_fisher: str = "exact"
+    fls_aux_batches: int | None = None
     kfac_update: str = "diagonal"
     kfac_allocation: str = "global"
     sparsegpt_dampening: float = 0.01
@@ -148,6 +150,8 @@ def make(method: str, model, config: Config, pattern: str, num_batches: int):
             refine_steps=config.fls_refine_steps,
             allocation="uniform" if method == "FLS-uniform" else "global",
             update=config.fls_update,
+            aux_fisher=config.fls_aux_fisher,
+            aux_batches=config.fls_aux_batches,
             **{**curv, "relative_damping": config.fls_damping},
         )
     if method == "SparseGPT":
