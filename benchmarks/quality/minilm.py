@@ -87,6 +87,8 @@ def parse_overrides(items: list[str]) -> dict:
         if isinstance(default, tuple):
             kind = type(default[0]) if default else str
             out[name] = tuple(kind(v) for v in value.split(","))
+        elif default is None:  # an optional count
+            out[name] = None if value.lower() == "none" else int(value)
         else:
             out[name] = type(default)(value)
     return out
