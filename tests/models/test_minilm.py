@@ -261,8 +261,10 @@ def test_ablation_run_labels_each_row(monkeypatch):
         ]
 
     monkeypatch.setattr(minilm, "run", fake)
-    rows = ablation.run(ablation.VARIANTS[-2:], log=lambda _: None)
-    assert [r["variant"] for r in rows] == [v[0] for v in ablation.VARIANTS[-2:]]
+    picked = [v for v in ablation.VARIANTS if v[2] == dict(patterns=("2:4",), fls_fit_steps=100, fls_refine_steps=10)]
+    picked.append(ablation.VARIANTS[-1])
+    rows = ablation.run(picked, log=lambda _: None)
+    assert [r["variant"] for r in rows] == [v[0] for v in picked]
     assert rows[0]["settings"] == "patterns=2:4 fls_fit_steps=100 fls_refine_steps=10"
     assert "| FLS-uniform | 2:4 50% | patterns=2:4 fls_fit_steps=100 fls_refine_steps=10 | 0.8000 / 0.500 | 2 s |" in (
         ablation.table(rows)
