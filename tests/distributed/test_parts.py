@@ -101,3 +101,12 @@ def test_sharding_is_refused_by_methods_without_blocks(one_rank_group):
     with pytest.raises(ValueError, match="distributed: OBDPruner supports 'replicated' only"):
         fls.OBDPruner(_net(), distributed="sharded")
     fls.OBDPruner(_net(), distributed="replicated")  # fine
+
+
+def test_layerwise_aux_fisher_is_refused_with_distributed(one_rank_group):
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="aux_fisher: 'layerwise' runs in one process"):
+        fls.FishLegPruner(net, distributed="replicated", aux_fisher="layerwise")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    fls.FishLegPruner(_net(), distributed="replicated", aux_fisher="exact")  # fine

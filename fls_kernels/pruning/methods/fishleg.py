@@ -107,7 +107,7 @@ class FishLeg(KronOBS):
     def _make_fitter(self) -> AuxFitter:
         return AuxFitter(
             list(self.blocks),
-            _capture_fvp if self._layerwise_fvp else self.curvature.fvp,
+            Capture.fvp if self._layerwise_fvp else self.curvature.fvp,
             self.damping,
             lr=self.lr,
             precondition=self.precondition,
@@ -149,9 +149,9 @@ class FishLeg(KronOBS):
 
     def between_prunes(self) -> None:
         if self.fitter is not None and self.gradual_aux_steps:
-            self._captures = None  # training moved the weights
+            self._captures = None  # training moved the weights: capture afresh for the tracking steps
             self._refine("step", self.gradual_aux_steps, "track", batches=self.gradual_aux_steps)
-        self._captures = None
+        self._captures = None  # and drop them: the next training step moves the weights again
 
     def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
         self._stale = True
@@ -194,12 +194,9 @@ class FishLeg(KronOBS):
         return usage
 
 
-def _capture_fvp(capture: Capture, vectors: list[Tensor]) -> list[Tensor]:
-    return capture.fvp(vectors)
-
-
 def _cycle(captures: list[Capture], per_step: int | None, generator: torch.Generator) -> Iterator[Capture]:
-    """Endless joins of ``per_step`` captures (all: the same join every time), reshuffled on every pass."""
+    """Endless joins of ``per_step`` captures (all: the same join every time), reshuffled on every pass; a
+    pass's remainder (len % per_step) is left out of that pass only."""
     if per_step is None or per_step >= len(captures):
         whole = Capture.join(captures)
         while True:
