@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from torch import nn
 
 import fls_reference as ref
 from fls_kernels import backends, ops
-from fls_kernels.pruning import FishLegPruner
+from fls_kernels.pruning import FishLegPruner, checks
 from fls_kernels.tolerances import rel_error, tolerance
 
 
@@ -58,12 +60,112 @@ def load_factory(spec: str) -> Callable[[str], tuple[nn.Module, list]]:
     return getattr(importlib.import_module(module), name)
 
 
+_BUILD = "FLS_BUILD_EXT=1 pip install --no-build-isolation -e ."
+
+
+def no_cuda() -> str | None:
+    """Why torch cannot use a CUDA device here (a CPU-only build, or no device visible), or None when it can."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        return f"torch {torch.__version__} sees no CUDA device{hint}"
+    return None
+
+
+def _extension_problem() -> tuple[str, str] | None:
+    """What is wrong with the compiled extension ``fls_kernels._C``, and the fix; None when it loads."""
+    try:
+        importlib.import_module("fls_kernels._C")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fls_kernels._C":
+            return f"fls_kernels._C needs the missing module {exc.name!r}", f"pip install {exc.name}"
+        return "the extension fls_kernels._C is not built", f"build it: `{_BUILD}` (needs a C++20 compiler)"
+    except Exception as exc:  # noqa: BLE001 - e.g. an undefined symbol: built against another torch
+        return (
+            f"the extension fls_kernels._C does not load ({type(exc).__name__}: {exc})",
+            f"rebuild it against the torch {torch.__version__} in use: `{_BUILD}`",
+        )
+    return None
+
+
+def _diagnose_triton() -> tuple[str, str] | None:
+    if importlib.util.find_spec("triton") is None:
+        return (
+            "the module `triton` is not installed",
+            "`pip install triton`, then run on a CUDA device (or set TRITON_INTERPRET=1 to interpret on the CPU)",
+        )
+    try:
+        import triton
+    except Exception as exc:  # noqa: BLE001 - a broken or mismatched install
+        return (
+            f"`import triton` fails ({type(exc).__name__}: {exc})",
+            f"reinstall the triton version that torch {torch.__version__} pins (`pip install --force-reinstall`)",
+        )
+    cuda = no_cuda()
+    if cuda is not None and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return (
+            f"triton {triton.__version__} imports, but {cuda} and TRITON_INTERPRET is not 1",
+            "run on a machine with a CUDA GPU and a CUDA build of torch, or start Python with TRITON_INTERPRET=1 "
+            "to run the kernels through Triton's CPU interpreter (slow; used only on explicit request)",
+        )
+    return None
+
+
+def _diagnose_native(name: str) -> tuple[str, str] | None:
+    if name == "cuda":
+        cuda = no_cuda()
+        if cuda is not None and torch.version.cuda is None:
+            return (
+                cuda,
+                "on a machine with an NVIDIA GPU, use a CUDA build of torch and build the extension there with "
+                f"nvcc on PATH: `{_BUILD}`",
+            )
+        if cuda is not None:
+            return cuda, "run on a machine with an NVIDIA GPU (check `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
+    problem = _extension_problem()
+    if problem is not None:
+        return problem
+    if name == "cuda" and "without CUDA kernels" in (backends.get_backend(name).load() or ""):
+        return (
+            "the extension fls_kernels._C was built without CUDA kernels",
+            f"rebuild it on this machine with nvcc on PATH: `{_BUILD}`",
+        )
+    return None
+
+
+def diagnose(backend: backends.Backend) -> tuple[str, str] | None:
+    """Why ``backend`` cannot load on this machine — what is actually missing (a module not installed, no CUDA
+    device, the extension not built, ...) — and the fix that would help; None when it loads."""
+    error = backend.load()
+    if error is None:
+        return None
+    found = None
+    if backend.name == "triton":
+        found = _diagnose_triton()
+    elif backend.name in ("cpu", "cuda"):
+        found = _diagnose_native(backend.name)
+    return found or (error, backend.fix or "see the error above")
+
+
+def backend_problem(name: str, device: torch.device) -> str | None:
+    """Why the backend called ``name`` cannot be compared on ``device`` (unknown, not available here with the
+    fix, or made for other devices), or None when it can."""
+    try:
+        backend = backends.get_backend(name)
+    except ValueError:
+        return f"unknown backend {name!r} (known: {', '.join(b.name for b in backends.backends())})"
+    found = diagnose(backend)
+    if found is not None:
+        return f"backend {name!r} is not available here: {found[0]}; fix: {found[1]}"
+    if device.type not in backend.devices:
+        return f"backend {name!r} does not run on {device.type} (it runs on {', '.join(backend.devices)})"
+    return None
+
+
 def _candidates(device: torch.device) -> list[str]:
-    names = []
-    for b in backends.backends():
-        if b.load() is None and device.type in b.devices:
-            names.append(b.name)
-    return names
+    return [b.name for b in backends.backends() if backend_problem(b.name, device) is None]
 
 
 def _op_errors(pruner: FishLegPruner, name: str, device: torch.device) -> list[OpRow]:
@@ -140,8 +242,23 @@ def run(
     fit_steps: int = 100,
     only: list[str] | None = None,
 ) -> tuple[list[OpRow], list[StepRow]]:
-    """Fit Q on the reference, then compare each backend's ops and one whole prune step with the reference's."""
+    """Fit Q on the reference, then compare each backend's ops and one whole prune step with the reference's.
+
+    Args:
+        only: compare just these backends (and the reference); None: every backend that can run on the model's
+            device.
+
+    Raises:
+        ValueError / TypeError: a bad ``sparsity`` or ``fit_steps``, or a backend of ``only`` that is unknown or
+            cannot run here (the message says why and the fix) — before anything is fitted.
+    """
     device = next(model.parameters()).device
+    checks.sparsity("sparsity", sparsity)
+    checks.integer("fit_steps", fit_steps)
+    for name in only or ():
+        problem = backend_problem(name, device)
+        if problem is not None:
+            raise ValueError(f"only: {problem}")
     pruner = FishLegPruner(model, refine_steps=0, backend="reference")
     pruner.fit(batches, steps=fit_steps)
     names = [n for n in _candidates(device) if only is None or n in only]

@@ -76,11 +76,15 @@ def batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> list[tuple[Tens
     return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(x), batch_size)]
 
 
-def train(model: nn.Module, data: Digits, *, epochs: int = 30, lr: float = 3e-3, seed: int = 0) -> nn.Module:
-    """Adam on cross-entropy."""
+def train(
+    model: nn.Module, data: Digits, *, epochs: int = 30, lr: float = 3e-3, seed: int = 0, progress: bool = False
+) -> nn.Module:
+    """Adam on cross-entropy (``progress``: a tqdm bar over the epochs)."""
+    from tqdm.auto import tqdm
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False):
         for x, y in batches(data.x_train, data.y_train, 64, seed * 1000 + epoch):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -119,16 +123,52 @@ class DemoResult:
     seconds: float = 0.0
 
 
+#: Seconds per unit of work on 2 CPU cores (measured with the default budgets), for :func:`estimate_seconds`.
+_COST = dict(epoch=0.1, aux_step=0.009, refine_step=0.007, substep=0.02)
+
+
+def estimate_seconds(config: DemoConfig) -> float:
+    """Roughly how long :func:`run` takes with ``config`` on 2 CPU cores (the defaults: a few minutes)."""
+    c = _COST
+    per_sparsity = config.substeps * (c["substep"] + config.refine_steps * c["refine_step"])
+    per_seed = (
+        c["epoch"] * config.train_epochs + c["aux_step"] * config.fit_steps + per_sparsity * len(config.sparsities)
+    )
+    return per_seed * len(config.seeds)
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3.5 min``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def run(config: DemoConfig | None = None) -> DemoResult:
-    """Train, fit and prune for every seed and sparsity; return the accuracies."""
+    """Train, fit and prune for every seed and sparsity; return the accuracies.
+
+    Logs each stage as it starts (``fls_kernels.demo``, INFO) with the time the previous one took and, after
+    each seed, the time left; ``config.progress`` adds tqdm bars within the stages.
+    """
+    from tqdm.auto import tqdm
+
     config = config or DemoConfig()
     result = DemoResult(config)
     start = time.perf_counter()
-    for seed in config.seeds:
+    n = len(config.seeds)
+    for i, seed in enumerate(config.seeds):
+        seed_start = stage = time.perf_counter()
+        log.info("seed %d (%d/%d): training the CNN, %d epochs", seed, i + 1, n, config.train_epochs)
         torch.manual_seed(seed)
         data = load_digits(seed)
-        dense = train(DigitsCNN(), data, epochs=config.train_epochs, seed=seed)
+        dense = train(DigitsCNN(), data, epochs=config.train_epochs, seed=seed, progress=config.progress)
         result.dense.append(accuracy(dense, data.x_test, data.y_test))
+        log.info(
+            "seed %d: trained in %.0f s (dense accuracy %.3f); fitting Q, %d aux steps",
+            seed,
+            time.perf_counter() - stage,
+            result.dense[-1],
+            config.fit_steps,
+        )
+        stage = time.perf_counter()
         calib = batches(data.x_train, data.y_train, config.batch_size, seed)
         fitted = copy.deepcopy(dense)
         pruner = FishLegPruner(
@@ -142,7 +182,16 @@ def run(config: DemoConfig | None = None) -> DemoResult:
         )
         pruner.fit(calib, steps=config.fit_steps)
         state, weights = pruner.state_dict(), copy.deepcopy(fitted.state_dict())
-        for s in config.sparsities:
+        log.info(
+            "seed %d: Q fitted in %.0f s; pruning at %s, %d FLS sub-steps of %d refinement steps each",
+            seed,
+            time.perf_counter() - stage,
+            ", ".join(f"{s:.0%}" for s in config.sparsities),
+            config.substeps,
+            config.refine_steps,
+        )
+        for s in tqdm(config.sparsities, desc="prune", unit="sparsity", disable=not config.progress, leave=False):
+            stage = time.perf_counter()
             pruner.load_state_dict(state)  # masks back to all-alive first: reloading weights re-applies masks
             fitted.load_state_dict(weights)
             pruner.prune(s, substeps=config.substeps)
@@ -151,12 +200,23 @@ def run(config: DemoConfig | None = None) -> DemoResult:
             MagnitudePruner(baseline).prune(s)
             result.accuracy.setdefault(("magnitude", s), []).append(accuracy(baseline, data.x_test, data.y_test))
             log.info(
-                "seed %d sparsity %.2f: FLS %.3f magnitude %.3f",
+                "seed %d sparsity %.2f: FLS %.3f magnitude %.3f (%.0f s)",
                 seed,
                 s,
                 result.accuracy[("FLS", s)][-1],
                 result.accuracy[("magnitude", s)][-1],
+                time.perf_counter() - stage,
             )
+        elapsed = time.perf_counter() - start
+        left = elapsed / (i + 1) * (n - i - 1)
+        log.info(
+            "seed %d done in %s (%d/%d); %s",
+            seed,
+            format_seconds(time.perf_counter() - seed_start),
+            i + 1,
+            n,
+            f"about {format_seconds(left)} left" if left else f"all seeds in {format_seconds(elapsed)}",
+        )
     result.seconds = time.perf_counter() - start
     return result
 

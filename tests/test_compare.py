@@ -43,3 +43,20 @@ def test_cli_compare_exit_status(capsys):
 
 def tiny(device: str):
     return SmallNet().to(device), loader()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        (dict(only=["reference", "nosuch"]), "unknown backend 'nosuch'"),
+        (dict(sparsity=1.5), "sparsity"),
+        (dict(fit_steps=-1), "fit_steps"),
+    ],
+)
+def test_run_refuses_bad_arguments_before_fitting(monkeypatch, kwargs, says):
+    def fit(*args, **kw):
+        raise AssertionError("fitted before the arguments were checked")
+
+    monkeypatch.setattr(compare.FishLegPruner, "fit", fit)
+    with pytest.raises(ValueError, match=says):
+        compare.run(SmallNet(), loader(), **kwargs)
