@@ -8,22 +8,33 @@ modes are restored afterwards.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
+from fls_kernels.curvature.attention import unfused
 from fls_kernels.curvature.captures import Capture, LayerCapture
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
-from fls_kernels.data import eval_mode, split_batch
+from fls_kernels.data import check_finite, eval_mode, model_output, split_batch
 from fls_kernels.distributed.comm import attempt
 
 if TYPE_CHECKING:
     from fls_kernels.distributed.comm import Comm
+
+
+FVP_MODES = ("auto", "jvp", "double_vjp")
+_UNREACHED = (
+    ": it was not called, or its output does not reach the tensor the likelihood reads (see output=); leave it "
+    "out with ignore="
+)
+log = logging.getLogger("fls_kernels.fit")
 
 
 class ModelCurvature:
@@ -34,7 +45,11 @@ class ModelCurvature:
         views: its prunable layers.
         likelihood: the output distribution.
         inputs: batch → (args, kwargs) for the model (default :func:`split_batch`).
-        output: model output → the tensor the likelihood reads (default: the output itself).
+        output: model output → the tensor the likelihood reads (default :func:`~fls_kernels.data.model_output`:
+            a tensor, a tuple's first element, or ``logits`` / ``last_hidden_state``).
+        fvp_mode: how :meth:`fvp` gets J v: "jvp" (forward mode), "double_vjp" (reverse over reverse: J v =
+            ∂⟨Jᵀu, v⟩/∂u, for models with ops that have no forward-mode AD) or "auto" (jvp, switching to double_vjp
+            for good the first time an op has no forward-mode AD).
         fvp_chunk: largest number of samples per forward/backward of :meth:`fvp` (None: the whole batch); the
             products of the chunks are averaged, so only activations of ``fvp_chunk`` samples (× tokens) live
             at once — memory bounded independently of batch size and sequence length × batch.
@@ -49,14 +64,18 @@ class ModelCurvature:
         inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
         output: Callable[[object], Tensor] | None = None,
         fvp_chunk: int | None = None,
+        fvp_mode: str = "auto",
     ) -> None:
         if fvp_chunk is not None and not (isinstance(fvp_chunk, int) and fvp_chunk >= 1):
             raise ValueError(f"fvp_chunk: expected a positive int or None, got {fvp_chunk!r}")
+        if fvp_mode not in FVP_MODES:
+            raise ValueError(f"fvp_mode: expected one of {FVP_MODES}, got {fvp_mode!r}")
+        self.fvp_mode = fvp_mode
         self.model = model
         self.views = views
         self.likelihood = likelihood
         self.inputs = inputs
-        self.output = output or (lambda out: out)
+        self.output = output or model_output
         self.fvp_chunk = fvp_chunk
 
     def _params(self) -> dict[str, Tensor]:
@@ -106,14 +125,29 @@ class ModelCurvature:
         for view, v in zip(self.views, vectors):
             tangents.update(zip(view.parameters(), view.split(v)))
         f = self._call(args, kwargs)
-        with eval_mode(self.model), torch.no_grad():
-            out, jv = jvp(f, (params,), (tangents,))
+        with eval_mode(self.model), unfused(self.model), torch.no_grad():
+            out, jv = self._jvp(f, params, tangents)
             hjv = self.likelihood.hvp(out, jv) / out.shape[0]
             _, pullback = vjp(f, params)
             (grads,) = pullback(hjv)
         return [
             view.to_matrix([grads[name] for name in view.parameters()], v.dtype) for view, v in zip(self.views, vectors)
         ]
+
+    def _jvp(self, f, params: dict[str, Tensor], tangents: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(f(θ), J v) by :attr:`fvp_mode`."""
+        if self.fvp_mode != "double_vjp":
+            try:
+                return jvp(f, (params,), (tangents,))
+            except NotImplementedError as err:  # an op (or autograd.Function) without forward-mode AD
+                if self.fvp_mode == "jvp" or ("forward" not in str(err).lower() and "jvp" not in str(err)):
+                    raise
+                log.info("fvp: %s; using reverse-over-reverse products from now on", str(err).splitlines()[0])
+                self.fvp_mode = "double_vjp"
+        out, pullback = vjp(f, params)
+        _, pull_twice = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))  # u ↦ Jᵀu is linear: its VJP is J
+        (jv,) = pull_twice(tangents)
+        return out, jv
 
     def statistics(
         self,
@@ -163,30 +197,51 @@ class ModelCurvature:
 
     def _sampled_passes(self, batches, num_batches, generator, comm, sink, captures) -> None:
         """Forward + sampled-label backward of ``num_batches`` batches; every layer's (patches, output grads)
-        go to ``sink(i, a, d)`` and, with ``captures``, into one :class:`Capture` per batch."""
-        captured: dict[int, Tensor] = {}
+        go to ``sink(i, a, d)`` and, with ``captures``, into one :class:`Capture` per batch.
+
+        A layer called k times in one forward (a re-used module) delivers once, after the gradients of all k
+        outputs arrived, with the calls' locations concatenated (a = [a₁ … a_k] along T): its per-sample gradient
+        Σ_calls Σ_t δ aᵀ is then the true one, and K-FAC treats the calls as more locations."""
+        calls: dict[int, int] = {}  # forward calls of layer i in this batch
+        pending: dict[int, list[tuple[Tensor, Tensor]]] = {}
         layers: dict[int, LayerCapture] = {}
-        handles = []
-        for i, view in enumerate(self.views):
 
-            def on_grad(g: Tensor, i: int = i, view: LayerView = view) -> None:
-                a, d = view.patches(captured.pop(i)), view.output_grads(g.detach())
-                if sink is not None:
-                    sink(i, a, d)
-                if captures is not None:
-                    layers[i] = LayerCapture(view, a, d)
+        def deliver(i: int, a: Tensor, d: Tensor) -> None:
+            if sink is not None:
+                sink(i, a, d)
+            if captures is not None:
+                layers[i] = LayerCapture(self.views[i], a, d)
 
-            def hook(module, args, output, on_grad=on_grad, i=i):
-                captured[i] = args[0].detach()
-                output.register_hook(on_grad)
+        def on_grad(i: int, x: Tensor, g: Tensor) -> None:
+            view = self.views[i]
+            part = (view.patches(x), view.output_grads(g.detach()))
+            if calls[i] == 1:
+                deliver(i, *part)
+                return
+            got = pending.setdefault(i, [])
+            got.append(part)
+            if len(got) == calls[i]:
+                del pending[i]
+                deliver(i, torch.cat([a for a, _ in got], dim=2), torch.cat([d for _, d in got], dim=2))
 
-            handles.append(view.module.register_forward_hook(hook))
+        def hook(module, args, output, i: int) -> None:
+            calls[i] = calls.get(i, 0) + 1
+            output.register_hook(partial(on_grad, i, args[0].detach()))
+
+        handles = [
+            module.register_forward_hook(partial(hook, i=i))
+            for i, view in enumerate(self.views)
+            for module in view.modules
+        ]
         try:
-            with eval_mode(self.model):
-                for _ in range(num_batches):
+            with eval_mode(self.model), unfused(self.model):
+                for k in range(num_batches):
                     out, params = None, None
+                    calls.clear()
+                    pending.clear()
                     with attempt(comm), torch.enable_grad():
                         batch = next(batches)
+                        check_finite(batch, getattr(batches, "last_index", k))
                         params = {k: p.requires_grad_() for k, p in self._params().items()}
                         out = self._function(batch)(params)
                     rows = None
@@ -201,16 +256,23 @@ class ModelCurvature:
                         )
                         loss = self.likelihood.nll(out, target).sum()
                         torch.autograd.grad(loss, list(params.values()))
+                        if pending:
+                            i = next(iter(pending))
+                            raise ValueError(
+                                f"model: layer {self.views[i].name!r} was called {calls[i]} times but only "
+                                f"{len(pending[i])} of its outputs reach the model output; prune it only if every "
+                                "call does (or exclude it with ignore=)"
+                            )
                     if captures is not None:
                         missing = [v.name for i, v in enumerate(self.views) if i not in layers]
                         if missing:
-                            raise RuntimeError(f"no statistics were collected for layer {missing[0]!r}")
+                            raise RuntimeError(f"no statistics were collected for layer {missing[0]!r}{_UNREACHED}")
                         captures.append(Capture([[layers[i] for i in range(len(self.views))]]))
                         layers.clear()
         finally:
             for h in handles:
                 h.remove()
-            captured.clear()
+            pending.clear()
 
 
 @dataclass
@@ -263,7 +325,7 @@ class LayerStats:
 
     def _mean(self, acc: _Acc) -> Tensor:
         if acc.total is None or self.samples == 0:
-            raise RuntimeError(f"no statistics were collected for layer {self.view.name!r}")
+            raise RuntimeError(f"no statistics were collected for layer {self.view.name!r}{_UNREACHED}")
         return acc.total / self.samples
 
     @property

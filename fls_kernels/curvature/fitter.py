@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from fls_kernels import timing
 from fls_kernels.curvature.blocks import KronBlock
 from fls_kernels.curvature.reduction import AuxReduction
+from fls_kernels.data import check_finite
 
 log = logging.getLogger("fls_kernels.fit")
 
@@ -185,7 +186,12 @@ class AuxFitter:
         ema = None
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for t in bar:
-            loss = self.step(next(batches), masks)
+            batch = next(batches)
+            try:
+                loss = self.step(batch, masks)
+            except FloatingPointError as err:
+                check_finite(batch, getattr(batches, "last_index", t))  # name the batch if it is the cause
+                raise err
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             if (t + 1) % log_every == 0 or t + 1 == steps:
                 log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, t + 1, steps, loss, ema)

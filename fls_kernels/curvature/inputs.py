@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from fls_kernels.curvature.attention import unfused
 from fls_kernels.curvature.layers import LayerView
 from fls_kernels.data import eval_mode, split_batch
 
@@ -61,28 +62,38 @@ def input_moments(
     *,
     diagonal: bool,
     inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
+    reused: bool = False,
 ) -> list[InputMoments]:
     """Moments of the inputs of ``views[0]`` and of the layers after it that the forward calls next with the very
     same input tensor (attention's query, key and value): those inputs were computed before ``views[0]`` ran, so
-    pruning it cannot change them, and one pass measures them all. Returns one entry per layer of that run."""
-    captured: list[Tensor] = []  # views[0]'s input on this batch
+    pruning it cannot change them, and one pass measures them all. Returns one entry per layer of that run.
+
+    ``reused``: ``views[0]`` is called more than once per forward (see :func:`call_counts`); the whole forward
+    runs and every call's input adds to its moments (the entry of ``views[0]`` only)."""
+    captured: list[Tensor] = []  # views[0]'s input(s) on this batch
     reached = [0]  # how many of the views this batch's forward has fed so far
 
     def hook(i: int, module: nn.Module, args: tuple) -> None:
         x = args[0]
+        if reused:
+            if i == 0:
+                captured.append(x)
+                reached[0] = 1
+            return
         if i == 0 or (reached[0] == i and captured and x is captured[-1]):
             if i == 0:
                 captured.append(x)
             reached[0] = i + 1
             return
-        raise _Reached
+        if captured:  # a later layer ran on another input: views[0]'s input is known, stop here
+            raise _Reached
 
-    handles = [v.module.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views)]
+    handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
     totals: list[Tensor | None] = [None] * len(views)
     counts = [[0, 0] for _ in views]
     measured = len(views)
     try:
-        with eval_mode(model):
+        with eval_mode(model), unfused(model):
             for batch in batches:
                 args, kwargs = inputs(batch)
                 reached[0] = 0
@@ -93,20 +104,42 @@ def input_moments(
                 if not captured:
                     raise RuntimeError(f"layer {views[0].name!r} was not called by the model's forward on a batch")
                 measured = min(measured, reached[0])
-                x = captured.pop().detach()
+                xs = [x.detach() for x in captured] if reused else [captured[-1].detach()]
                 captured.clear()
-                weights = token_weights(batch, x)
-                for i in range(measured):
-                    a = views[i].patches(x).to(torch.float64)  # [B, g, T, n]
-                    if weights is not None:
-                        a = a * weights[:, None, :, None]
-                    counts[i][0] += a.shape[0]
-                    counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
-                    part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
-                    totals[i] = part if totals[i] is None else totals[i] + part
+                for call, x in enumerate(xs):
+                    weights = token_weights(batch, x)
+                    for i in range(measured):
+                        a = views[i].patches(x).to(torch.float64)  # [B, g, T, n]
+                        if weights is not None:
+                            a = a * weights[:, None, :, None]
+                        counts[i][0] += a.shape[0] if call == 0 else 0  # samples once, tokens of every call
+                        counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
+                        part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
+                        totals[i] = part if totals[i] is None else totals[i] + part
     finally:
         for h in handles:
             h.remove()
     if totals[0] is None:
         raise ValueError("loader: no calibration batches")
     return [InputMoments(totals[i], *counts[i]) for i in range(measured)]
+
+
+@torch.no_grad()
+def call_counts(
+    model: nn.Module, views: list[LayerView], batch: object, inputs: Callable[[object], tuple[tuple, dict]]
+) -> list[int]:
+    """How many times one forward of ``batch`` calls each view's module (> 1: a re-used layer)."""
+    counts = [0] * len(views)
+
+    def hook(i: int, module: nn.Module, args: tuple) -> None:
+        counts[i] += 1
+
+    handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
+    try:
+        with eval_mode(model), unfused(model):
+            args, kwargs = inputs(batch)
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts

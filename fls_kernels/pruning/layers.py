@@ -1,14 +1,16 @@
-"""Which layers a pruner prunes: the model unwrapped from DDP/FSDP, layers by type, regex and ignore list."""
+"""Which layers a pruner prunes: the model unwrapped from DDP/FSDP, layers by type, regex and ignore list; and
+which weights it leaves alone, with the reason (:func:`unpruned`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fls_kernels.curvature.layers import LayerView, find_layers
+from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
 
 
 def _wrappers() -> tuple[type[nn.Module], ...]:
@@ -56,8 +58,73 @@ def select_layers(
             f"model: no prunable layers (types {[t.__name__ for t in layer_types]}, include={include!r}, "
             f"ignore={list(ignore)!r})"
         )
+    _check_sharing(model, views)
     devices = {v.weight.device for v in views}
     if len(devices) > 1:
         where = ", ".join(f"{v.name}: {v.weight.device}" for v in views)
         raise ValueError(f"model: prunable layers are on several devices ({where})")
     return views
+
+
+def _check_sharing(model: nn.Module, views: Sequence[LayerView]) -> None:
+    """ValueError when a pruned tensor is also held by a module outside its view (a tied embedding, a layer left
+    out by include/ignore): pruning it would change that use too, whose curvature no view measures."""
+    holders: dict[int, list[str]] = {}
+    for path, module in model.named_modules():
+        for key, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append(f"{path}.{key}" if path else key)
+    for v in views:
+        mine = set(v.parameters()) | {f"{name}.{key}" for name in v.aliases for key in ("weight", "bias")}
+        for pname, p in v.parameters().items():
+            others = [h for h in holders.get(id(p), []) if h not in mine]
+            if others:
+                raise ValueError(
+                    f"model: {pname!r} is the same tensor as {others[0]!r}, which is not pruned as a layer (pruning "
+                    f"one prunes both, and that use's curvature is not measured); leave it out with "
+                    f"ignore=({v.name!r},) or untie them"
+                )
+
+
+@dataclass(frozen=True)
+class Unpruned:
+    """A weight (parameter of ≥ 2 dims) that no prunable layer covers.
+
+    Attributes:
+        name: its qualified name; shape: its shape; reason: why it is not pruned;
+        explicit: whether the user's ``include`` / ``ignore`` / ``layer_types`` left it out (else: unsupported).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+    explicit: bool
+
+
+def unpruned(
+    model: nn.Module,
+    views: Sequence[LayerView],
+    *,
+    layer_types: Sequence[type[nn.Module]],
+    include: str | None,
+    ignore: Sequence[str] | str,
+) -> list[Unpruned]:
+    """Every weight of ``model`` (each shared tensor once) that ``views`` do not cover, in module order."""
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    seen = {id(p) for v in views for p in v.parameters().values()}
+    out = []
+    for path, module in model.named_modules():
+        for key, p in module.named_parameters(recurse=False):
+            if p.dim() < 2 or id(p) in seen:
+                continue
+            seen.add(id(p))
+            kind = type(module).__name__
+            if include is not None and not re.fullmatch(include, path):
+                reason, explicit = f"{path or 'the model'!r} does not match include={include!r}", True
+            elif any(re.fullmatch(pattern, path) for pattern in ignore):
+                reason, explicit = f"{path!r} matches ignore", True
+            elif isinstance(module, SUPPORTED_LAYERS) and key in ("weight", "in_proj_weight"):
+                reason, explicit = f"{kind} is not in layer_types", True
+            else:
+                reason, explicit = f"{kind}.{key}: not a supported layer", False
+            out.append(Unpruned(f"{path}.{key}" if path else key, tuple(p.shape), reason, explicit))
+    return out

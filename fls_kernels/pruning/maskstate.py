@@ -63,7 +63,7 @@ class MaskState(Mapping[str, Tensor]):
     def full(self, index: int) -> Tensor:
         """Layer ``index``'s alive mask as its [m, n] matrix (the bias column always alive)."""
         view = self.views[index]
-        mask = self._masks[view.name].reshape(view.m, view.n_weight)
+        mask = view.weight_matrix(self._masks[view.name])
         if view.has_bias:
             mask = torch.cat([mask, mask.new_ones(view.m, 1)], dim=1)
         return mask
@@ -107,18 +107,18 @@ class MaskState(Mapping[str, Tensor]):
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ writing
-    def check_finite(self) -> None:
-        """ValueError naming the first layer parameter that holds NaN or Inf."""
+    def check_finite(self, outcome: str = "nothing was pruned") -> None:
+        """ValueError naming the first layer parameter that holds NaN or Inf (and ``outcome``)."""
         for view in self.views:
             for name, p in view.parameters().items():
                 if not bool(torch.isfinite(p.detach()).all()):
-                    raise ValueError(f"model: parameter {name!r} contains NaN or Inf; nothing was pruned")
+                    raise ValueError(f"model: parameter {name!r} contains NaN or Inf; {outcome}")
 
     def commit(self, index: int, W: Tensor, keep: Tensor) -> None:
         """Write layer ``index``'s matrix W ([m, n]) into its parameters and ``keep`` ([m, n]) as its mask."""
         view = self.views[index]
         view.write(W)
-        self._masks[view.name].copy_(keep[:, : view.n_weight].reshape(view.weight.shape))
+        self._masks[view.name].copy_(view.matrix_weight(keep[:, : view.n_weight]))
 
     def snapshot(self) -> dict:
         """Copies of the layers' parameters and of the masks, for :meth:`restore`."""

@@ -65,6 +65,9 @@ class Method:
         """Learn from ``self.ctx.data`` (``steps`` iterations where the fit is iterative); returns the losses."""
         return []
 
+    def forget(self) -> None:
+        """Drop what a failed first :meth:`fit` left behind, so that :attr:`fitted` is False again."""
+
     def before_substep(self, substep: int) -> None:
         """Called before each sub-step's scoring (e.g. to refresh curvature on the current masks)."""
 

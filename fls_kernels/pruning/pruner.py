@@ -19,7 +19,7 @@ from fls_kernels import backends
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView
 from fls_kernels.pruning import checkpoint, checks, execution
 from fls_kernels.pruning.context import Context, DataFeed
-from fls_kernels.pruning.layers import select_layers, unwrap
+from fls_kernels.pruning.layers import Unpruned, select_layers, unpruned, unwrap
 from fls_kernels.pruning.maskstate import MaskState
 from fls_kernels.pruning.method import Method, method_parameters
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
@@ -28,6 +28,7 @@ from fls_kernels.pruning.step import prune_substep
 from fls_kernels.pruning.targets import ALLOCATIONS, parse
 
 log = logging.getLogger("fls_kernels.prune")
+skips = logging.getLogger("fls_kernels.pruning")
 
 
 class Pruner:
@@ -42,7 +43,8 @@ class Pruner:
         schedule: for gradual pruning with :meth:`step`: a :class:`~fls_kernels.pruning.schedules.Schedule`
             (e.g. ``CubicSchedule(0.5, 0.95, start=0, end=3000, every=100)``) or any callable step → sparsity.
         substeps: sub-steps of each scheduled pruning step.
-        layer_types: module types to prune (subset of Linear, Conv2d).
+        layer_types: module types to prune (subset of :data:`~fls_kernels.curvature.layers.SUPPORTED_LAYERS`: Linear,
+            GPT-2 Conv1D, Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d).
         include: regex the qualified layer name must fully match (None: every layer of those types).
         ignore: regexes of layer names to leave dense.
         allocation: "global" (one ranking over all layers) or "uniform" (each layer to the same sparsity);
@@ -94,6 +96,7 @@ class Pruner:
         views = select_layers(model, layer_types=layer_types, include=include, ignore=ignore, include_bias=include_bias)
         self.pattern.check(views)
         name = type(self).__name__
+        left = unpruned(model, views, layer_types=layer_types, include=include, ignore=ignore)
         mode = execution.create(distributed, views, views[0].weight.device, shardable=method.shardable, who=name)
         self.model, self.method = model, method
         self.masks = MaskState(model, views, self.pattern)
@@ -101,6 +104,19 @@ class Pruner:
         self.ctx = Context(name, model, views, self.pattern, allocation, self.masks, mode, data, backend, progress)
         method.bind(self.ctx)
         self.masks.attach()  # last: a bad argument above leaves the model without hooks
+        self.unpruned: list[Unpruned] = left
+        unsupported = [u for u in left if not u.explicit]
+        if unsupported:
+            names = ", ".join(f"{u.name} ({u.reason.split(':')[0]})" for u in unsupported[:8])
+            more = f" and {len(unsupported) - 8} more" if len(unsupported) > 8 else ""
+            skips.warning(
+                "%s leaves %d weight tensor(s) unpruned, of types it cannot prune: %s%s; exclude them with "
+                "ignore= (or include=) to silence this, see report()",
+                name,
+                len(unsupported),
+                names,
+                more,
+            )
         self._finalized = False
         self._step = 0  # training steps seen by step()
         self._bar = None
@@ -146,9 +162,27 @@ class Pruner:
         """Layer name → fraction of its weights removed."""
         return self.masks.layer_sparsity()
 
+    def model_sparsity(self) -> float:
+        """Share of zeros among all the model's weights (every parameter of ≥ 2 dims, shared ones once) —
+        pruned or not; :meth:`sparsity` counts the prunable weights only."""
+        seen: set[int] = set()
+        zeros = total = 0
+        for p in self.model.parameters():
+            if p.dim() >= 2 and id(p) not in seen:
+                seen.add(id(p))
+                zeros += int((p.detach() == 0).sum())
+                total += p.numel()
+        return zeros / total if total else 0.0
+
     def report(self) -> str:
-        """A per-layer table: shape, weights, pruned, sparsity, and the total."""
-        return self.masks.report()
+        """A per-layer table: shape, weights, pruned, sparsity, and the total; then the weights left unpruned
+        (with the reason) and the share of zeros over all weights."""
+        lines = [self.masks.report()]
+        if self.unpruned:
+            lines.append("not pruned:")
+            lines += [f"  {u.name:<30} {'x'.join(map(str, u.shape)):>14}  {u.reason}" for u in self.unpruned]
+        lines.append(f"model sparsity (all weights): {self.model_sparsity():.4f}")
+        return "\n".join(lines)
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held by the pruner beside the model: masks plus what the method keeps (λ, optimizer state…)."""
@@ -175,8 +209,15 @@ class Pruner:
         if not self.method.needs_data:
             return []
         steps = checks.integer("steps", steps)
+        self.masks.check_finite("nothing was fitted")
         self.ctx.data.attach(loader)
-        return self.method.fit(steps)
+        first = not self.method.fitted
+        try:
+            return self.method.fit(steps)
+        except BaseException:
+            if first:
+                self.method.forget()  # fitted only after a fit that succeeded
+            raise
 
     # ------------------------------------------------------------------------------------------ pruning
     def prune(self, sparsity: float | Mapping[str, float] | None = None, substeps: int = 1) -> float:

@@ -49,7 +49,9 @@ def test_report_lists_every_layer_and_the_total():
     text = pruner.report()
     for name in ("conv", "fc1", "fc2", "total"):
         assert name in text
-    assert f"{pruner.num_pruned()}" in text.splitlines()[-1]
+    (total,) = [line for line in text.splitlines() if line.startswith("total")]
+    assert f"{pruner.num_pruned()}" in total
+    assert text.splitlines()[-1] == f"model sparsity (all weights): {pruner.model_sparsity():.4f}"
 
 
 def test_memory_usage_matches_the_dry_run_estimate():

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from fls_kernels import timing
-from fls_kernels.data import eval_mode, split_batch
+from fls_kernels.curvature.attention import unfused
+from fls_kernels.data import check_finite, eval_mode, split_batch
 from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import integer
 from fls_kernels.pruning.context import Context
@@ -67,13 +68,16 @@ class Coreset(Recomputing, Method):
         sens = [torch.zeros(v.m, v.n_weight, dtype=torch.float64, device=ctx.device) for v in ctx.views]
         captured: dict[int, Tensor] = {}
         handles = [
-            v.module.register_forward_hook(lambda mod, a, out, i=i: captured.__setitem__(i, a[0].detach()))
+            m.register_forward_hook(lambda mod, a, out, i=i: captured.__setitem__(i, a[0].detach()))
             for i, v in enumerate(ctx.views)
+            for m in v.modules
         ]
         try:
-            with attempt(ctx.mode.comm), eval_mode(ctx.model), torch.no_grad():
+            with attempt(ctx.mode.comm), eval_mode(ctx.model), unfused(ctx.model), torch.no_grad():
                 for _ in range(self.calib_batches):
-                    args, kwargs = self.inputs(next(stream))
+                    batch = next(stream)
+                    check_finite(batch, stream.last_index)
+                    args, kwargs = self.inputs(batch)
                     ctx.model(*args, **kwargs)
                     for i, view in enumerate(ctx.views):
                         sens[i] = torch.maximum(sens[i], self._batch_sensitivity(view, captured.pop(i)))

@@ -28,7 +28,8 @@ class FisherMethod(Method):
         stat_batches: batches of sampled-label gradients per statistics pass (initialisation, recomputation).
         seed: seed of sampled labels and probes.
         inputs: batch → (args, kwargs) for the model (default: tensor, first element, or mapping).
-        output: model output → the tensor the likelihood reads (default: identity).
+        output: model output → the tensor the likelihood reads (default :func:`~fls_kernels.data.model_output`:
+            a tensor, a tuple's first element, or ``logits`` / ``last_hidden_state``).
         fvp_chunk: samples per forward/backward of a Fisher-vector product (None: whole batches); bounds the
             activation memory of long sequences (see :class:`~fls_kernels.curvature.fisher.ModelCurvature`).
     """

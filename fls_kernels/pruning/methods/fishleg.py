@@ -77,6 +77,9 @@ class FishLeg(KronOBS):
     def fitted(self) -> bool:
         return self.fitter is not None
 
+    def forget(self) -> None:
+        self.fitter, self._captures, self._stale = None, None, False
+
     def fit(self, steps: int) -> list[float]:
         """``steps`` aux steps (masked once pruning started); the first call initialises λ and γ."""
         if self.fitter is None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from fls_kernels.curvature.inputs import InputMoments, input_moments
-from fls_kernels.data import split_batch
+from fls_kernels.curvature.inputs import InputMoments, call_counts, input_moments
+from fls_kernels.data import check_finite, split_batch
 from fls_kernels.pruning.checks import integer
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.method import Method
@@ -39,6 +39,7 @@ class Layerwise(Method):
         self.inputs = inputs
         self.batches: list[object] | None = None
         self._measured: dict[int, InputMoments] = {}  # later layers measured in an earlier layer's pass
+        self._calls: list[int] = []  # forward calls per layer (> 1: re-used)
 
     def bind(self, ctx: Context) -> None:
         if not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
@@ -58,7 +59,11 @@ class Layerwise(Method):
                 count = len(stream.loader)
             except TypeError:
                 raise ValueError("calib_batches: the loader has no len(); pass the number of batches") from None
-        self.batches = [next(stream) for _ in range(count)]
+        batches = [next(stream) for _ in range(count)]
+        for k, batch in enumerate(batches):
+            check_finite(batch, k)
+        self.batches = batches
+        self._calls = call_counts(self.ctx.model, self.ctx.views, batches[0], self.inputs)
         self._measured.clear()
         return []
 
@@ -71,7 +76,10 @@ class Layerwise(Method):
         if index in self._measured:
             return self._measured.pop(index)
         views = self.ctx.views[index:]
-        group = input_moments(self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs)
+        reused = index < len(self._calls) and self._calls[index] > 1
+        group = input_moments(
+            self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs, reused=reused
+        )
         comm = self.ctx.mode.comm
         if comm is not None:
             size = torch.tensor([len(group)], device=group[0].total.device)

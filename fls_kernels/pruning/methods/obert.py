@@ -17,7 +17,8 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from fls_kernels import timing
-from fls_kernels.data import eval_mode
+from fls_kernels.curvature.attention import unfused
+from fls_kernels.data import check_finite, eval_mode
 from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import choice, integer
 from fls_kernels.pruning.method import Recomputing
@@ -76,7 +77,7 @@ class OBERT(Recomputing, FisherMethod):
         else:
             with torch.no_grad():
                 y = self.likelihood.sample(self.curvature.output(self.ctx.model(*args, **kwargs)), self.generator)
-        weights = {f"{v.name}.weight" if v.name else "weight": v.weight.detach() for v in self.ctx.views}
+        weights = {v.weight_key: v.weight.detach() for v in self.ctx.views}
 
         def loss(params, a, k, t):
             a, k, t = tree_map(lambda x: x.unsqueeze(0), (a, k, t))
@@ -87,7 +88,7 @@ class OBERT(Recomputing, FisherMethod):
             per = vmap(grad(loss), in_dims=(None, 0, 0, 0), chunk_size=self.grad_chunk)(weights, args, kwargs, y)
         out = []
         for v, name in zip(self.ctx.views, weights):
-            g = per[name].reshape(per[name].shape[0], -1) * self.ctx.masks[v.name].reshape(1, -1)
+            g = v.weight_matrix(per[name]).flatten(1) * v.weight_matrix(self.ctx.masks[v.name]).reshape(1, -1)
             out.append(g.to(self.ctx.dtype))
         return out
 
@@ -101,7 +102,7 @@ class OBERT(Recomputing, FisherMethod):
         G = [torch.cat(g) for g in self._collect()]  # [m_grads, d_layer], the same order on every rank
         damping = self.resolve_damping(sum(float((g**2).mean(0).sum()) for g in G) / self.ctx.masks.num_prunable())
         B = self.block_size
-        self.finv = []
+        finvs = []
         for g in G:
             d = g.shape[1]
             blocks = math.ceil(d / B)
@@ -111,7 +112,8 @@ class OBERT(Recomputing, FisherMethod):
             for gi in g:  # Woodbury: (F + ggᵀ/m)⁻¹ = F⁻¹ − F⁻¹g gᵀF⁻¹ / (m + gᵀF⁻¹g)
                 u = torch.bmm(finv, gi.unsqueeze(-1)).squeeze(-1)
                 finv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (m + (gi * u).sum(-1)).view(-1, 1, 1)
-            self.finv.append(finv)
+            finvs.append(finv)
+        self.finv = finvs  # set only once every block is done
 
     def _collect(self) -> list[list[Tensor]]:
         """Per layer, chunks of per-sample gradients [rows, m·n_weight] adding up to ``num_grads`` rows: the first
@@ -122,11 +124,13 @@ class OBERT(Recomputing, FisherMethod):
         me = comm.rank if comm is not None else 0
         grads: list[list[Tensor]] = [[] for _ in self.ctx.views]
         taken = 0
-        with eval_mode(self.ctx.model):
+        with eval_mode(self.ctx.model), unfused(self.ctx.model):
             while taken < self.num_grads:
                 per = None
                 with attempt(comm):
-                    per = self._per_sample_grads(next(stream))
+                    batch = next(stream)
+                    check_finite(batch, stream.last_index)
+                    per = self._per_sample_grads(batch)
                 local = per[0].shape[0] if per is not None else 0
                 sizes = [local]
                 if comm is not None:
@@ -157,6 +161,9 @@ class OBERT(Recomputing, FisherMethod):
     @property
     def fitted(self) -> bool:
         return self.finv is not None
+
+    def forget(self) -> None:
+        self.finv = None
 
     # ------------------------------------------------------------------------------------------ OBS
     def _blocks(self, index: int, x: Tensor) -> Tensor:
