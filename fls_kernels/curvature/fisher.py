@@ -235,13 +235,13 @@ class ModelCurvature:
         ]
         try:
             with eval_mode(self.model), unfused(self.model):
-                for k in range(num_batches):
+                for b in range(num_batches):
                     out, params = None, None
                     calls.clear()
                     pending.clear()
                     with attempt(comm), torch.enable_grad():
                         batch = next(batches)
-                        check_finite(batch, getattr(batches, "last_index", k))
+                        check_finite(batch, getattr(batches, "last_index", b))
                         params = {k: p.requires_grad_() for k, p in self._params().items()}
                         out = self._function(batch)(params)
                     rows = None

@@ -189,9 +189,9 @@ class AuxFitter:
             batch = next(batches)
             try:
                 loss = self.step(batch, masks)
-            except FloatingPointError as err:
+            except FloatingPointError:
                 check_finite(batch, getattr(batches, "last_index", t))  # name the batch if it is the cause
-                raise err
+                raise
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             if (t + 1) % log_every == 0 or t + 1 == steps:
                 log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, t + 1, steps, loss, ema)

@@ -146,7 +146,7 @@ class LayerView:
         self.aliases: tuple[str, ...] = ()  # the other modules' names
         self.has_bias = include_bias and getattr(module, "bias", None) is not None
         packed = isinstance(module, InProjection)  # named <attention>.in_proj; its tensors the attention's
-        self._prefix = name.removesuffix(".in_proj") if packed else name
+        self._prefix = name.rpartition(".")[0] if packed else name  # the attention's own name
         self._keys = ("in_proj_weight", "in_proj_bias") if packed else ("weight", "bias")
         weight = module.weight
         self.groups = getattr(module, "groups", 1)

@@ -4,7 +4,7 @@ which weights it leaves alone, with the reason (:func:`unpruned`)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -70,9 +70,8 @@ def _check_sharing(model: nn.Module, views: Sequence[LayerView]) -> None:
     """ValueError when a pruned tensor is also held by a module outside its view (a tied embedding, a layer left
     out by include/ignore): pruning it would change that use too, whose curvature no view measures."""
     holders: dict[int, list[str]] = {}
-    for path, module in model.named_modules():
-        for key, p in module.named_parameters(recurse=False):
-            holders.setdefault(id(p), []).append(f"{path}.{key}" if path else key)
+    for path, _, key, p in _holdings(model):
+        holders.setdefault(id(p), []).append(f"{path}.{key}" if path else key)
     for v in views:
         mine = set(v.parameters()) | {f"{name}.{key}" for name in v.aliases for key in ("weight", "bias")}
         for pname, p in v.parameters().items():
@@ -112,19 +111,26 @@ def unpruned(
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     seen = {id(p) for v in views for p in v.parameters().values()}
     out = []
+    for path, module, key, p in _holdings(model):
+        if p.dim() < 2 or id(p) in seen:
+            continue
+        seen.add(id(p))
+        kind = type(module).__name__
+        if include is not None and not re.fullmatch(include, path):
+            reason, explicit = f"{path or 'the model'!r} does not match include={include!r}", True
+        elif any(re.fullmatch(pattern, path) for pattern in ignore):
+            reason, explicit = f"{path!r} matches ignore", True
+        elif isinstance(module, SUPPORTED_LAYERS) and key in ("weight", "in_proj_weight"):
+            reason, explicit = f"{kind} is not in layer_types", True
+        else:
+            reason, explicit = f"{kind}.{key}: not a supported layer", False
+        out.append(Unpruned(f"{path}.{key}" if path else key, tuple(p.shape), reason, explicit))
+    return out
+
+
+def _holdings(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
+    """(module path, module, key, parameter) for every parameter each module holds directly — a shared tensor
+    once per module holding it."""
     for path, module in model.named_modules():
         for key, p in module.named_parameters(recurse=False):
-            if p.dim() < 2 or id(p) in seen:
-                continue
-            seen.add(id(p))
-            kind = type(module).__name__
-            if include is not None and not re.fullmatch(include, path):
-                reason, explicit = f"{path or 'the model'!r} does not match include={include!r}", True
-            elif any(re.fullmatch(pattern, path) for pattern in ignore):
-                reason, explicit = f"{path!r} matches ignore", True
-            elif isinstance(module, SUPPORTED_LAYERS) and key in ("weight", "in_proj_weight"):
-                reason, explicit = f"{kind} is not in layer_types", True
-            else:
-                reason, explicit = f"{kind}.{key}: not a supported layer", False
-            out.append(Unpruned(f"{path}.{key}" if path else key, tuple(p.shape), reason, explicit))
-    return out
+            yield path, module, key, p

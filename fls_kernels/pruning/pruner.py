@@ -44,7 +44,7 @@ class Pruner:
             (e.g. ``CubicSchedule(0.5, 0.95, start=0, end=3000, every=100)``) or any callable step → sparsity.
         substeps: sub-steps of each scheduled pruning step.
         layer_types: module types to prune (subset of :data:`~fls_kernels.curvature.layers.SUPPORTED_LAYERS`: Linear,
-            GPT-2 Conv1D, Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d).
+            GPT-2 Conv1D, Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d, MultiheadAttention's in-projection).
         include: regex the qualified layer name must fully match (None: every layer of those types).
         ignore: regexes of layer names to leave dense.
         allocation: "global" (one ranking over all layers) or "uniform" (each layer to the same sparsity);
@@ -165,14 +165,9 @@ class Pruner:
     def model_sparsity(self) -> float:
         """Share of zeros among all the model's weights (every parameter of ≥ 2 dims, shared ones once) —
         pruned or not; :meth:`sparsity` counts the prunable weights only."""
-        seen: set[int] = set()
-        zeros = total = 0
-        for p in self.model.parameters():
-            if p.dim() >= 2 and id(p) not in seen:
-                seen.add(id(p))
-                zeros += int((p.detach() == 0).sum())
-                total += p.numel()
-        return zeros / total if total else 0.0
+        weights = [p.detach() for p in self.model.parameters() if p.dim() >= 2]  # parameters() yields each once
+        total = sum(p.numel() for p in weights)
+        return sum(int((p == 0).sum()) for p in weights) / total if total else 0.0
 
     def report(self) -> str:
         """A per-layer table: shape, weights, pruned, sparsity, and the total; then the weights left unpruned

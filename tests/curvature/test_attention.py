@@ -91,6 +91,9 @@ def test_views_of_a_transformer_layer():
     torch.testing.assert_close(model.layer.self_attn.in_proj_bias.detach(), W[:, 8])
     assert set(model.state_dict()) == set(Encoder().state_dict()), "the views add nothing to the model's state"
     assert [v.name for v in find_layers(model, ignore=(r".*in_proj",))].count("layer.self_attn.in_proj") == 0
+    attention = nn.MultiheadAttention(4, 2)  # an attention that is the model itself
+    (root, _) = find_layers(attention)
+    assert (root.name, list(root.parameters())) == ("in_proj", ["in_proj_weight", "in_proj_bias"])
 
 
 @pytest.mark.parametrize("mode", ["jvp", "double_vjp", "auto"])
