@@ -2,8 +2,9 @@
 
 A public function here validates its arguments (errors name the argument), picks a backend
 (:mod:`fls_kernels.backends`) and calls the custom op, whose body runs that backend's launcher. The custom
-ops carry fake (meta) kernels and, for ``kron_qv`` and ``kron_diag``, autograd formulas built from the
-ops themselves, so they work under ``torch.compile(fullgraph=True)`` and ``torch.func``.
+ops carry fake (meta) kernels and, for ``kron_qv``, ``kron_diag`` and ``kron_qv_grouped``, autograd formulas
+built from the ops themselves (the grouped backward's Q-shaped products in grouped launches too), so they work
+under ``torch.compile(fullgraph=True)`` and ``torch.func``.
 
 A layer is a matrix W: [m, n] (bias folded in as the last column) with its block of
 Q = D_A (G_R ⊗ G_L) D_A: A: [m, n], G_R = RᵀR: [m, m], G_L = LLᵀ: [n, n], r = diag G_R, l = diag G_L.
@@ -407,6 +408,44 @@ def _kron_qv_grouped(
 @_kron_qv_grouped.register_fake
 def _(Vs, As, G_Rs, G_Ls, precision, backend):
     return [V.new_empty(V.shape) for V in Vs]
+
+
+def _kron_qv_grouped_setup(ctx, inputs, output):
+    Vs, As, G_Rs, G_Ls, precision, backend = inputs
+    ctx.count = len(Vs)
+    ctx.save_for_backward(*Vs, *As, *G_Rs, *G_Ls)
+    ctx.precision, ctx.backend = precision, backend
+
+
+def _kron_qv_grouped_backward(ctx, grads):
+    # kron_qv's backward per layer, its Q-shaped products in two grouped launches (see _kron_qv_backward);
+    # a layer whose output got no gradient contributes zeros.
+    k = ctx.count
+    saved = ctx.saved_tensors
+    Vs, As, G_Rs, G_Ls = saved[:k], saved[k : 2 * k], saved[2 * k : 3 * k], saved[3 * k :]
+    need_v, need_a, need_r, need_l = ctx.needs_input_grad[:4]
+    op = torch.ops.fls.kron_qv_grouped
+    grads = [g if g is not None else torch.zeros_like(V) for g, V in zip(grads, Vs)]
+    ones = [torch.ones_like(A) for A in As]
+    Us = [A * V for A, V in zip(As, Vs)]
+    gPs = [A * g for A, g in zip(As, grads)]
+    dVs = dAs = dG_Rs = dG_Ls = None
+    if need_v or need_a:
+        transposed = ([G.mT.contiguous() for G in G_Rs], [G.mT.contiguous() for G in G_Ls])
+        gUs = op(gPs, ones, *transposed, ctx.precision, ctx.backend)
+        if need_v:
+            dVs = [A * gU for A, gU in zip(As, gUs)]
+        if need_a:
+            Ps = op(Us, ones, list(G_Rs), list(G_Ls), ctx.precision, ctx.backend)
+            dAs = [g * P + V * gU for g, P, V, gU in zip(grads, Ps, Vs, gUs)]
+    if need_r:
+        dG_Rs = [gP @ (U @ G_L).mT for gP, U, G_L in zip(gPs, Us, G_Ls)]
+    if need_l:
+        dG_Ls = [(G_R @ U).mT @ gP for gP, U, G_R in zip(gPs, Us, G_Rs)]
+    return dVs, dAs, dG_Rs, dG_Ls, None, None
+
+
+_kron_qv_grouped.register_autograd(_kron_qv_grouped_backward, setup_context=_kron_qv_grouped_setup)
 
 
 def kron_qv_grouped(

@@ -5,10 +5,16 @@
 One step: v = M ⊙ Q(M ⊙ u) (graph to λ); r = M ⊙ (F v + γ v − u) / (‖v‖‖u‖) (exact FVP, no graph);
 optionally r ← M ⊙ Q r (preconditioning, no graph); surrogate Σ ⟨r, v⟩ backpropagated; Adam on λ.
 M is the mask of alive weights (all ones before pruning), so the fit targets the kept subspace.
+
+A step makes no host synchronisation of its own: the probes of all blocks are drawn in one call, the Q products
+of all blocks run as grouped launches (``kron_qv_grouped``, forward and backward), and the loss and a finiteness
+flag stay on the device; :meth:`AuxFitter.run` reads them back every ``check_every`` steps and, on divergence,
+returns λ, its optimizer state and the probe RNG to the last check.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -16,7 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from fls_kernels import timing
+from fls_kernels import backends, ops, timing
 from fls_kernels.curvature.blocks import KronBlock
 from fls_kernels.curvature.reduction import AuxReduction
 from fls_kernels.data import check_finite
@@ -35,10 +41,13 @@ class AuxFitter:
         precondition: apply Q to the residual before backpropagation (a Newton-like step on λ).
         precision: GEMM mode of the Q products.
         generator: RNG of the probes (the same seed on every rank).
-        backend: ops backend of the Q products (None: automatic).
+        backend: ops backend preferred for the Q products (None: automatic; one lacking the grouped product
+            leaves that to automatic selection).
         reduction: how the step's probes, products and λ gradients combine over processes (default: one
             process); see :mod:`fls_kernels.curvature.reduction`. The step is that of one process on the union
             of every rank's batch.
+        check_every: steps of :meth:`run` between reads of the loss and finiteness flag to the host (None: 1 on
+            the CPU, where a read costs nothing, 16 on accelerators; distributed reductions check every step).
     """
 
     def __init__(
@@ -53,26 +62,36 @@ class AuxFitter:
         generator: torch.Generator | None = None,
         backend: str | None = None,
         reduction: AuxReduction | None = None,
+        check_every: int | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)):
+            raise TypeError(f"check_every: expected an int or None, got {type(check_every).__name__}")
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"check_every: expected a positive int, got {check_every}")
         self.blocks = blocks
         self.fvp = fvp
         self.damping = float(damping)
         self.precondition = precondition
         self.precision = precision
         self.generator = generator
-        self.backend = backend
+        self.backend = backends.preferred(backend, "kron_qv_grouped")
         self.reduction = reduction if reduction is not None else AuxReduction()
         self.owned = [isinstance(b, KronBlock) for b in blocks]
         self.params = [p for b in blocks for p in b.parameters()]
         # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
         self.optimizer = torch.optim.Adam(self.params or [nn.Parameter(torch.zeros(0))], lr=lr)
-        #: aux loss 𝒜 of every step taken, in order.
+        device = blocks[0].device if blocks else torch.device("cpu")
+        if check_every is None:
+            check_every = 1 if device.type == "cpu" else 16
+        self.check_every = 1 if self.reduction.checks_each_step else check_every
+        #: aux loss 𝒜 of every step taken, in order (steps of a :meth:`run` appear at its checks).
         self.history: list[float] = []
 
     def step(self, batch: object, masks: list[Tensor] | None = None) -> float:
-        """One aux step on ``batch``; ``masks`` ([m, n] bool per block) restrict it to alive weights.
+        """One aux step on ``batch``, checked at once; ``masks`` ([m, n] bool per block) restrict it to alive
+        weights.
 
         Returns:
             the sampled aux loss 𝒜 of this step (before the update).
@@ -80,6 +99,12 @@ class AuxFitter:
         Raises:
             FloatingPointError: the loss or residual is not finite; λ and the probe RNG are left as they were.
         """
+        loss = float(self._step(batch, masks, check=True))
+        self.history.append(loss)
+        return loss
+
+    def _step(self, batch: object, masks: list[Tensor] | None, check: bool) -> Tensor:
+        """One step; returns 𝒜 on the device, or NaN when the step diverged (``check``: raise before λ moves)."""
         red = self.reduction
         rng = self.generator.get_state() if self.generator is not None else None
         us, vs, grams, fvs, rows = [], [], [], [], 0
@@ -96,11 +121,15 @@ class AuxFitter:
             if len(fvs) != len(us):
                 fvs = [torch.zeros_like(u) for u in us]
             fvs, scale = red.reduce_products(fvs, rows)
-            loss = 0.0
+            loss = torch.zeros(())
             with red.attempt(), timing.section("q_products"):
                 if any(vs[i] is None for i, o in enumerate(self.owned) if o):
                     raise RuntimeError("the probe of this step failed")
                 loss, surrogate = self._surrogate(us, vs, grams, fvs, masks, scale)
+                if check and not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"aux loss diverged at step {len(self.history)} (loss {float(loss)}); lower lr or raise damping"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 surrogate.backward()
             loss, grads = red.reduce_gradients(self.params, rows, loss)
@@ -113,60 +142,66 @@ class AuxFitter:
             for p, g in zip(self.params, grads):
                 p.grad = g
         self.optimizer.step()
-        self.history.append(loss)
-        return loss
+        return torch.as_tensor(loss)
 
     def _probe(self, masks: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor | None], list]:
-        """u ∼ 𝒩(0, I) (masked) for every block, v = M ⊙ Q u with its graph to λ for the owned ones."""
-        us, vs, grams = [], [], []
+        """u ∼ 𝒩(0, I) (masked) for every block, drawn in one call; v = M ⊙ Q u with its graph to λ for the owned
+        ones, in one grouped product."""
         with timing.section("q_products"):
-            for i, block in enumerate(self.blocks):
-                u = torch.randn(block.m, block.n, generator=self.generator, device=block.device, dtype=block.dtype)
-                if masks is not None:
-                    u = u * masks[i]
-                v, g = None, None
-                if self.owned[i]:
-                    g = block.grams()
-                    v = block.qv(u, grams=g, precision=self.precision, backend=self.backend)
-                    if masks is not None:
-                        v = v * masks[i]
-                us.append(u)
-                vs.append(v)
-                grams.append(g)
+            sizes = [b.m * b.n for b in self.blocks]
+            first = self.blocks[0]
+            flat = torch.randn(sum(sizes), generator=self.generator, device=first.device, dtype=first.dtype)
+            us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
+            if masks is not None:
+                us = [u * mask for u, mask in zip(us, masks)]
+            owned = [i for i, o in enumerate(self.owned) if o]
+            grams: list = [None] * len(us)
+            vs: list[Tensor | None] = [None] * len(us)
+            if owned:
+                for i in owned:
+                    grams[i] = self.blocks[i].grams()
+                products = self._qv([us[i] for i in owned], owned, [grams[i] for i in owned], self.blocks)
+                for i, v in zip(owned, products):
+                    vs[i] = v * masks[i] if masks is not None else v
         return us, vs, grams
 
-    def _surrogate(self, us, vs, grams, fvs, masks, scale_fv: float = 1.0) -> tuple[float, Tensor]:
-        """(𝒜 over the owned blocks, the surrogate Σ ⟨M ⊙ Q r, v⟩ / (‖v‖‖u‖) to backpropagate into λ).
+    def _qv(self, Vs: list[Tensor], index: list[int], grams: list, blocks: list[KronBlock]) -> list[Tensor]:
+        """[Q_i V_i] of blocks ``index`` in one grouped product (differentiable in λ when grad mode is on)."""
+        As = [blocks[i].A if torch.is_grad_enabled() else blocks[i].A.detach() for i in index]
+        return ops.kron_qv_grouped(
+            Vs, As, [g[0] for g in grams], [g[1] for g in grams], precision=self.precision, backend=self.backend
+        )
+
+    def _surrogate(self, us, vs, grams, fvs, masks, scale_fv: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(𝒜 over the owned blocks, the surrogate Σ ⟨M ⊙ Q r, v⟩ / (‖v‖‖u‖) to backpropagate into λ), both on
+        the device; 𝒜 is NaN when a residual is not finite.
 
         ``vs`` must be complete (other ranks' blocks detached) for the norm; ``fvs`` is F v · ``scale_fv``.
         """
         owned = [i for i, o in enumerate(self.owned) if o]
         with torch.no_grad():
-            residuals, loss = {}, 0.0
+            residuals, terms = [], []
             for i in owned:
                 v = vs[i].detach()
                 fgv = fvs[i] * scale_fv + self.damping * v
-                loss += 0.5 * float((v * fgv).sum()) - float((us[i] * v).sum())
+                terms.append(0.5 * (v * fgv).sum() - (us[i] * v).sum())
                 res = fgv - us[i]
+                residuals.append(res * masks[i] if masks is not None else res)
+            if self.precondition and owned:
+                detached = [(grams[i][0].detach(), grams[i][1].detach()) for i in owned]
+                residuals = self._qv(residuals, owned, detached, self.blocks)
                 if masks is not None:
-                    res = res * masks[i]
-                if self.precondition:
-                    G_R, G_L = grams[i]
-                    res = self.blocks[i].qv(
-                        res, grams=(G_R.detach(), G_L.detach()), precision=self.precision, backend=self.backend
-                    )
-                    if masks is not None:
-                        res = res * masks[i]
-                residuals[i] = res
-            norm = math.sqrt(sum(float(v.detach().square().sum()) for v in vs)) * math.sqrt(
-                sum(float(u.square().sum()) for u in us)
+                    residuals = [r * masks[i] for r, i in zip(residuals, owned)]
+            first = self.blocks[0]
+            loss = torch.stack(terms).sum() if terms else torch.zeros((), device=first.device, dtype=first.dtype)
+            # a non-finite residual (or an overflowing one) makes its sum non-finite: fold that into the loss
+            check = torch.stack([r.sum() for r in residuals]).sum() if residuals else torch.zeros_like(loss)
+            loss = torch.where(torch.isfinite(check), loss, torch.full_like(loss, float("nan")))
+            norm = torch.sqrt(sum(v.detach().square().sum() for v in vs)) * torch.sqrt(
+                sum(u.square().sum() for u in us)
             )
-        if not math.isfinite(loss) or not all(bool(torch.isfinite(r).all()) for r in residuals.values()):
-            raise FloatingPointError(
-                f"aux loss diverged at step {len(self.history)} (loss {loss}); lower lr or raise damping"
-            )
-        scale = 1.0 / norm if norm > 0 else 1.0
-        surrogate = sum((residuals[i] * scale * vs[i]).sum() for i in owned)
+            scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
+        surrogate = sum((r * scale * vs[i]).sum() for r, i in zip(residuals, owned))
         return loss, surrogate if owned else torch.zeros((), requires_grad=True)
 
     def run(
@@ -179,21 +214,64 @@ class AuxFitter:
         desc: str = "aux",
         log_every: int = 100,
     ) -> list[float]:
-        """``steps`` aux steps over ``batches``; logs the running aux loss. Returns this run's losses."""
+        """``steps`` aux steps over ``batches``; logs the running aux loss. Returns this run's losses.
+
+        The losses are read back every :attr:`check_every` steps. A non-finite step raises FloatingPointError
+        naming its batch where that is the cause; λ, its optimizer state and the probe RNG are then those of the
+        last check (the steps since are dropped, at most ``check_every`` − 1 good ones)."""
         from tqdm.auto import tqdm
 
         start = len(self.history)
-        ema = None
+        every = self.check_every
+        ema: float | None = None
+        pending: list[tuple[Tensor, object, int]] = []
+        mark = self._mark() if every > 1 else None
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for t in bar:
             batch = next(batches)
+            index = getattr(batches, "last_index", t)
             try:
-                loss = self.step(batch, masks)
+                loss = self._step(batch, masks, check=every == 1)
             except FloatingPointError:
-                check_finite(batch, getattr(batches, "last_index", t))  # name the batch if it is the cause
+                check_finite(batch, index)  # name the batch if it is the cause
                 raise
-            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-            if (t + 1) % log_every == 0 or t + 1 == steps:
-                log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, t + 1, steps, loss, ema)
-                bar.set_postfix(aux=f"{ema:.4g}")
+            pending.append((loss, batch, index))
+            if len(pending) < every and t + 1 < steps:
+                continue
+            values = torch.stack([p[0] for p in pending]).tolist()  # the one read back of these steps
+            bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+            if bad is not None:
+                self._rewind(mark)
+                check_finite(pending[bad][1], pending[bad][2])
+                raise FloatingPointError(
+                    f"aux loss diverged at step {len(self.history) + bad} (loss {values[bad]}); lower lr or raise "
+                    f"damping (λ is back at step {len(self.history)})"
+                )
+            pending.clear()
+            for value in values:
+                self.history.append(value)
+                ema = value if ema is None else 0.95 * ema + 0.05 * value
+                done = len(self.history) - start
+                if done % log_every == 0 or done == steps:
+                    log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, done, steps, value, ema)
+                    bar.set_postfix(aux=f"{ema:.4g}")
+            if every > 1:
+                mark = self._mark()
         return self.history[start:]
+
+    def _mark(self) -> tuple[list[Tensor], dict, Tensor | None]:
+        """λ, the optimizer state and the probe RNG now (device copies; no host read)."""
+        with torch.no_grad():
+            params = [p.detach().clone() for p in self.params]
+        rng = self.generator.get_state() if self.generator is not None else None
+        return params, copy.deepcopy(self.optimizer.state_dict()), rng
+
+    def _rewind(self, mark: tuple[list[Tensor], dict, Tensor | None]) -> None:
+        params, optimizer, rng = mark
+        with torch.no_grad():
+            for p, saved in zip(self.params, params):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        if rng is not None:
+            self.generator.set_state(rng)

@@ -27,6 +27,9 @@ from fls_kernels.distributed.comm import Comm
 class AuxReduction:
     """One process: nothing to exchange."""
 
+    #: whether every step must be checked on the host before λ moves (distributed: the ranks agree on failures)
+    checks_each_step = False
+
     def attempt(self) -> contextlib.AbstractContextManager:
         """Local work whose failure must be agreed on (one process: errors raise at once)."""
         return contextlib.nullcontext()
@@ -44,13 +47,15 @@ class AuxReduction:
         return fvs, 1.0
 
     def reduce_gradients(
-        self, params: Sequence[nn.Parameter], rows: int, loss: float
-    ) -> tuple[float, list[Tensor] | None]:
+        self, params: Sequence[nn.Parameter], rows: int, loss: Tensor
+    ) -> tuple[Tensor | float, list[Tensor] | None]:
         """(the step's aux loss, the λ gradients to step with — None: keep ``p.grad`` as computed)."""
         return loss, None
 
 
 class _Distributed(AuxReduction):
+    checks_each_step = True
+
     def __init__(self, comm: Comm, batch_size: Callable[[object], int]) -> None:
         self.comm = comm
         self.batch_size = batch_size
@@ -69,8 +74,9 @@ class _Distributed(AuxReduction):
 class ReplicatedReduction(_Distributed):
     """Data-parallel: λ gradients summed over ranks, weighted by each rank's batch size (bucketed)."""
 
-    def reduce_gradients(self, params: Sequence[nn.Parameter], rows: int, loss: float) -> tuple[float, list[Tensor]]:
+    def reduce_gradients(self, params: Sequence[nn.Parameter], rows: int, loss: Tensor) -> tuple[float, list[Tensor]]:
         grads = self._grads(params)
+        loss = float(loss)
         for g in grads:
             g.mul_(rows)
         with timing.section("communication"):
@@ -105,9 +111,9 @@ class ShardedReduction(_Distributed):
         total = self.comm.check(torch.tensor([float(rows)]))[0].item()
         return fvs, 1.0 / max(total, 1.0)
 
-    def reduce_gradients(self, params: Sequence[nn.Parameter], rows: int, loss: float) -> tuple[float, list[Tensor]]:
+    def reduce_gradients(self, params: Sequence[nn.Parameter], rows: int, loss: Tensor) -> tuple[float, list[Tensor]]:
         grads = self._grads(params)
-        return self.comm.check(torch.tensor([loss]))[0].item(), grads
+        return self.comm.check(torch.tensor([float(loss)]))[0].item(), grads
 
 
 __all__ = ["AuxReduction", "ReplicatedReduction", "ShardedReduction"]

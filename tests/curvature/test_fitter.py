@@ -110,3 +110,88 @@ def test_divergence_raises_and_leaves_lambda_finite():
         fitter.step(X[:64])
     for k, v in block.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def _fitter(check_every, seed=0, lr=1e-3):
+    X, layer = least_squares()
+    views = find_layers(layer)
+    curv = ModelCurvature(layer, views, Gaussian(1.0))
+    block = KronBlock(views[0].m, views[0].n)
+    block.init_identity(1.0)
+    fitter = AuxFitter(
+        [block], curv.fvp, 1e-2, lr=lr, generator=torch.Generator().manual_seed(seed), check_every=check_every
+    )
+    return X, block, fitter
+
+
+def test_divergence_inside_a_window_not_caused_by_data_raises_floating_point_error():
+    X, block, fitter = _fitter(4)
+    fitter.run(batches(X), 4)
+    after_check = {k: v.clone() for k, v in block.state_dict().items()}
+    for group in fitter.optimizer.param_groups:
+        group["lr"] = 1e30  # the next updates overflow λ
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+ .*back at step 4"):
+        fitter.run(batches(X), 8)
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, after_check[k]), k
+
+
+def test_deferred_checks_take_the_same_steps_as_checking_every_step():
+    X, block_a, every = _fitter(1)
+    _, block_b, deferred = _fitter(7)
+    losses_a = every.run(batches(X), 30)
+    losses_b = deferred.run(batches(X), 30)
+    assert losses_a == losses_b and len(losses_b) == 30
+    for k, v in block_a.state_dict().items():
+        assert torch.equal(v, block_b.state_dict()[k]), k
+    assert torch.equal(every.generator.get_state(), deferred.generator.get_state())
+
+
+def _poisoned(X, at):
+    """The batches of :func:`batches`, the ``at``-th one (from 0) holding a NaN."""
+    for t, x in enumerate(batches(X)):
+        yield torch.full_like(x, float("nan")) if t == at else x
+
+
+def test_divergence_inside_a_window_rewinds_to_the_last_check():
+    X, block, fitter = _fitter(4)
+    fitter.run(batches(X), 4)  # one full window: checked
+    after_check = {k: v.clone() for k, v in block.state_dict().items()}
+    rng = fitter.generator.get_state()
+    adam = {k: v.clone() for k, v in fitter.optimizer.state_dict()["state"][0].items()}
+    with pytest.raises(ValueError, match="loader: batch 2 contains NaN"):  # the divergence, traced to its batch
+        fitter.run(_poisoned(X, 2), 8)
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, after_check[k]), k
+        assert torch.isfinite(v).all()
+    assert torch.equal(fitter.generator.get_state(), rng)
+    for k, v in fitter.optimizer.state_dict()["state"][0].items():
+        assert torch.equal(v, adam[k]), k
+    assert len(fitter.history) == 4
+    # and the fit goes on from there as if the failed run had not happened
+    _, block_ref, reference = _fitter(4)
+    reference.run(batches(X), 4)
+    assert fitter.run(batches(X, seed=3), 4) == reference.run(batches(X, seed=3), 4)
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, block_ref.state_dict()[k]), k
+
+
+def test_probes_of_every_block_are_drawn_in_one_call():
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 5), nn.Linear(5, 2)]
+    model = nn.Sequential(layers[0], nn.Tanh(), layers[1])
+    views = find_layers(model)
+    curv = ModelCurvature(model, views, Gaussian(1.0))
+    blocks = [KronBlock(v.m, v.n) for v in views]
+    for b in blocks:
+        b.init_identity(1.0)
+    fitter = AuxFitter(blocks, curv.fvp, 1e-2, generator=torch.Generator().manual_seed(5))
+    us, _, _ = fitter._probe(None)
+    expected = torch.randn(sum(b.m * b.n for b in blocks), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.cat([u.reshape(-1) for u in us]), expected)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_check_every_is_validated(value):
+    with pytest.raises((ValueError, TypeError), match="check_every"):
+        _fitter(value)

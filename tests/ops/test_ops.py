@@ -128,6 +128,38 @@ def test_kron_qv_autograd_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda *t: fls.kron_qv(*t, backend="reference"), inputs)
 
 
+@pytest.mark.parametrize(
+    "shapes", [pytest.param([(4, 6), (1, 5), (7, 2)], id="three"), pytest.param([(3, 3)], id="one")]
+)
+def test_kron_qv_grouped_autograd_matches_finite_differences(shapes):
+    layers = [block(m, n, torch.float64, "cpu", seed=i)[0] for i, (m, n) in enumerate(shapes)]
+    inputs = [layer[k].clone().requires_grad_() for k in ("W", "A", "G_R", "G_L") for layer in layers]
+    k = len(layers)
+
+    def grouped(*t):
+        return tuple(fls.kron_qv_grouped(*(list(t[i * k : (i + 1) * k]) for i in range(4)), backend="reference"))
+
+    assert torch.autograd.gradcheck(grouped, inputs)
+
+
+def test_kron_qv_grouped_backward_equals_per_layer_backward_with_unused_outputs():
+    """A layer whose output takes no part in the loss gets zero gradients; the others get kron_qv's."""
+    layers = [block(m, n, torch.float64, "cpu", seed=i)[0] for i, (m, n) in enumerate([(5, 3), (2, 7), (4, 4)])]
+    keys = ("W", "A", "G_R", "G_L")
+    grouped = [[layer[k].clone().requires_grad_() for layer in layers] for k in keys]
+    Ys = fls.kron_qv_grouped(*grouped, backend="reference")
+    (Ys[0].square().sum() + Ys[2].sin().sum()).backward()
+    for i, layer in enumerate(layers):
+        single = [layer[k].clone().requires_grad_() for k in keys]
+        Y = fls.kron_qv(*single, backend="reference")
+        loss = {0: Y.square().sum(), 1: 0 * Y.sum(), 2: Y.sin().sum()}[i]
+        loss.backward()
+        for j, k in enumerate(keys):
+            torch.testing.assert_close(grouped[j][i].grad, single[j].grad, rtol=1e-12, atol=1e-12, msg=k)
+        if i == 1:
+            assert all(not grouped[j][1].grad.any() for j in range(4))
+
+
 def test_kron_diag_autograd_matches_finite_differences():
     e, _ = block(4, 6, torch.float64, "cpu")
     inputs = [e[k].clone().requires_grad_() for k in ("A", "r", "l")]

@@ -2,7 +2,7 @@
 engine that alters what any method computes shows up as a failing test.
 
 Regenerate (only when a change of results is intended, and say so in its commit):
-``python -m tests.pruning.pinned``.
+``python -m tests.pruning.pinned [NAME ...]`` (only the named scenarios, the others kept as pinned).
 """
 
 from __future__ import annotations
@@ -120,10 +120,16 @@ SCENARIOS: dict[str, Callable[[], dict]] = {
 }
 
 
-def main() -> None:
-    torch.save({name: run() for name, run in SCENARIOS.items()}, GOLDEN)
-    print(f"wrote {GOLDEN}")
+def main(names: list[str]) -> None:
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
+    kept = torch.load(GOLDEN, weights_only=True) if names and GOLDEN.exists() else {}
+    torch.save({name: run() if not names or name in names else kept[name] for name, run in SCENARIOS.items()}, GOLDEN)
+    print(f"wrote {GOLDEN} ({', '.join(names) if names else 'every scenario'})")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
