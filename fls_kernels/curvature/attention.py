@@ -131,10 +131,12 @@ def attention_forward(
 
 
 @contextlib.contextmanager
-def unfused(model: nn.Module) -> Iterator[None]:
-    """For the duration: every ``nn.MultiheadAttention`` of ``model`` runs :func:`attention_forward`,
-    PyTorch's fused transformer fast path is off, and ``scaled_dot_product_attention`` (transformers' default
-    attention) uses its math backend, whose ops all have forward-mode and double-backward AD. Restored on exit."""
+def unfused(model: nn.Module, *, math_sdpa: bool = True) -> Iterator[None]:
+    """For the duration: every ``nn.MultiheadAttention`` of ``model`` runs :func:`attention_forward` (its
+    projections as module calls, so that hooks see them) and PyTorch's fused transformer fast path is off; with
+    ``math_sdpa``, ``scaled_dot_product_attention`` (transformers' default attention) also uses its math backend,
+    whose ops all have forward-mode and double-backward AD — passes that need only first-order gradients (the
+    statistics, captures and input moments) leave it off and keep the fused kernels. Restored on exit."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     attentions = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
@@ -148,7 +150,7 @@ def unfused(model: nn.Module) -> Iterator[None]:
                 return attention_forward(_m, *args, **kwargs)
 
             m.forward = forward
-        with sdpa_kernel([SDPBackend.MATH]):
+        with sdpa_kernel([SDPBackend.MATH]) if math_sdpa else contextlib.nullcontext():
             yield
     finally:
         for m, before in saved:

@@ -234,7 +234,7 @@ class ModelCurvature:
             for module in view.modules
         ]
         try:
-            with eval_mode(self.model), unfused(self.model):
+            with eval_mode(self.model), unfused(self.model, math_sdpa=False):
                 for b in range(num_batches):
                     out, params = None, None
                     calls.clear()

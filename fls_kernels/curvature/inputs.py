@@ -93,7 +93,7 @@ def input_moments(
     counts = [[0, 0] for _ in views]
     measured = len(views)
     try:
-        with eval_mode(model), unfused(model):
+        with eval_mode(model), unfused(model, math_sdpa=False):
             for batch in batches:
                 args, kwargs = inputs(batch)
                 reached[0] = 0
@@ -136,7 +136,7 @@ def call_counts(
 
     handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
     try:
-        with eval_mode(model), unfused(model):
+        with eval_mode(model), unfused(model, math_sdpa=False):
             args, kwargs = inputs(batch)
             model(*args, **kwargs)
     finally:

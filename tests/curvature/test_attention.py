@@ -171,3 +171,46 @@ def test_an_op_without_forward_mode_falls_back_to_reverse_over_reverse():
     torch.testing.assert_close(got, dense_fisher(model, views, lik, x) @ torch.cat([v.reshape(-1) for v in vs]))
     with pytest.raises(ValueError, match="fvp_mode"):
         ModelCurvature(model, views, lik, fvp_mode="forward")
+
+
+@pytest.mark.parametrize("math_sdpa", [True, False])
+def test_unfused_forces_the_math_sdpa_backend_only_when_asked(math_sdpa):
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    model = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    before = list(_cur_sdpa_kernel_backends())
+    with unfused(model, math_sdpa=math_sdpa):
+        inside = list(_cur_sdpa_kernel_backends())
+    assert (inside == [SDPBackend.MATH]) == math_sdpa
+    assert len(inside) > 1 or math_sdpa
+    assert list(_cur_sdpa_kernel_backends()) == before
+
+
+def test_statistics_of_a_transformers_bert_do_not_depend_on_the_sdpa_backend():
+    """First-order passes keep the fused attention kernels: the same statistics as under the math backend."""
+    transformers = pytest.importorskip("transformers")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, attn_implementation="sdpa",
+    )  # fmt: skip
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    views = find_layers(model)
+    batch = {"input_ids": torch.randint(0, 40, (6, 9)), "attention_mask": torch.ones(6, 9, dtype=torch.long)}
+    batch["attention_mask"][:2, 6:] = 0
+
+    def stats():
+        from fls_kernels.curvature import Gaussian
+
+        curvature = ModelCurvature(model, views, Gaussian(1.0))
+        return curvature.statistics(iter([batch]), 1, kfac=True, generator=torch.Generator().manual_seed(3))
+
+    fused = stats()
+    with sdpa_kernel([SDPBackend.MATH]):
+        math = stats()
+    for a, b in zip(fused, math):
+        torch.testing.assert_close(a.diag, b.diag, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(a.act_cov, b.act_cov, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(a.grad_cov, b.grad_cov, rtol=1e-4, atol=1e-9)

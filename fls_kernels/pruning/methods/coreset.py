@@ -73,7 +73,7 @@ class Coreset(Recomputing, Method):
             for m in v.modules
         ]
         try:
-            with attempt(ctx.mode.comm), eval_mode(ctx.model), unfused(ctx.model), torch.no_grad():
+            with attempt(ctx.mode.comm), eval_mode(ctx.model), unfused(ctx.model, math_sdpa=False), torch.no_grad():
                 for _ in range(self.calib_batches):
                     batch = next(stream)
                     check_finite(batch, stream.last_index)
