@@ -47,3 +47,14 @@ def test_fls_variants(method, update, init):
     pruner = digits.make(method, demo.DigitsCNN(), 1.0, digits.Protocol(), 0)
     assert (pruner.method.update_rule, pruner.method.init) == (update, init)
     assert method in digits.CURVATURE and method in digits.METHODS
+
+
+def test_a_run_uses_the_protocols_thread_count_and_restores_the_callers(monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(digits, "_run", lambda protocol, log: seen.append(torch.get_num_threads()) or "done")
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    assert digits.run(digits.Protocol(threads=want)) == "done"
+    assert seen == [want] and torch.get_num_threads() == before

@@ -9,6 +9,11 @@ one pass, layer by layer, each layer to the same sparsity, and "FLS-uniform" hol
 "FLS-diagonal" is FLS with the FishLeg Surgeon's diagonal update from the diagonal start (on the K-FAC methods' grid);
 gradual pruning with the same fine-tuning budget, optimizer and cubic schedule for all.
 
+Every run uses the same number of torch threads (``Protocol.threads``, 1 by default; one process per core with
+``--seed-list``): float rounding depends on it, and FLS's one-shot 80% accuracy of one seed moved by 3 points
+between 1 and 2 threads (a 3000-step stochastic fit amplifies rounding into a different λ), while oBERT's moved
+by 0.2 — the table is reproducible only at a fixed thread count.
+
 ``python -m benchmarks quality [--seeds 5] [--quick] [--out out/quality]`` writes quality.csv, quality.md and
 quality.png.
 """
@@ -56,6 +61,7 @@ class Protocol:
     prune_every: int = 50
     gradual_substeps: int = 4
     finetune_lr: float = 1e-3
+    threads: int = 1  # torch intra-op threads of the whole run (results depend on it through float rounding)
     methods: tuple[str, ...] = METHODS
 
 
@@ -160,6 +166,15 @@ class Results:
 
 def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) -> Results:
     protocol = protocol or Protocol()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(protocol.threads)
+    try:
+        return _run(protocol, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
     results = Results(protocol)
     start = time.perf_counter()
     for seed in protocol.seeds:
@@ -201,7 +216,7 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
                 + f"  ({time.perf_counter() - t0:.0f} s)"
             )
     results.seconds = time.perf_counter() - start
-    results.stamp = stamp_line("cpu")
+    results.stamp = f"{stamp_line('cpu')} {protocol.threads} torch thread(s)."
     return results
 
 
