@@ -29,6 +29,8 @@ from fls_kernels.data import check_finite
 
 log = logging.getLogger("fls_kernels.fit")
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class AuxFitter:
     """Adam on λ of every block against the auxiliary loss.
@@ -46,6 +48,9 @@ class AuxFitter:
         reduction: how the step's probes, products and λ gradients combine over processes (default: one
             process); see :mod:`fls_kernels.curvature.reduction`. The step is that of one process on the union
             of every rank's batch.
+        compile_mode: None (eager) or a ``torch.compile`` mode ("default", "reduce-overhead": CUDA graphs,
+            "max-autotune") for the λ side of the step (the Q products with their backward, the residuals); the
+            FVP through the model is not compiled.
         check_every: steps of :meth:`run` between reads of the loss and finiteness flag to the host (None: 1 on
             the CPU, where a read costs nothing, 16 on accelerators; distributed reductions check every step).
     """
@@ -63,6 +68,7 @@ class AuxFitter:
         backend: str | None = None,
         reduction: AuxReduction | None = None,
         check_every: int | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
@@ -86,6 +92,13 @@ class AuxFitter:
         if check_every is None:
             check_every = 1 if device.type == "cpu" else 16
         self.check_every = 1 if self.reduction.checks_each_step else check_every
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode: expected None or one of {COMPILE_MODES}, got {compile_mode!r}")
+        self.compile_mode = compile_mode
+        self._q_side, self._residual_side = self._q_products, self._residuals
+        if compile_mode is not None:  # the λ side of the step; the FVP through the model stays as it is
+            self._q_side = torch.compile(self._q_products, mode=compile_mode, dynamic=False)
+            self._residual_side = torch.compile(self._residuals, mode=compile_mode, dynamic=False)
         #: aux loss 𝒜 of every step taken, in order (steps of a :meth:`run` appear at its checks).
         self.history: list[float] = []
 
@@ -158,16 +171,21 @@ class AuxFitter:
             grams: list = [None] * len(us)
             vs: list[Tensor | None] = [None] * len(us)
             if owned:
-                for i in owned:
-                    grams[i] = self.blocks[i].grams()
-                products = self._qv([us[i] for i in owned], owned, [grams[i] for i in owned], self.blocks)
-                for i, v in zip(owned, products):
-                    vs[i] = v * masks[i] if masks is not None else v
+                products, pairs = self._q_side([us[i] for i in owned], _pick(masks, owned))
+                for i, v, pair in zip(owned, products, pairs):
+                    vs[i], grams[i] = v, pair
         return us, vs, grams
 
-    def _qv(self, Vs: list[Tensor], index: list[int], grams: list, blocks: list[KronBlock]) -> list[Tensor]:
-        """[Q_i V_i] of blocks ``index`` in one grouped product (differentiable in λ when grad mode is on)."""
-        As = [blocks[i].A if torch.is_grad_enabled() else blocks[i].A.detach() for i in index]
+    def _q_products(self, us: list[Tensor], masks: list[Tensor] | None) -> tuple[list[Tensor], list]:
+        """([M ⊙ Q u], [(G_R, G_L)]) of the owned blocks, with the graph to λ (compiled with ``compile_mode``)."""
+        blocks = [b for b, o in zip(self.blocks, self.owned) if o]
+        grams = [b.grams() for b in blocks]
+        vs = self._qv(us, blocks, grams)
+        return [v * m for v, m in zip(vs, masks)] if masks is not None else vs, grams
+
+    def _qv(self, Vs: list[Tensor], blocks: list[KronBlock], grams: list) -> list[Tensor]:
+        """[Q_i V_i] of ``blocks`` in one grouped product (differentiable in λ when grad mode is on)."""
+        As = [b.A if torch.is_grad_enabled() else b.A.detach() for b in blocks]
         return ops.kron_qv_grouped(
             Vs, As, [g[0] for g in grams], [g[1] for g in grams], precision=self.precision, backend=self.backend
         )
@@ -179,30 +197,46 @@ class AuxFitter:
         ``vs`` must be complete (other ranks' blocks detached) for the norm; ``fvs`` is F v · ``scale_fv``.
         """
         owned = [i for i, o in enumerate(self.owned) if o]
+        if scale_fv != 1.0:
+            fvs = [f * scale_fv for f in fvs]
         with torch.no_grad():
-            residuals, terms = [], []
-            for i in owned:
-                v = vs[i].detach()
-                fgv = fvs[i] * scale_fv + self.damping * v
-                terms.append(0.5 * (v * fgv).sum() - (us[i] * v).sum())
-                res = fgv - us[i]
-                residuals.append(res * masks[i] if masks is not None else res)
-            if self.precondition and owned:
-                detached = [(grams[i][0].detach(), grams[i][1].detach()) for i in owned]
-                residuals = self._qv(residuals, owned, detached, self.blocks)
-                if masks is not None:
-                    residuals = [r * masks[i] for r, i in zip(residuals, owned)]
-            first = self.blocks[0]
-            loss = torch.stack(terms).sum() if terms else torch.zeros((), device=first.device, dtype=first.dtype)
-            # a non-finite residual (or an overflowing one) makes its sum non-finite: fold that into the loss
-            check = torch.stack([r.sum() for r in residuals]).sum() if residuals else torch.zeros_like(loss)
-            loss = torch.where(torch.isfinite(check), loss, torch.full_like(loss, float("nan")))
-            norm = torch.sqrt(sum(v.detach().square().sum() for v in vs)) * torch.sqrt(
-                sum(u.square().sum() for u in us)
+            loss, residuals, scale = self._residual_side(
+                [u for u in us],
+                [v.detach() for v in vs],
+                [(grams[i][0].detach(), grams[i][1].detach()) for i in owned],
+                [fvs[i] for i in owned],
+                _pick(masks, owned),
             )
-            scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
         surrogate = sum((r * scale * vs[i]).sum() for r, i in zip(residuals, owned))
         return loss, surrogate if owned else torch.zeros((), requires_grad=True)
+
+    def _residuals(
+        self, us: list[Tensor], vs: list[Tensor], grams: list, fvs: list[Tensor], masks: list[Tensor] | None
+    ) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(𝒜, [M ⊙ Q (F_γ v − u)] of the owned blocks, 1 / (‖v‖‖u‖)), no graph (compiled with ``compile_mode``).
+
+        ``us`` and ``vs``: every block (for the norm); ``grams``, ``fvs``, ``masks``: the owned blocks."""
+        owned = [i for i, o in enumerate(self.owned) if o]
+        blocks = [self.blocks[i] for i in owned]
+        residuals, terms = [], []
+        for k, i in enumerate(owned):
+            v = vs[i]
+            fgv = fvs[k] + self.damping * v
+            terms.append(0.5 * (v * fgv).sum() - (us[i] * v).sum())
+            res = fgv - us[i]
+            residuals.append(res * masks[k] if masks is not None else res)
+        if self.precondition and owned:
+            residuals = self._qv(residuals, blocks, grams)
+            if masks is not None:
+                residuals = [r * m for r, m in zip(residuals, masks)]
+        first = self.blocks[0]
+        loss = torch.stack(terms).sum() if terms else torch.zeros((), device=first.device, dtype=first.dtype)
+        # a non-finite residual (or an overflowing one) makes its sum non-finite: fold that into the loss
+        check = torch.stack([r.sum() for r in residuals]).sum() if residuals else torch.zeros_like(loss)
+        loss = torch.where(torch.isfinite(check), loss, torch.full_like(loss, float("nan")))
+        norm = torch.sqrt(sum(v.square().sum() for v in vs)) * torch.sqrt(sum(u.square().sum() for u in us))
+        scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
+        return loss, residuals, scale
 
     def run(
         self,
@@ -275,3 +309,7 @@ class AuxFitter:
         self.optimizer.zero_grad(set_to_none=True)
         if rng is not None:
             self.generator.set_state(rng)
+
+
+def _pick(masks: list[Tensor] | None, index: list[int]) -> list[Tensor] | None:
+    return None if masks is None else [masks[i] for i in index]

@@ -195,3 +195,29 @@ def test_probes_of_every_block_are_drawn_in_one_call():
 def test_check_every_is_validated(value):
     with pytest.raises((ValueError, TypeError), match="check_every"):
         _fitter(value)
+
+
+def test_compiled_lambda_side_takes_the_steps_of_the_eager_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    views = find_layers(model)
+    curv = ModelCurvature(model, views, Gaussian(1.0))
+    X = torch.randn(512, 4)
+    runs = []
+    for mode in (None, "default"):
+        blocks = [KronBlock(v.m, v.n) for v in views]
+        for b in blocks:
+            b.init_identity(0.5)
+        fitter = AuxFitter(blocks, curv.fvp, 1e-2, generator=torch.Generator().manual_seed(1), compile_mode=mode)
+        masks = [torch.rand(v.m, v.n, generator=torch.Generator().manual_seed(i)) > 0.3 for i, v in enumerate(views)]
+        losses = fitter.run(batches(X, 64), 3) + fitter.run(batches(X, 64, seed=2), 3, masks=masks)
+        runs.append((losses, [p.detach().clone() for p in fitter.params]))
+    (eager, lam_eager), (compiled, lam_compiled) = runs
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    for a, b in zip(lam_eager, lam_compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_mode_is_validated():
+    with pytest.raises(ValueError, match="compile_mode"):
+        AuxFitter([KronBlock(2, 3)], lambda batch, vs: vs, 1e-2, compile_mode="fast")

@@ -61,3 +61,24 @@ def test_layerwise_aux_gradual_steps_and_state_round_trip():
 def test_aux_options_are_validated(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fls.FishLegPruner(SmallNet(), "categorical", **kwargs)
+
+
+def test_compiled_aux_steps_prune_like_eager_ones():
+    results = []
+    for mode in (None, "default"):
+        torch.manual_seed(0)
+        model = SmallNet()
+        pruner = fls.FishLegPruner(model, "categorical", init_batches=2, refine_steps=2, aux_compile=mode)
+        pruner.fit(loader(), steps=4)
+        pruner.prune(0.6, substeps=2)
+        assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.6)
+        results.append(pruner.method.fitter.history)
+    assert results[1] == pytest.approx(results[0], rel=1e-4)
+
+
+def test_aux_compile_is_validated_before_anything_changes():
+    model = SmallNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="aux_compile"):
+        fls.FishLegPruner(model, "categorical", aux_compile="fastest")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

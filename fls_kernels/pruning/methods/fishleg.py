@@ -10,7 +10,7 @@ from torch import Tensor
 
 from fls_kernels import timing
 from fls_kernels.curvature.captures import Capture
-from fls_kernels.curvature.fitter import AuxFitter
+from fls_kernels.curvature.fitter import COMPILE_MODES, AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
 from fls_kernels.pruning.checks import choice, integer, positive
 from fls_kernels.pruning.context import Context
@@ -49,11 +49,13 @@ class FishLeg(KronOBS):
         gradual_aux_steps: int = 1,
         aux_fisher: str = "exact",
         aux_batches: int | None = None,
+        aux_compile: str | None = None,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
         self.aux_fisher = choice("aux_fisher", aux_fisher, AUX_FISHERS)
         self.aux_batches = integer("aux_batches", aux_batches, 1) if aux_batches is not None else None
+        self.aux_compile = None if aux_compile is None else choice("aux_compile", aux_compile, COMPILE_MODES)
         self.lr = positive("lr", lr)
         self.refine_steps = integer("refine_steps", refine_steps)
         self.gradual_aux_steps = integer("gradual_aux_steps", gradual_aux_steps)
@@ -118,6 +120,7 @@ class FishLeg(KronOBS):
             generator=self.generator,
             backend=self.ctx.backend_for("kron_qv"),
             reduction=self.ctx.mode.aux_reduction(self.curvature.batch_size),
+            compile_mode=self.aux_compile,
         )
 
     def _masks(self) -> list[Tensor] | None:
@@ -231,6 +234,8 @@ class FishLegPruner(Pruner):
             blocks the aux loss of a block-diagonal Q depends on, without the cross-layer noise, and no pass
             through the model per step; memory ≈ B·T·Σ(m + n) values: :mod:`fls_kernels.curvature.captures`).
         aux_batches: layer-wise: captured batches per aux step (None: all of them, a deterministic F̂).
+        aux_compile: None (eager, default) or a ``torch.compile`` mode ("default", "reduce-overhead" — CUDA
+            graphs —, "max-autotune") for the λ side of each aux step (Q products, their backward, residuals).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``:
