@@ -53,7 +53,7 @@ class Protocol:
     fls_init: str = "kfac"
     sweep_sparsity: float = 0.8
     fls_fit_steps: int = 3000
-    fls_refine_steps: int = 100
+    fls_refine_steps: int = 300  # before each one-shot sub-step (100: 0.953 → 300: 0.963 at 80%, γ = 1, 5 seeds)
     fls_gradual_refine_steps: int = 25  # λ is also tracked by one aux step per training step
     obert_grads: int = 1024
     finetune_steps: int = 800
@@ -283,7 +283,8 @@ def table(results: Results) -> str:
     dense = [r["accuracy"] for r in rows if r["mode"] == "dense"]
     lines = [
         f"Digits CNN, {len(p.seeds)} seeds, dense test accuracy {_cell(dense)}. One-shot: {p.substeps} sub-steps, "
-        f"no fine-tuning. Gradual: {p.finetune_steps} Adam steps, cubic 50% → target over {p.prune_until} steps "
+        f"no fine-tuning; FLS fits λ with {p.fls_fit_steps} aux steps and refines it with {p.fls_refine_steps} before "
+        f"each sub-step. Gradual: {p.finetune_steps} Adam steps, cubic 50% → target over {p.prune_until} steps "
         f"(every {p.prune_every}, {p.gradual_substeps} sub-steps). Damping per method and seed from "
         f"{list(p.damping_grid)} × mean diag F̂ (FLS: {list(p.fls_damping_grid)}, update {p.fls_update!r}, "
         f"{p.fls_init} start; FLS-diagonal: the diagonal update from the diagonal start) by validation accuracy "
