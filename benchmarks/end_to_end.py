@@ -31,7 +31,7 @@ from benchmarks import fvp, models
 from benchmarks.models import MLP  # noqa: F401 — the e2e model of earlier versions, kept importable here
 from benchmarks.runner import stamp
 from fls_kernels import timing
-from fls_kernels.curvature import KronBlock
+from fls_kernels.curvature import AuxFitter
 
 SECTIONS = ("statistics", "fvp", "q_products", "scoring", "selection", "update")
 #: Column of the CSV → (markdown header) of the aux-step table, in order.
@@ -115,24 +115,19 @@ def _peak(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def q_products(blocks: list[KronBlock], backend: str | None) -> Callable[[], None]:
-    """One aux step's Q work as the fitter does it, all layers in one grouped product each way: u ∼ 𝒩(0, I) and
-    v = Q u with its graph to λ, the preconditioned residual Q r (r = v here, no graph), then the backward of
-    Σ ⟨Q r, v⟩ into λ. ``backend``: preferred where it has the grouped product (else the automatic choice)."""
-    params = [p for b in blocks for p in b.parameters()]
-    backend = fls.backends.preferred(backend, "kron_qv_grouped")
+def q_products(fitter: AuxFitter) -> Callable[[], None]:
+    """One aux step's Q work as ``fitter`` does it (its own λ-side code: the one-call probes, every layer's
+    v = Q u with its graph to λ — grouped, or through the factors where that is cheaper —, the preconditioned
+    residual Q r (r = v here, no graph), then the backward of Σ ⟨Q r, v⟩ into λ)."""
+    blocks = [b for b, owned in zip(fitter.blocks, fitter.owned) if owned]
 
     def call() -> None:
-        for p in params:
+        for p in fitter.params:
             p.grad = None
-        us = [torch.randn(b.m, b.n, device=b.device, dtype=b.dtype) for b in blocks]
-        grams = [b.grams() for b in blocks]
-        vs = fls.kron_qv_grouped(us, [b.A for b in blocks], *zip(*grams), backend=backend)
+        _, vs, grams = fitter._probe(None)
         with torch.no_grad():
-            detached = [(G_R.detach(), G_L.detach()) for G_R, G_L in grams]
-            rs = fls.kron_qv_grouped(
-                [v.detach() for v in vs], [b.A.detach() for b in blocks], *zip(*detached), backend=backend
-            )
+            detached = [None if g is None else (g[0].detach(), g[1].detach()) for g in grams]
+            rs = fitter._qv([v.detach() for v in vs], blocks, detached)
         sum((r * v).sum() for r, v in zip(rs, vs)).backward()
 
     return call
@@ -160,9 +155,8 @@ def aux_split(model: models.Model, backend: str, device: str, settings: Settings
     peak = _peak(device)
     step_fvp = times.get("fvp", 0.0) * 1e3 / settings.aux_steps
     step_q = times.get("q_products", 0.0) * 1e3 / settings.aux_steps
-    blocks = [KronBlock(v.m, v.n, device=v.weight.device) for v in p.views]
+    q_ms, _ = fvp.measure(q_products(p.method.fitter), device)
     del p
-    q_ms, _ = fvp.measure(q_products(blocks, backend), device)
     return dict(
         step_ms=total, fvp_ms=step_fvp, q_ms=step_q, other_ms=total - step_fvp - step_q, q_alone_ms=q_ms,
         peak_step_mib=peak,

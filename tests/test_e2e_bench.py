@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from benchmarks import end_to_end, models
 from benchmarks.__main__ import main
-from fls_kernels.curvature import KronBlock
+from fls_kernels.curvature import AuxFitter, KronBlock
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,6 @@ def test_aux_step_table_on_digits_with_3_steps(digits, tmp_path):
     assert aux["fvp_ms"] > 0 and aux["q_ms"] > 0 and aux["q_alone_ms"] > 0 and aux["fwd_bwd_ms"] > 0
     assert aux["step_over_parts"] == pytest.approx(aux["step_ms"] / (aux["fvp_alone_ms"] + aux["q_alone_ms"]))
     assert aux["fvp_over_fwd_bwd"] == pytest.approx(aux["fvp_alone_ms"] / aux["fwd_bwd_ms"])
-    assert 0.2 < aux["fvp_ms"] / aux["fvp_alone_ms"] < 5  # the step's FVP is the product timed alone
     assert aux["peak_step_mib"] is None and prune["peak_mib"] is None  # CUDA only
     sections = sum(prune.get(k, 0.0) for k in end_to_end.SECTIONS)
     assert prune["total"] == pytest.approx(sections + prune["other"]) and prune["fvp"] > 0
@@ -46,8 +46,11 @@ def test_aux_step_table_on_digits_with_3_steps(digits, tmp_path):
 
 
 def test_q_products_reach_every_lambda():
-    blocks = [KronBlock(4, 7), KronBlock(3, 5)]
-    end_to_end.q_products(blocks, "reference")()
+    blocks = [KronBlock(4, 7), KronBlock(3, 5), KronBlock(2, 11)]  # the last one through its factors
+    for b in blocks:
+        b.init_identity(0.7)
+    fitter = AuxFitter(blocks, lambda batch, vs: vs, 1e-2, generator=torch.Generator().manual_seed(0))
+    end_to_end.q_products(fitter)()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for b in blocks for p in b.parameters())
 
 

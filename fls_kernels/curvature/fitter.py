@@ -177,18 +177,36 @@ class AuxFitter:
         return us, vs, grams
 
     def _q_products(self, us: list[Tensor], masks: list[Tensor] | None) -> tuple[list[Tensor], list]:
-        """([M ⊙ Q u], [(G_R, G_L)]) of the owned blocks, with the graph to λ (compiled with ``compile_mode``)."""
+        """([M ⊙ Q u], [(G_R, G_L) or None]) of the owned blocks, with the graph to λ (compiled with
+        ``compile_mode``); None: a block whose products are cheaper through its factors (:func:`factored`)."""
         blocks = [b for b, o in zip(self.blocks, self.owned) if o]
-        grams = [b.grams() for b in blocks]
+        grams = [None if factored(b.m, b.n) else b.grams() for b in blocks]
         vs = self._qv(us, blocks, grams)
         return [v * m for v, m in zip(vs, masks)] if masks is not None else vs, grams
 
     def _qv(self, Vs: list[Tensor], blocks: list[KronBlock], grams: list) -> list[Tensor]:
-        """[Q_i V_i] of ``blocks`` in one grouped product (differentiable in λ when grad mode is on)."""
-        As = [b.A if torch.is_grad_enabled() else b.A.detach() for b in blocks]
-        return ops.kron_qv_grouped(
-            Vs, As, [g[0] for g in grams], [g[1] for g in grams], precision=self.precision, backend=self.backend
-        )
+        """[Q_i V_i] of ``blocks`` (differentiable in λ when grad mode is on): the blocks with Gram factors in one
+        grouped product, those without (None) as A ⊙ Rᵀ((R (A ⊙ V)) L)Lᵀ."""
+        grad = torch.is_grad_enabled()
+        out: list[Tensor | None] = [None] * len(Vs)
+        grouped = [k for k, g in enumerate(grams) if g is not None]
+        if grouped:
+            products = ops.kron_qv_grouped(
+                [Vs[k] for k in grouped],
+                [blocks[k].A if grad else blocks[k].A.detach() for k in grouped],
+                [grams[k][0] for k in grouped],
+                [grams[k][1] for k in grouped],
+                precision=self.precision,
+                backend=self.backend,
+            )
+            for k, y in zip(grouped, products):
+                out[k] = y
+        for k, g in enumerate(grams):
+            if g is None:
+                b = blocks[k]
+                A, R, L = (b.A, b.R, b.L) if grad else (b.A.detach(), b.R.detach(), b.L.detach())
+                out[k] = A * (R.mT @ ((R @ (A * Vs[k])) @ L) @ L.mT)
+        return out
 
     def _surrogate(self, us, vs, grams, fvs, masks, scale_fv: float = 1.0) -> tuple[Tensor, Tensor]:
         """(𝒜 over the owned blocks, the surrogate Σ ⟨M ⊙ Q r, v⟩ / (‖v‖‖u‖) to backpropagate into λ), both on
@@ -203,7 +221,7 @@ class AuxFitter:
             loss, residuals, scale = self._residual_side(
                 [u for u in us],
                 [v.detach() for v in vs],
-                [(grams[i][0].detach(), grams[i][1].detach()) for i in owned],
+                [None if grams[i] is None else (grams[i][0].detach(), grams[i][1].detach()) for i in owned],
                 [fvs[i] for i in owned],
                 _pick(masks, owned),
             )
@@ -309,6 +327,14 @@ class AuxFitter:
         self.optimizer.zero_grad(set_to_none=True)
         if rng is not None:
             self.generator.set_state(rng)
+
+
+def factored(m: int, n: int) -> bool:
+    """Whether an aux step on an [m, n] block costs fewer multiply-adds through its factors R, L than through its
+    Gram factors: with P = m²n + mn², forming G_R = RᵀR, G_L = LLᵀ and their backward costs 2(m³ + n³) and the
+    step's products 4P, the factored products 8P — fewer when m² − 3mn + n² > 0 (n/m > 2.62 or < 0.38, e.g. a
+    3×3 convolution, n = 9·c_in)."""
+    return m * m - 3 * m * n + n * n > 0
 
 
 def _pick(masks: list[Tensor] | None, index: list[int]) -> list[Tensor] | None:

@@ -221,3 +221,40 @@ def test_compiled_lambda_side_takes_the_steps_of_the_eager_one():
 def test_compile_mode_is_validated():
     with pytest.raises(ValueError, match="compile_mode"):
         AuxFitter([KronBlock(2, 3)], lambda batch, vs: vs, 1e-2, compile_mode="fast")
+
+
+@pytest.mark.parametrize(("m", "n", "expected"), [(4, 36, True), (36, 4, True), (16, 16, False), (10, 26, False)])
+def test_factored_follows_the_multiply_add_count(m, n, expected):
+    from fls_kernels.curvature.fitter import factored
+
+    gram, factors = 2 * (m**3 + n**3) + 4 * (m * m * n + m * n * n), 8 * (m * m * n + m * n * n)
+    assert factored(m, n) == expected == (factors < gram)
+
+
+def test_factored_products_equal_the_gram_products_and_their_gradients(monkeypatch):
+    """Blocks whose products go through R and L (wide: a 3×3 convolution's n = 9·c_in) take the same steps."""
+    from fls_kernels.curvature import fitter as fitter_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(12, 10)).double()
+    views = find_layers(model)
+    assert [fitter_module.factored(v.m, v.n) for v in views] == [True, False]
+    curv = ModelCurvature(model, views, Gaussian(1.0))
+    X = torch.randn(256, 2, 4, 4, dtype=torch.float64)
+    runs = []
+    for force_grams in (False, True):
+        if force_grams:
+            monkeypatch.setattr(fitter_module, "factored", lambda m, n: False)
+        blocks = [KronBlock(v.m, v.n, dtype=torch.float64) for v in views]
+        for b, v in zip(blocks, views):
+            with torch.no_grad():
+                b.R.copy_(torch.eye(v.m) + 0.1 * torch.randn(v.m, v.m, generator=torch.Generator().manual_seed(1)))
+                b.L.copy_(torch.eye(v.n) + 0.1 * torch.randn(v.n, v.n, generator=torch.Generator().manual_seed(2)))
+                b.A.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+        fitter = AuxFitter(blocks, curv.fvp, 1e-2, generator=torch.Generator().manual_seed(4))
+        losses = fitter.run(batches(X, 32), 5)
+        runs.append((losses, [p.detach().clone() for p in fitter.params]))
+    (factored_losses, factored_lambda), (gram_losses, gram_lambda) = runs
+    assert factored_losses == pytest.approx(gram_losses, rel=1e-10)
+    for a, b in zip(factored_lambda, gram_lambda):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
