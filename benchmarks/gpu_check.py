@@ -222,13 +222,20 @@ def summary(results: list[Result], budget: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "out/gpu-check"), help="results (default: $OUT)")
-    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+def device_parser(name: str, doc: str, budget: float) -> argparse.ArgumentParser:
+    """The options every device script takes: ``--out`` ($OUT), ``--budget``, ``--python``, ``--scratch`` (under
+    /tmp/fls-``name``) and ``--dry-run``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name.replace('-', '_')}", description=doc)
+    parser.add_argument("--out", default=os.environ.get("OUT", f"out/{name}"), help="results (default: $OUT)")
+    parser.add_argument("--budget", type=float, default=budget, help="seconds for the whole run")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that holds torch there")
-    parser.add_argument("--scratch", default="/tmp/fls-gpu-check", help="where the benchmarks write in full")
+    parser.add_argument("--scratch", default=f"/tmp/fls-{name}", help="where the benchmarks write in full")
     parser.add_argument("--dry-run", action="store_true", help="run every stage as an echo of its command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = device_parser("gpu-check", __doc__.split("\n\n")[0], BUDGET_S)
     args = parser.parse_args(argv)
     out, scratch = Path(args.out), Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,6 @@ package is installed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -114,13 +113,8 @@ def collect(scratch: Path, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "out/gpu-e2e"), help="results (default: $OUT)")
-    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole run")
-    parser.add_argument("--python", default=sys.executable, help="the interpreter that holds torch there")
-    parser.add_argument("--scratch", default="/tmp/fls-gpu-e2e", help="where the benchmarks write in full")
+    parser = gpu_check.device_parser("gpu-e2e", __doc__.split("\n\n")[0], BUDGET_S)
     parser.add_argument("--site", default=SITE, help="where the wheels of .whl/ are installed")
-    parser.add_argument("--dry-run", action="store_true", help="run every stage as an echo of its command")
     args = parser.parse_args(argv)
     out, scratch = Path(args.out), Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
