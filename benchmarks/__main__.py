@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 fls_damping_grid=(1.0,),
                 fls_fit_steps=20,
                 fls_refine_steps=2,
+                fls_gradual_refine_steps=2,
                 obert_grads=32,
                 finetune_steps=20,
                 prune_until=10,
