@@ -134,7 +134,7 @@ class AuxFitter:
             if len(fvs) != len(us):
                 fvs = [torch.zeros_like(u) for u in us]
             fvs, scale = red.reduce_products(fvs, rows)
-            loss = torch.zeros(())
+            loss = torch.zeros(())  # what a rank whose work failed (recorded by attempt()) passes to the collectives
             with red.attempt(), timing.section("q_products"):
                 if any(vs[i] is None for i, o in enumerate(self.owned) if o):
                     raise RuntimeError("the probe of this step failed")
@@ -159,7 +159,7 @@ class AuxFitter:
 
     def _probe(self, masks: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor | None], list]:
         """u ∼ 𝒩(0, I) (masked) for every block, drawn in one call; v = M ⊙ Q u with its graph to λ for the owned
-        ones, in one grouped product."""
+        ones (:meth:`_q_products`: one grouped product, wide blocks through their factors)."""
         with timing.section("q_products"):
             sizes = [b.m * b.n for b in self.blocks]
             first = self.blocks[0]
