@@ -28,8 +28,8 @@ import torch
 
 import fls_kernels as fls
 from benchmarks import fvp, models
-from benchmarks.models import MLP  # noqa: F401 — the e2e model of earlier versions, kept importable here
 from benchmarks.runner import stamp
+from benchmarks.timer import peak_mib, reset_peak, sync
 from fls_kernels import timing
 from fls_kernels.curvature import AuxFitter
 
@@ -97,24 +97,6 @@ class Result:
     aux: list[dict]
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset_peak(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device: str) -> float | None:
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
 def q_products(fitter: AuxFitter) -> Callable[[], None]:
     """One aux step's Q work as ``fitter`` does it (its own λ-side code: the one-call probes, every layer's
     v = Q u with its graph to λ — grouped, or through the factors where that is cheaper —, the preconditioned
@@ -146,13 +128,13 @@ def aux_split(model: models.Model, backend: str, device: str, settings: Settings
     p = pruner(model, backend, settings)
     # statistics, λ's start and a first step (three when compiled: CUDA graphs record on later calls) untimed
     p.fit(model.batches, steps=3 if settings.aux_compile else 1)
-    _reset_peak(device)
+    reset_peak(device)
     start = time.perf_counter()
     with timing.record() as times:
         p.fit(model.batches, steps=settings.aux_steps)
-    _sync(device)
+    sync(device)
     total = (time.perf_counter() - start) * 1e3 / settings.aux_steps
-    peak = _peak(device)
+    peak = peak_mib(device)
     step_fvp = times.get("fvp", 0.0) * 1e3 / settings.aux_steps
     step_q = times.get("q_products", 0.0) * 1e3 / settings.aux_steps
     q_ms, _ = fvp.measure(q_products(p.method.fitter), device)
@@ -166,14 +148,14 @@ def aux_split(model: models.Model, backend: str, device: str, settings: Settings
 def whole_prune(model: models.Model, backend: str, device: str, settings: Settings) -> dict:
     """Seconds of fit + prune on a fresh copy, by :mod:`fls_kernels.timing` section (the rest: ``other``)."""
     p = pruner(model, backend, settings)
-    _reset_peak(device)
+    reset_peak(device)
     start = time.perf_counter()
     with timing.record() as times:
         p.fit(model.batches, steps=settings.fit_steps)
         p.prune(settings.sparsity, substeps=settings.substeps)
-    _sync(device)
+    sync(device)
     total = time.perf_counter() - start
-    return dict(total=total, other=total - sum(times.values()), peak_mib=_peak(device), **times)
+    return dict(total=total, other=total - sum(times.values()), peak_mib=peak_mib(device), **times)
 
 
 def unavailable(backend: str, device: str) -> str | None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from benchmarks import models
 from benchmarks.runner import stamp
-from benchmarks.timer import median_ms
+from benchmarks.timer import median_ms, peak_mib, reset_peak, sync
 from fls_kernels.curvature import LayerView, ModelCurvature, find_layers, get_likelihood
 from fls_kernels.data import model_output, split_batch
 from fls_kernels.tolerances import rel_error
@@ -131,11 +131,9 @@ def measure(call: Callable[[], object], device: str, min_run_time: float = 0.5) 
     ms = median_ms(call, device, min_run_time, num_threads=torch.get_num_threads())
     if device != "cuda":
         return ms, None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     call()
-    torch.cuda.synchronize()
-    return ms, torch.cuda.max_memory_allocated() / 2**20
+    return ms, peak_mib(device)
 
 
 def failure(exc: BaseException) -> str:
@@ -157,11 +155,6 @@ def max_error(got: Sequence[Tensor], want: Sequence[Tensor]) -> float:
             return float("inf")
         worst = max(worst, rel_error(g, w))
     return worst
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def run(
@@ -270,10 +263,10 @@ def _one(model: models.Model, variant: Variant, s: dict, device: str, min_run_ti
     batch, vectors, want = s["batch"], s["vectors"], s["want"]
     try:
         product = variant.make(model, s["views"])
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         got = product(batch, vectors)
-        _sync(device)
+        sync(device)
         first = time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 — any failure to build or run a variant is the row's note
         return Row(model.name, variant.name, model.batch_size, None, None, None, None, f"failed: {failure(exc)}")

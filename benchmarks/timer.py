@@ -1,4 +1,5 @@
-"""Median wall time of a call: ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` on the CPU."""
+"""Median wall time of a call: ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` on the CPU; device
+synchronisation and peak CUDA memory around timed regions."""
 
 from __future__ import annotations
 
@@ -17,3 +18,30 @@ def median_ms(call: Callable[[], object], device: str, min_run_time: float = 0.5
 
     timer = benchmark.Timer("call()", globals={"call": call}, num_threads=num_threads)
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    """Start a peak-memory measurement (CUDA); nothing on the CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mib(device: str) -> float | None:
+    """Peak allocated MiB since :func:`reset_peak` on CUDA; None on the CPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
