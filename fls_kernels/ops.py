@@ -426,11 +426,11 @@ def _kron_qv_grouped_backward(ctx, grads):
     need_v, need_a, need_r, need_l = ctx.needs_input_grad[:4]
     op = torch.ops.fls.kron_qv_grouped
     grads = [g if g is not None else torch.zeros_like(V) for g, V in zip(grads, Vs)]
-    ones = [torch.ones_like(A) for A in As]
     Us = [A * V for A, V in zip(As, Vs)]
     gPs = [A * g for A, g in zip(As, grads)]
     dVs = dAs = dG_Rs = dG_Ls = None
     if need_v or need_a:
+        ones = [torch.ones_like(A) for A in As]
         transposed = ([G.mT.contiguous() for G in G_Rs], [G.mT.contiguous() for G in G_Ls])
         gUs = op(gPs, ones, *transposed, ctx.precision, ctx.backend)
         if need_v:

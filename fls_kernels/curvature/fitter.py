@@ -219,7 +219,7 @@ class AuxFitter:
             fvs = [f * scale_fv for f in fvs]
         with torch.no_grad():
             loss, residuals, scale = self._residual_side(
-                [u for u in us],
+                us,
                 [v.detach() for v in vs],
                 [None if grams[i] is None else (grams[i][0].detach(), grams[i][1].detach()) for i in owned],
                 [fvs[i] for i in owned],
