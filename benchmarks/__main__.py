@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             stamp = ablation.stamps([Path(p) for p in args.merge]) or None
         else:
             picked = ablation.VARIANTS if args.variants is None else [ablation.VARIANTS[i] for i in args.variants]
+            stamp = runner.stamp_line(args.device)  # the checkout the rows run on, taken before they start
             rows = ablation.run(picked)
         print(ablation.table(rows))
         print("wrote", ", ".join(str(p) for p in ablation.write(rows, args.out, args.device, stamp)))
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--set: {exc}")
         config = minilm.Config(device=args.device, **{**(minilm.REDUCED if args.reduced else {}), **overrides})
+        stamp = runner.stamp_line(args.device)
         rows = minilm.run(config)
         print(minilm.table(rows, config))
-        print("wrote", ", ".join(str(p) for p in minilm.write(rows, config, args.out)))
+        print("wrote", ", ".join(str(p) for p in minilm.write(rows, config, args.out, stamp)))
         return 0
     if args.command == "quality":
         from benchmarks.quality import digits

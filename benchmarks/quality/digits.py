@@ -178,7 +178,7 @@ def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) ->
 
 
 def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
-    results = Results(protocol)
+    results = Results(protocol, stamp=f"{stamp_line('cpu')} {protocol.threads} torch thread(s).")  # before it runs
     start = time.perf_counter()
     for seed in protocol.seeds:
         data = split(seed)
@@ -219,7 +219,6 @@ def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
                 + f"  ({time.perf_counter() - t0:.0f} s)"
             )
     results.seconds = time.perf_counter() - start
-    results.stamp = f"{stamp_line('cpu')} {protocol.threads} torch thread(s)."
     return results
 
 

@@ -12,7 +12,8 @@ allocation from method. Metrics on the evaluation sentences: mean cosine similar
 pruned to dense embeddings, and top-1 nearest-neighbour agreement (each sentence's most similar other sentence
 under the pruned model vs under the dense one).
 
-``python -m benchmarks quality --model minilm [--reduced]`` writes minilm.csv, minilm.md and minilm.png.
+``python -m benchmarks quality --model minilm [--reduced]`` writes minilm.csv, minilm_sentences.csv (per-sentence
+values), minilm.md (with FLS's paired differences to SparseGPT) and minilm.png.
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ def embed(model, tokenizer, sents: list[str], config: Config) -> torch.Tensor:
     return torch.cat(out).float().cpu()
 
 
-def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
-    """(mean cosine similarity, top-1 nearest-neighbour agreement) of pruned vs dense unit embeddings."""
-    cosine = torch.nn.functional.cosine_similarity(dense, pruned).mean().item()
+def per_sentence(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per evaluation sentence: cosine similarity of pruned to dense embedding, and whether its top-1 nearest
+    other sentence under the pruned model is the one under the dense model (1.0 / 0.0)."""
+    cosine = torch.nn.functional.cosine_similarity(dense, pruned)
 
     def neighbours(e: torch.Tensor) -> torch.Tensor:
         e = torch.nn.functional.normalize(e, dim=-1)
@@ -136,7 +138,21 @@ def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
         sims.fill_diagonal_(float("-inf"))
         return sims.argmax(1)
 
-    return cosine, (neighbours(dense) == neighbours(pruned)).float().mean().item()
+    return cosine, (neighbours(dense) == neighbours(pruned)).float()
+
+
+def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
+    """(mean cosine similarity, top-1 nearest-neighbour agreement) of pruned vs dense unit embeddings."""
+    cosine, agree = per_sentence(dense, pruned)
+    return cosine.mean().item(), agree.mean().item()
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(mean, standard error) of the per-sentence differences a − b: mean(d) ± sd(d)/√N."""
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    if len(d) < 2:
+        raise ValueError(f"paired: needs at least 2 sentences, got {len(d)}")
+    return d.mean().item(), (d.std() / len(d) ** 0.5).item()
 
 
 def make(method: str, model, config: Config, pattern: str, num_batches: int):
@@ -200,7 +216,8 @@ def run(config: Config | None = None, log=print) -> list[dict]:
                 base.load_state_dict(weights)
                 t0 = time.perf_counter()
                 pruner.prune(s, substeps=1 if method in LAYERWISE else config.substeps)
-                cosine, agreement = metrics(dense, embed(base, tokenizer, evals, config))
+                cosines, agrees = per_sentence(dense, embed(base, tokenizer, evals, config))
+                cosine, agreement = cosines.mean().item(), agrees.mean().item()
                 rows.append(
                     dict(
                         method=method,
@@ -209,6 +226,8 @@ def run(config: Config | None = None, log=print) -> list[dict]:
                         cosine=cosine,
                         nn_agreement=agreement,
                         prune_seconds=time.perf_counter() - t0,
+                        sentence_cosines=cosines.tolist(),
+                        sentence_agreements=agrees.tolist(),
                     )
                 )
                 log(f"{method:<9} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  NN agreement {agreement:.3f}")
@@ -245,18 +264,58 @@ def table(rows: list[dict], config: Config) -> str:
         lines.append(f"| {pattern} | {s:.0%} | " + " | ".join(row) + " |")
     seconds = {r["method"]: r.get("method_seconds", 0.0) for r in rows}
     lines += ["", "Wall-clock per method: " + ", ".join(f"{m} {seconds.get(m, 0):.0f} s" for m in config.methods)]
-    return "\n".join(lines)
+    return "\n".join(lines + differences(rows, config))
 
 
-def write(rows: list[dict], config: Config, out_dir: str | Path) -> list[Path]:
+def differences(rows: list[dict], config: Config, reference: str = "SparseGPT") -> list[str]:
+    """Table lines: FLS's per-sentence paired differences to ``reference`` per cell, mean ± standard error (empty
+    without per-sentence values or without both methods)."""
+    found = {(r["method"], r["pattern"], r["sparsity"]): r for r in rows if "sentence_cosines" in r}
+    present = {m for m, _, _ in found}
+    contenders = [m for m in config.methods if m.startswith("FLS") and m in present]
+    cells = sorted({(p, s) for _, p, s in found}, key=lambda c: (c[0] != "unstructured", c[1]))
+    if reference not in present or not contenders:
+        return []
+    lines = [
+        "",
+        f"Paired over the {config.eval_sentences} evaluation sentences, FLS − {reference}: mean ± standard error of "
+        "the per-sentence difference in cosine / in NN agreement (a difference within two standard errors is a tie).",
+        "",
+        "| pattern | sparsity | " + " | ".join(f"{m} − {reference}" for m in contenders) + " |",
+        "|---|---:|" + "---:|" * len(contenders),
+    ]
+    for pattern, s in cells:
+        ref = found.get((reference, pattern, s))
+        row = []
+        for m in contenders:
+            mine = found.get((m, pattern, s))
+            if ref is None or mine is None:
+                row.append("—")
+                continue
+            dc, ec = paired(mine["sentence_cosines"], ref["sentence_cosines"])
+            dn, en = paired(mine["sentence_agreements"], ref["sentence_agreements"])
+            row.append(f"{dc:+.4f} ± {ec:.4f} / {dn:+.3f} ± {en:.3f}")
+        lines.append(f"| {pattern} | {s:.0%} | " + " | ".join(row) + " |")
+    return lines
+
+
+def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
+    """minilm.csv, minilm_sentences.csv (per-sentence values), minilm.md and minilm.png; ``stamp`` (default:
+    this checkout now) names where the rows ran."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["method", "pattern", "sparsity", "cosine", "nn_agreement", "prune_seconds", "method_seconds"]
     with open(out / "minilm.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (out / "minilm.md").write_text(table(rows, config) + f"\n\n{stamp_line(config.device)}\n")
+    with open(out / "minilm_sentences.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "pattern", "sparsity", "sentence", "cosine", "nn_agreement"])
+        for r in rows:
+            for i, (c, a) in enumerate(zip(r.get("sentence_cosines", []), r.get("sentence_agreements", []))):
+                w.writerow([r["method"], r["pattern"], r["sparsity"], i, f"{c:.6f}", int(a)])
+    (out / "minilm.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,4 +333,4 @@ def write(rows: list[dict], config: Config, out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "minilm.png", dpi=120)
     plt.close(fig)
-    return [out / "minilm.csv", out / "minilm.md", out / "minilm.png"]
+    return [out / "minilm.csv", out / "minilm_sentences.csv", out / "minilm.md", out / "minilm.png"]

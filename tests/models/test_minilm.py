@@ -269,3 +269,42 @@ def test_ablation_run_labels_each_row(monkeypatch):
     assert "| FLS-uniform | 2:4 50% | patterns=2:4 fls_fit_steps=100 fls_refine_steps=10 | 0.8000 / 0.500 | 2 s |" in (
         ablation.table(rows)
     )
+
+
+def test_paired_differences_tabulate_fls_against_sparsegpt(tmp_path):
+    from benchmarks.quality import minilm
+
+    gen = torch.Generator().manual_seed(3)
+    dense = torch.randn(40, 8, generator=gen)
+    pruned = dense + 0.5 * torch.randn(40, 8, generator=gen)
+    cosines, agrees = minilm.per_sentence(dense, pruned)
+    assert minilm.metrics(dense, pruned) == pytest.approx((cosines.mean().item(), agrees.mean().item()))
+    a, b = [0.9, 0.8, 0.7, 0.6], [0.8, 0.8, 0.8, 0.5]
+    mean, se = minilm.paired(a, b)  # differences 0.1, 0, -0.1, 0.1: mean 0.025, sd 0.0957
+    assert mean == pytest.approx(0.025) and se == pytest.approx(0.0957427 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="paired"):
+        minilm.paired([1.0], [0.5])
+    config = minilm.Config(methods=("FLS-uniform", "SparseGPT", "Wanda"), eval_sentences=4)
+
+    def row(method, pattern, values):
+        return dict(
+            method=method,
+            pattern=pattern,
+            sparsity=0.5,
+            cosine=sum(values) / 4,
+            nn_agreement=0.5,
+            prune_seconds=1.0,
+            method_seconds=1.0,
+            sentence_cosines=values,
+            sentence_agreements=[1.0, 0.0, 1.0, 0.0],
+        )
+
+    rows = [row("FLS-uniform", "2:4", a), row("SparseGPT", "2:4", b), row("Wanda", "2:4", b)]
+    text = minilm.table(rows, config)
+    assert "| 2:4 | 50% | +0.0250 ± 0.0479 / +0.000 ± 0.000 |" in text and "Wanda −" not in text
+    paths = minilm.write(rows, config, tmp_path, stamp="Measured here.")
+    assert (tmp_path / "minilm.md").read_text().endswith("Measured here.\n")
+    lines = (tmp_path / "minilm_sentences.csv").read_text().splitlines()
+    assert len(lines) == 1 + 12 and lines[1] == "FLS-uniform,2:4,0.5,0,0.900000,1"
+    assert "sentence_cosines" not in (tmp_path / "minilm.csv").read_text() and len(paths) == 4
+    assert minilm.differences(rows[1:], config) == []  # no FLS row: no paired table
