@@ -108,10 +108,10 @@ def _kron_qv_backward(ctx, grad):
     V, A, G_R, G_L = ctx.saved_tensors
     need_v, need_a, need_r, need_l = ctx.needs_input_grad[:4]
     op = torch.ops.fls.kron_qv
-    ones = torch.ones_like(A)
     U, gP = A * V, A * grad
     dV = dA = dG_R = dG_L = None
     if need_v or need_a:
+        ones = torch.ones_like(A)
         gU = op(gP, ones, G_R.mT.contiguous(), G_L.mT.contiguous(), ctx.precision, ctx.backend)
         dV = A * gU if need_v else None
         if need_a:

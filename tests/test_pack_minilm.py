@@ -129,8 +129,15 @@ def test_a_wheel_whose_files_differ_from_its_record_is_refused(tmp_path):
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
         for name in src.namelist():
             dst.writestr(name, b"A = 2\n" if name.endswith("__init__.py") else src.read(name))
-    with pytest.raises(AssertionError, match="hash or size"):
+    with pytest.raises(ValueError, match="hash or size"):
         pm.verify_record(bad)
+    extra = tmp_path / "extra-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(extra, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        dst.writestr("good/unlisted.py", b"B = 1\n")
+    with pytest.raises(ValueError, match="list different files"):
+        pm.verify_record(extra)
 
 
 def test_the_slim_model_embeds_the_study_sentences_exactly(wheel):
