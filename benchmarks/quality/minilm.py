@@ -57,9 +57,11 @@ class Config:
     fls_update: str = "adaptive"
     fls_aux_fisher: str = "exact"
     fls_aux_batches: int | None = None
+    fls_nm_select: str = "greedy"
     kfac_update: str = "diagonal"
     kfac_allocation: str = "global"
     sparsegpt_dampening: float = 0.01
+    sparsegpt_nm_select: str = "greedy"
     device: str = "cpu"
     seed: int = 0
 
@@ -170,10 +172,14 @@ def make(method: str, model, config: Config, pattern: str, num_batches: int):
             update=config.fls_update,
             aux_fisher=config.fls_aux_fisher,
             aux_batches=config.fls_aux_batches,
+            **({"nm_select": config.fls_nm_select} if pattern != "unstructured" else {}),
             **{**curv, "relative_damping": config.fls_damping},
         )
     if method == "SparseGPT":
-        return fls.SparseGPTPruner(model, dampening=config.sparsegpt_dampening, include=ENCODER_LAYERS, pattern=pattern)
+        select = {"nm_select": config.sparsegpt_nm_select} if pattern != "unstructured" else {}
+        return fls.SparseGPTPruner(
+            model, dampening=config.sparsegpt_dampening, include=ENCODER_LAYERS, pattern=pattern, **select
+        )
     if method == "Wanda":
         return fls.WandaPruner(model, include=ENCODER_LAYERS, pattern=pattern)
     if method == "OBD":
@@ -250,7 +256,8 @@ def table(rows: list[dict], config: Config) -> str:
         f"{config.relative_damping} × mean diag F̂; statistics on "
         f"{'every calibration batch' if not config.stat_batches else f'{config.stat_batches} batches'}; "
         f"SparseGPT dampening {config.sparsegpt_dampening} × mean diag H, blocks of 128; SparseGPT, Wanda and "
-        f"FLS-uniform prune every layer to the same sparsity, the others rank globally; device {config.device}. "
+        f"FLS-uniform prune every layer to the same sparsity, the others rank globally; N:M groups chosen "
+        f"{config.fls_nm_select} (FLS) / {config.sparsegpt_nm_select} (SparseGPT); device {config.device}. "
         "Mean cosine to the dense embedding / top-1 nearest-neighbour agreement.",
         "",
         "| pattern | sparsity | " + " | ".join(config.methods) + " |",

@@ -7,14 +7,27 @@ which is exact OBS, row by row, on ½ δᵀ C_S⁻¹ δ over the columns S = {j,
 as they are). Updates beyond a block of B columns are applied once per block: W[:, j₂:] −= E U[j₁:j₂, j₂:].
 Weights chosen on the way are the smallest OBS losses w_ij² / (r_i U_jj²) of the block (r_i: a row's share of the
 inverse curvature, 1 when rows are alike) — the saliency with the inverse recomputed after every column.
+
+N:M, at a group's first column j, ``nm_select="greedy"`` (SparseGPT's) removes the M − N weights with the
+smallest single-weight losses w_ij² / U_jj²; ``nm_select="exact"`` removes the set P of the group whose elimination
+loses least,
+
+    ½ ‖e_P‖²,   U_PPᵀ e_P = w_P   (U_PP: U's rows and columns P, upper triangular),
+
+the loss the elimination above incurs for P, each removed weight's error taken after the earlier removals'
+updates (the greedy score is its first term alone, ignoring the weights' interaction).
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 import torch
 from torch import Tensor
 
 from fls_kernels.pruning.targets import Budget
+
+NM_SELECT = ("greedy", "exact")
 
 
 def shares(total: int, sizes: list[int]) -> list[int]:
@@ -39,13 +52,19 @@ def eliminate_columns_(
     blocksize: int = 128,
     prune: Tensor | None = None,
     row_scale: Tensor | None = None,
+    nm_select: str = "greedy",
 ) -> Tensor:
     """Eliminate one row group's pruned weights in place: W [r, n], U [n, n] (Uᵀ U = the rows' shared inverse
     curvature), alive [r, n]. The weights removed are ``prune`` ([r, n], fixed in advance) or chosen on the way:
     ``budget.new`` more (unstructured, shared between column blocks by their alive weights) or ``budget.zeros``
-    zeros per group of ``m`` inputs (N:M); ``row_scale`` [r] weighs the rows' unstructured scores (None: all 1).
+    zeros per group of ``m`` inputs (N:M, chosen by ``nm_select``: "greedy" | "exact", see the module docstring);
+    ``row_scale`` [r] weighs the rows' unstructured scores (None: all 1). A block holds whole groups of ``m``.
     Returns the new alive mask; removed weights are exactly 0."""
+    if nm_select not in NM_SELECT:
+        raise ValueError(f"nm_select: expected one of {NM_SELECT}, got {nm_select!r}")
     n = W.shape[1]
+    if m is not None:
+        blocksize = max(m, blocksize // m * m)
     pruned = ~alive if prune is None else (~alive | prune)
     pruned[:, n_weight:] = False  # the bias column is never pruned
     if prune is not None:
@@ -69,10 +88,13 @@ def eliminate_columns_(
         for j in range(j2 - j1):
             col = j1 + j
             if budget.zeros is not None and col < n_weight and col % m == 0:
-                score = W1[:, j : j + m] ** 2 / d[col : col + m] ** 2
-                score = score.masked_fill(pruned[:, col : col + m], float("-inf"))
-                group = torch.zeros_like(score, dtype=torch.bool)
-                group.scatter_(1, score.topk(budget.zeros, dim=1, largest=False).indices, True)
+                if nm_select == "exact":
+                    group = exact_group(W1[:, j : j + m], U1[j : j + m, j : j + m], pruned[:, col : col + m], budget)
+                else:
+                    score = W1[:, j : j + m] ** 2 / d[col : col + m] ** 2
+                    score = score.masked_fill(pruned[:, col : col + m], float("-inf"))
+                    group = torch.zeros_like(score, dtype=torch.bool)
+                    group.scatter_(1, score.topk(budget.zeros, dim=1, largest=False).indices, True)
                 pruned[:, col : col + m] |= group
             w = W1[:, j]
             err = torch.where(pruned[:, col], w, torch.zeros_like(w)) / U1[j, j]
@@ -84,3 +106,20 @@ def eliminate_columns_(
     keep = alive & ~pruned
     W.masked_fill_(~keep, 0)
     return keep
+
+
+def exact_group(w: Tensor, U_G: Tensor, dead: Tensor, budget: Budget) -> Tensor:
+    """Per row, the ``budget.zeros`` weights of one N:M group (w [r, m]; U_G [m, m], the group's block of U) whose
+    column-by-column elimination loses least, ½ ‖e_P‖² with U_PPᵀ e_P = w_P, among the sets that hold the row's
+    ``dead`` weights; a bool mask [r, m]. The m-choose-zeros candidate sets are solved in float64."""
+    m, zeros = w.shape[1], budget.zeros
+    sets = torch.tensor(list(combinations(range(m), zeros)), device=w.device)  # [K, z], ascending
+    U_P = U_G.to(torch.float64)[sets[:, :, None], sets[:, None, :]]  # [K, z, z], upper triangular
+    w_P = w.to(torch.float64)[:, sets].permute(1, 2, 0)  # [K, z, r]
+    e_P = torch.linalg.solve_triangular(U_P.mT, w_P, upper=False)
+    loss = 0.5 * e_P.square().sum(1).mT  # [r, K]
+    member = torch.zeros(len(sets), m, dtype=torch.bool, device=w.device)
+    member.scatter_(1, sets, True)
+    outside = (dead[:, None, :] & ~member[None]).any(-1)  # a dead weight left out of the set
+    best = loss.masked_fill(outside, float("inf")).argmin(1)
+    return member[best]

@@ -238,7 +238,8 @@ class FishLegPruner(Pruner):
             graphs —, "max-autotune") for the λ side of each aux step (Q products, their backward, residuals).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
-            ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``:
+            ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
+            ("greedy" default; "exact": each N:M group's set by the loss of its elimination, adaptive update only;
             :class:`~fls_kernels.pruning.methods.kron_obs.KronOBS`), and the
             :class:`~fls_kernels.pruning.pruner.Pruner` arguments (pattern, schedule, substeps, layer_types,
             include, ignore, allocation, include_bias, backend, progress, distributed).

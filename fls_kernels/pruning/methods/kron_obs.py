@@ -24,7 +24,7 @@ from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.checks import choice
-from fls_kernels.pruning.columns import eliminate_columns_
+from fls_kernels.pruning.columns import NM_SELECT, eliminate_columns_
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.fisher import FisherMethod
 from fls_kernels.pruning.patterns import NMPattern
@@ -48,15 +48,27 @@ class KronOBS(FisherMethod):
             of the removed set, eliminated column by column with Q's input factor) or "adaptive" (the same
             elimination choosing the removed weights of each layer on the way, as many as the selection; not for
             block patterns). See the module docstring.
+        nm_select: with ``update="adaptive"`` and an N:M pattern, how each group's zeros are chosen: "greedy"
+            (default; the smallest single-weight OBS losses, SparseGPT's) or "exact" (the set of the group whose
+            column-by-column elimination loses least: :mod:`fls_kernels.pruning.columns`).
         *args, **kwargs: :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` arguments.
     """
 
     shardable = True
 
     def __init__(
-        self, *args, precision: str = "fp32", block_score: str = "sum", update: str = "diagonal", **kwargs
+        self,
+        *args,
+        precision: str = "fp32",
+        block_score: str = "sum",
+        update: str = "diagonal",
+        nm_select: str = "greedy",
+        **kwargs,
     ) -> None:
         self.precision = choice("precision", precision, PRECISIONS)
+        self.nm_select = choice("nm_select", nm_select, NM_SELECT)
+        if nm_select != "greedy" and update != "adaptive":
+            raise ValueError(f"nm_select: {nm_select!r} chooses N:M groups in update='adaptive', got update={update!r}")
         self.block_score = choice("block_score", block_score, BLOCK_SCORES)
         self.update_rule = choice("update", update, UPDATES)
         if update != "diagonal" and block_score == "exact":
@@ -66,6 +78,8 @@ class KronOBS(FisherMethod):
     def bind(self, ctx: Context) -> None:
         if self.update_rule == "adaptive" and not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
             raise ValueError(f"update: 'adaptive' chooses single weights or N:M groups, not {ctx.pattern} blocks")
+        if self.nm_select != "greedy" and not isinstance(ctx.pattern, NMPattern):
+            raise ValueError(f"nm_select: {self.nm_select!r} chooses N:M groups, the pattern is {ctx.pattern}")
         super().bind(ctx)
         owners, dtype = ctx.mode.owners, ctx.dtype
         self.blocks = nn.ModuleList(
@@ -156,7 +170,7 @@ class KronOBS(FisherMethod):
         else:
             budget, m = Budget(new=int(prune[:, :n].sum())), None
         rows = (r.square() * G_R.diagonal().to(torch.float64)).to(W.dtype)
-        return eliminate_columns_(W, U, alive, n, budget, m, prune=None, row_scale=rows)
+        return eliminate_columns_(W, U, alive, n, budget, m, prune=None, row_scale=rows, nm_select=self.nm_select)
 
     def _update_exact(self, index: int, W: Tensor, prune: Tensor, keep: Tensor, G_R: Tensor, G_L: Tensor) -> None:
         """W ← keep ⊙ (W − Q z) with z_P = (Q_PP)⁻¹ θ_P on the removed blocks."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fls_kernels.pruning.checks import integer, positive
-from fls_kernels.pruning.columns import eliminate_columns_, shares
+from fls_kernels.pruning.checks import choice, integer, positive
+from fls_kernels.pruning.columns import NM_SELECT, eliminate_columns_, shares
+from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.layerwise import Layerwise
 from fls_kernels.pruning.patterns import NMPattern
 from fls_kernels.pruning.pruner import Pruner
@@ -41,15 +42,23 @@ class SparseGPT(Layerwise):
     Args:
         dampening: δ as a fraction of mean diag H (the paper's 1%).
         blocksize: B, columns per lazy update and per adaptive mask selection (the paper's 128).
+        nm_select: N:M, how each group's zeros are chosen: "greedy" (the paper's: the smallest w² / U_jj²) or
+            "exact" (the set whose elimination loses least: :mod:`fls_kernels.pruning.columns`).
         **kwargs: ``calib_batches``, ``inputs`` (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
     """
 
     name = "sparsegpt"
 
-    def __init__(self, *, dampening: float = 0.01, blocksize: int = 128, **kwargs) -> None:
+    def __init__(self, *, dampening: float = 0.01, blocksize: int = 128, nm_select: str = "greedy", **kwargs) -> None:
         self.dampening = positive("dampening", dampening)
         self.blocksize = integer("blocksize", blocksize, 1)
+        self.nm_select = choice("nm_select", nm_select, NM_SELECT)
         super().__init__(**kwargs)
+
+    def bind(self, ctx: Context) -> None:
+        if self.nm_select != "greedy" and not isinstance(ctx.pattern, NMPattern):
+            raise ValueError(f"nm_select: {self.nm_select!r} chooses N:M groups, the pattern is {ctx.pattern}")
+        super().bind(ctx)
 
     def prune_layer(self, index: int, W: Tensor, alive: Tensor, budget: Budget) -> Tensor:
         view, pattern = self.ctx.views[index], self.ctx.pattern
@@ -65,7 +74,9 @@ class SparseGPT(Layerwise):
             U = inverse_factor(H[r], self.dampening, view.name).to(W.dtype)
             part = slice(r * size, (r + 1) * size)
             share = Budget(new=news[r]) if m is None else budget
-            keep[part] = eliminate_columns_(W[part], U, alive[part].clone(), view.n_weight, share, m, blocksize)
+            keep[part] = eliminate_columns_(
+                W[part], U, alive[part].clone(), view.n_weight, share, m, blocksize, nm_select=self.nm_select
+            )
         return keep
 
 
@@ -75,7 +86,7 @@ class SparseGPTPruner(Pruner):
     (``allocation="uniform"``, the default here) or to a per-layer dict. ``fit(loader)`` holds the calibration
     batches; ``prune`` measures and solves.
 
-    Args: ``dampening``, ``blocksize``, ``calib_batches``, ``inputs`` and the
+    Args: ``dampening``, ``blocksize``, ``nm_select``, ``calib_batches``, ``inputs`` and the
     :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
 
     Example:
