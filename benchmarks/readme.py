@@ -36,17 +36,22 @@ SECTIONS = [
     ),
 ]
 QUALITY = [  # (title, output relative to the parent of the kernels' output folder)
-    ("digits CNN (`python -m benchmarks quality`)", "quality/quality.md"),
     (
-        "digits CNN, one-shot 80%, FLS-diagonal and oBERT at one thread (`python -m benchmarks quality --methods "
-        "FLS-diagonal oBERT --sparsities 0.8 --gradual --out out/quality_80`)",
-        "quality_80/quality.md",
+        "digits CNN (`python -m benchmarks quality --sparsities 0.7 0.8 0.9 --gradual 0.95`: one process per core "
+        "with `--seed-list`, then `--merge`)",
+        "quality/quality.md",
     ),
     ("all-MiniLM-L6-v2 on the H200 (`python -m benchmarks quality --model minilm --device cuda`)", "minilm/minilm.md"),
     (
         "all-MiniLM-L6-v2, 256 calibration sentences, on the CPU (`python -m benchmarks quality --model minilm "
         "--reduced --set calib_sentences=256 --out out/minilm_256`)",
         "minilm_256/minilm.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, 2:4 with FLS's N:M sets chosen exactly (`python -m benchmarks quality --model minilm "
+        "--reduced --set calib_sentences=256 patterns=2:4 methods=FLS,FLS-uniform,SparseGPT,Wanda "
+        "fls_nm_select=exact --out out/minilm_24exact`)",
+        "minilm_24exact/minilm.md",
     ),
     (
         "all-MiniLM-L6-v2, ablation of FLS's options (`python -m benchmarks quality --model minilm --ablation`)",

@@ -65,6 +65,8 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
         dict(patterns=("2:4",), fls_aux_fisher="layerwise", fls_aux_batches=1, fls_fit_steps=100, fls_refine_steps=10),
     ),
     ("SparseGPT at 2:4 (reference)", "SparseGPT", dict(patterns=("2:4",))),
+    ("FLS at 2:4, exact N:M sets", "FLS-uniform", dict(patterns=("2:4",), fls_nm_select="exact")),
+    ("SparseGPT at 2:4, exact N:M sets", "SparseGPT", dict(patterns=("2:4",), sparsegpt_nm_select="exact")),
 )
 
 

@@ -336,7 +336,8 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("mean cosine to dense embedding")
     ax.set_title("all-MiniLM-L6-v2, one-shot, unstructured")
-    ax.legend()
+    if ax.get_lines():
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "minilm.png", dpi=120)
     plt.close(fig)
