@@ -130,14 +130,16 @@ def stamps(parts: list[Path]) -> str:
 
 
 def merge(parts: list[Path]) -> list[dict]:
-    """The rows of several runs over parts of :data:`VARIANTS` (their ablation.csv files), in table order."""
+    """The rows of several runs over parts of :data:`VARIANTS` (their ablation.csv files), in table order; a row
+    of a later part replaces an earlier part's row of the same variant (a rerun)."""
     order = {key(label, overrides): i for i, (label, _, overrides) in enumerate(VARIANTS)}
-    rows = []
+    rows: dict[tuple[str, str], dict] = {}
     for part in parts:
         with open(Path(part) / "ablation.csv") as f:
             for r in csv.DictReader(f):
-                rows.append({**r, **{k: float(r[k]) for k in ("cosine", "nn_agreement", "method_seconds")}})
-    return sorted(rows, key=lambda r: order.get((r["variant"], r["pattern"]), len(order)))
+                row = {**r, **{k: float(r[k]) for k in ("cosine", "nn_agreement", "method_seconds")}}
+                rows[(r["variant"], r["pattern"])] = row
+    return sorted(rows.values(), key=lambda r: order.get((r["variant"], r["pattern"]), len(order)))
 
 
 def key(label: str, overrides: dict) -> tuple[str, str]:

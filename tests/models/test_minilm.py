@@ -242,6 +242,9 @@ def test_ablation_variants_are_valid_configs_and_tabulate(tmp_path):
     merged = ablation.merge([tmp_path])
     assert [r["variant"] for r in merged] == [r["variant"] for r in rows]
     assert "| 0.5200 / 0.400 |" in ablation.table(merged)
+    ablation.write([{**rows[1], "cosine": 0.9}], tmp_path / "rerun")  # a later part replaces its rows
+    merged = ablation.merge([tmp_path, tmp_path / "rerun"])
+    assert [r["cosine"] for r in merged] == [0.5, 0.9, 0.52]
 
 
 def test_ablation_run_labels_each_row(monkeypatch):
