@@ -111,9 +111,12 @@ def eliminate_columns_(
 def exact_group(w: Tensor, U_G: Tensor, dead: Tensor, budget: Budget) -> Tensor:
     """Per row, the ``budget.zeros`` weights of one N:M group (w [r, m]; U_G [m, m], the group's block of U) whose
     column-by-column elimination loses least, ½ ‖e_P‖² with U_PPᵀ e_P = w_P, among the sets that hold the row's
-    ``dead`` weights; a bool mask [r, m]. The m-choose-zeros candidate sets are solved in float64."""
+    ``dead`` weights (a row with more dead weights than that keeps just them); a bool mask [r, m]. The
+    m-choose-zeros candidate sets are solved in float64."""
     m, zeros = w.shape[1], budget.zeros
-    sets = torch.tensor(list(combinations(range(m), zeros)), device=w.device)  # [K, z], ascending
+    if zeros == 0:
+        return torch.zeros_like(dead)
+    sets = torch.tensor(list(combinations(range(m), zeros)), dtype=torch.long, device=w.device)  # [K, z], ascending
     U_P = U_G.to(torch.float64)[sets[:, :, None], sets[:, None, :]]  # [K, z, z], upper triangular
     w_P = w.to(torch.float64)[:, sets].permute(1, 2, 0)  # [K, z, r]
     e_P = torch.linalg.solve_triangular(U_P.mT, w_P, upper=False)
@@ -121,5 +124,6 @@ def exact_group(w: Tensor, U_G: Tensor, dead: Tensor, budget: Budget) -> Tensor:
     member = torch.zeros(len(sets), m, dtype=torch.bool, device=w.device)
     member.scatter_(1, sets, True)
     outside = (dead[:, None, :] & ~member[None]).any(-1)  # a dead weight left out of the set
-    best = loss.masked_fill(outside, float("inf")).argmin(1)
-    return member[best]
+    loss = loss.masked_fill(outside, float("inf"))
+    best = loss.argmin(1)
+    return torch.where(loss[torch.arange(len(best)), best].isinf()[:, None], dead, member[best])

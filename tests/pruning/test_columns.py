@@ -235,6 +235,20 @@ def test_exact_nm_selection_over_a_layer(n, blocksize, m, zeros):
         assert total["exact"] < 0.95 * total["greedy"]
 
 
+def test_exact_group_edge_cases():
+    from fls_kernels.pruning.columns import exact_group
+
+    w, U = torch.randn(3, 4, dtype=F64), torch.eye(4, dtype=F64)
+    none = torch.zeros(3, 4, dtype=torch.bool)
+    assert not exact_group(w, U, none, Budget(zeros=0)).any()
+    dead = torch.tensor([[True, True, True, False], [False] * 4, [False, False, True, False]])
+    got = exact_group(w, U, dead, Budget(zeros=2))
+    assert torch.equal(got[0], dead[0])  # more dead than zeros: nothing alive is added
+    assert int(got[1].sum()) == 2 and got[2, 2] and int(got[2].sum()) == 2
+    smallest = w[1].abs().topk(2, largest=False).indices  # U = I: the two smallest |w|
+    assert set(got[1].nonzero().flatten().tolist()) == set(smallest.tolist())
+
+
 def test_nm_select_is_checked_and_reaches_both_solvers():
     for pruner in (
         fls.KFACPruner(
