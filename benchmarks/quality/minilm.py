@@ -143,12 +143,6 @@ def per_sentence(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tenso
     return cosine, (neighbours(dense) == neighbours(pruned)).float()
 
 
-def metrics(dense: torch.Tensor, pruned: torch.Tensor) -> tuple[float, float]:
-    """(mean cosine similarity, top-1 nearest-neighbour agreement) of pruned vs dense unit embeddings."""
-    cosine, agree = per_sentence(dense, pruned)
-    return cosine.mean().item(), agree.mean().item()
-
-
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     """(mean, standard error) of the per-sentence differences a − b: mean(d) ± sd(d)/√N."""
     d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)

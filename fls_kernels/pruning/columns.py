@@ -25,9 +25,16 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
+from fls_kernels.pruning.patterns import NMPattern
 from fls_kernels.pruning.targets import Budget
 
 NM_SELECT = ("greedy", "exact")
+
+
+def check_nm_select(nm_select: str, pattern: object) -> None:
+    """ValueError unless ``nm_select`` is "greedy" or ``pattern`` is N:M (the other choices pick N:M groups)."""
+    if nm_select != "greedy" and not isinstance(pattern, NMPattern):
+        raise ValueError(f"nm_select: {nm_select!r} chooses N:M groups, the pattern is {pattern}")
 
 
 def shares(total: int, sizes: list[int]) -> list[int]:

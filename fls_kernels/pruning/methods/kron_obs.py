@@ -24,7 +24,7 @@ from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.checks import choice
-from fls_kernels.pruning.columns import NM_SELECT, eliminate_columns_
+from fls_kernels.pruning.columns import NM_SELECT, check_nm_select, eliminate_columns_
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.fisher import FisherMethod
 from fls_kernels.pruning.patterns import NMPattern
@@ -78,8 +78,7 @@ class KronOBS(FisherMethod):
     def bind(self, ctx: Context) -> None:
         if self.update_rule == "adaptive" and not isinstance(ctx.pattern, NMPattern) and ctx.pattern.size != 1:
             raise ValueError(f"update: 'adaptive' chooses single weights or N:M groups, not {ctx.pattern} blocks")
-        if self.nm_select != "greedy" and not isinstance(ctx.pattern, NMPattern):
-            raise ValueError(f"nm_select: {self.nm_select!r} chooses N:M groups, the pattern is {ctx.pattern}")
+        check_nm_select(self.nm_select, ctx.pattern)
         super().bind(ctx)
         owners, dtype = ctx.mode.owners, ctx.dtype
         self.blocks = nn.ModuleList(

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fls_kernels.pruning.checks import choice, integer, positive
-from fls_kernels.pruning.columns import NM_SELECT, eliminate_columns_, shares
+from fls_kernels.pruning.columns import NM_SELECT, check_nm_select, eliminate_columns_, shares
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.layerwise import Layerwise
 from fls_kernels.pruning.patterns import NMPattern
@@ -56,14 +56,12 @@ class SparseGPT(Layerwise):
         super().__init__(**kwargs)
 
     def bind(self, ctx: Context) -> None:
-        if self.nm_select != "greedy" and not isinstance(ctx.pattern, NMPattern):
-            raise ValueError(f"nm_select: {self.nm_select!r} chooses N:M groups, the pattern is {ctx.pattern}")
+        check_nm_select(self.nm_select, ctx.pattern)
         super().bind(ctx)
 
     def prune_layer(self, index: int, W: Tensor, alive: Tensor, budget: Budget) -> Tensor:
         view, pattern = self.ctx.views[index], self.ctx.pattern
         m = pattern.m if isinstance(pattern, NMPattern) else None
-        blocksize = self.blocksize if m is None else max(m, self.blocksize // m * m)  # whole N:M groups per block
         moments = self.moments(index, diagonal=False)
         H = 2 * moments.total / max(moments.samples, 1)  # [g, n, n]
         g = H.shape[0]
@@ -75,7 +73,7 @@ class SparseGPT(Layerwise):
             part = slice(r * size, (r + 1) * size)
             share = Budget(new=news[r]) if m is None else budget
             keep[part] = eliminate_columns_(
-                W[part], U, alive[part].clone(), view.n_weight, share, m, blocksize, nm_select=self.nm_select
+                W[part], U, alive[part].clone(), view.n_weight, share, m, self.blocksize, nm_select=self.nm_select
             )
         return keep
 
