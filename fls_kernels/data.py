@@ -81,6 +81,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def loader_length(loader: object) -> int | None:
+    """``len(loader)``, or None for a loader without one (a generator, an iterable dataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 class BatchStream:
     """An endless stream cycling over ``loader``; ``position`` counts the batches handed out (so checkpoints
     can resume where they stopped).
@@ -98,11 +106,13 @@ class BatchStream:
         self.argname = argname
         self.position = 0
         self._it: Iterator[object] = iter(loader)
+        self.first: object = None
         try:
             self._pending: list[object] = [next(self._it)]
         except StopIteration:
             raise ValueError(f"{argname}: yielded no batches") from None
-        check(self._pending[0])
+        self.first = self._pending[0]  # the loader's first batch, kept for probes
+        check(self.first)
 
     def __iter__(self) -> BatchStream:
         return self

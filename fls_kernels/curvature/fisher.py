@@ -95,6 +95,19 @@ class ModelCurvature:
                 return t.shape[0]
         raise TypeError(f"loader: no tensor among the model inputs of a {type(batch).__name__} batch")
 
+    def unreached(self, batch: object) -> list[int]:
+        """Indices of the views none of whose parameters reach the tensor the likelihood reads: ∂ out/∂θ_l is
+        structurally absent (an unused head, a pooler beside ``last_hidden_state``). One forward and one
+        backward of ``batch`` in eval mode; their Fisher is zero, so they have no curvature to prune by."""
+        params = {k: p.requires_grad_() for k, p in self._params().items()}
+        with eval_mode(self.model), unfused(self.model, math_sdpa=False), torch.enable_grad():
+            out = self._function(batch)(params)
+            if not (isinstance(out, Tensor) and out.requires_grad):
+                return list(range(len(self.views)))
+            grads = torch.autograd.grad(out.float().sum(), list(params.values()), allow_unused=True)
+        reached = {name for name, g in zip(params, grads) if g is not None}
+        return [i for i, v in enumerate(self.views) if not reached.intersection(v.parameters())]
+
     def fvp(self, batch: object, vectors: list[Tensor]) -> list[Tensor]:
         """F v for one batch: F = (1/B) Σ_b J_bᵀ H_b J_b. vectors: one [m, n] per view; returns the same.
 

@@ -50,13 +50,14 @@ def select_layers(
             re.compile(pattern)
         except (re.error, TypeError) as exc:
             raise ValueError(f"include/ignore: invalid regex {pattern!r}: {exc}") from None
+    _check_patterns(model, include, ignore)
     views = find_layers(
         model, layer_types=tuple(layer_types), include=include, ignore=ignore, include_bias=include_bias
     )
     if not views:
         raise ValueError(
             f"model: no prunable layers (types {[t.__name__ for t in layer_types]}, include={include!r}, "
-            f"ignore={list(ignore)!r})"
+            f"ignore={list(ignore)!r}); {_some_layers(model)}"
         )
     _check_sharing(model, views)
     devices = {v.weight.device for v in views}
@@ -64,6 +65,44 @@ def select_layers(
         where = ", ".join(f"{v.name}: {v.weight.device}" for v in views)
         raise ValueError(f"model: prunable layers are on several devices ({where})")
     return views
+
+
+def _names(model: nn.Module) -> list[str]:
+    """Every name a pattern can act on: the paths of the modules holding parameters themselves (the model itself
+    is ""), and ``<attn>.in_proj`` of each MultiheadAttention."""
+    names = []
+    for path, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            names.append(path)
+        if isinstance(module, nn.MultiheadAttention):
+            names.append(f"{path}.in_proj" if path else "in_proj")
+    return names
+
+
+def _some_layers(model: nn.Module, shown: int = 6) -> str:
+    names = [v.name for v in find_layers(model)]
+    more = f" … ({len(names)} in all)" if len(names) > shown else ""
+    return f"its layers: {', '.join(map(repr, names[:shown])) or 'none'}{more}"
+
+
+def _check_patterns(model: nn.Module, include: str | None, ignore: tuple[str, ...]) -> None:
+    """ValueError naming an ``include`` / ``ignore`` pattern that fully matches the name of no layer or module
+    holding weights: it would select or leave out nothing, silently."""
+    names = _names(model)
+    for arg, patterns in (("include", [include] if include is not None else []), ("ignore", ignore)):
+        for pattern in patterns:
+            if any(re.fullmatch(pattern, n) for n in names):
+                continue
+            part = [n for n in names if n and re.search(pattern, n)]
+            hint = (
+                f"; it is only part of {', '.join(map(repr, part[:3]))}: write e.g. {f'.*{pattern}.*'!r}"
+                if part
+                else ""
+            )
+            raise ValueError(
+                f"{arg}: pattern {pattern!r} matches no layer or module holding weights (a pattern must match the "
+                f"whole qualified name){hint}; {_some_layers(model)}"
+            )
 
 
 def _check_sharing(model: nn.Module, views: Sequence[LayerView]) -> None:

@@ -49,6 +49,8 @@ class Method:
     #: whether it chooses and updates one layer at a time, in model order (:meth:`prune_layer`), instead of
     #: scoring every layer for a shared selection
     layerwise: ClassVar[bool] = False
+    #: options of a base class that this method sets itself (not passed by users, e.g. FLS's stat_batches)
+    hidden_options: ClassVar[tuple[str, ...]] = ()
 
     ctx: Context
 
@@ -60,6 +62,11 @@ class Method:
     def fitted(self) -> bool:
         """Whether :meth:`fit` has given the method what :meth:`scores` needs."""
         return True
+
+    def unreached(self, batch: object) -> list[int]:
+        """Indices of the layers whose weights cannot affect what the method measures on ``batch`` (e.g. a head
+        the likelihood does not read); the pruner leaves them out before the first :meth:`fit`. Default: none."""
+        return []
 
     def fit(self, steps: int) -> list[float]:
         """Learn from ``self.ctx.data`` (``steps`` iterations where the fit is iterative); returns the losses."""
@@ -141,4 +148,5 @@ def method_parameters(method_class: type[Method]) -> tuple[list[inspect.Paramete
                 keywords.setdefault(p.name, p)
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return positional, list(keywords.values())
+    hidden = set(method_class.hidden_options)
+    return [p for p in positional if p.name not in hidden], [p for p in keywords.values() if p.name not in hidden]

@@ -6,6 +6,7 @@ or leaves the model (and the pruner) exactly as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 import math
@@ -29,6 +30,8 @@ from fls_kernels.pruning.targets import ALLOCATIONS, parse
 
 log = logging.getLogger("fls_kernels.prune")
 skips = logging.getLogger("fls_kernels.pruning")
+#: why a layer found out of the likelihood's reach is not pruned (see :meth:`Pruner.fit`)
+UNREACHED = "does not reach the tensor the likelihood reads (no curvature)"
 
 
 class Pruner:
@@ -82,6 +85,7 @@ class Pruner:
         distributed: object = None,
         **method_options: object,
     ) -> None:
+        _check_options(type(self), method_args, method_options)
         method = self.method_class(*method_args, **method_options)  # the method's own checks come first
         model = unwrap(model)
         allocation = method.allocations[0] if allocation is None else allocation
@@ -97,14 +101,14 @@ class Pruner:
         self.pattern.check(views)
         name = type(self).__name__
         left = unpruned(model, views, layer_types=layer_types, include=include, ignore=ignore)
-        mode = execution.create(distributed, views, views[0].weight.device, shardable=method.shardable, who=name)
-        self.model, self.method = model, method
-        self.masks = MaskState(model, views, self.pattern)
-        data = DataFeed(name, views[0].weight.device)
-        self.ctx = Context(name, model, views, self.pattern, allocation, self.masks, mode, data, backend, progress)
-        method.bind(self.ctx)
+        self.model, self.method, self._distributed = model, method, distributed
+        self.ctx = self._bind(
+            views, Context(name, model, [], self.pattern, allocation, None, None, None, backend, progress)
+        )
         self.masks.attach()  # last: a bad argument above leaves the model without hooks
         self.unpruned: list[Unpruned] = left
+        self._left_out: list[str] = []  # layers the first fit found out of the method's reach
+        self._probed = False
         unsupported = [u for u in left if not u.explicit]
         if unsupported:
             names = ", ".join(f"{u.name} ({u.reason.split(':')[0]})" for u in unsupported[:8])
@@ -120,6 +124,65 @@ class Pruner:
         self._finalized = False
         self._step = 0  # training steps seen by step()
         self._bar = None
+
+    def _bind(self, views: list[LayerView], like: Context) -> Context:
+        """A context over ``views`` (execution mode, masks, the data of ``like`` or a new feed) with the method
+        bound to it; the new masks' hooks are not attached yet."""
+        device = views[0].weight.device
+        mode = execution.create(self._distributed, views, device, shardable=self.method.shardable, who=like.owner)
+        masks = MaskState(self.model, views, self.pattern)
+        data = like.data if like.data is not None else DataFeed(like.owner, device)
+        ctx = dataclasses.replace(like, views=views, masks=masks, mode=mode, data=data)
+        self.method.bind(ctx)
+        self.ctx, self.masks = ctx, masks
+        return ctx
+
+    def _rebuild(self, views: list[LayerView]) -> None:
+        """Re-bind over ``views`` (nothing fitted or pruned yet), moving the mask hooks to the new masks."""
+        old = self.masks
+        self._bind(views, self.ctx)
+        old.detach()
+        self.masks.attach()
+
+    def _leave_out(self, names: Sequence[str], reason: str) -> None:
+        """Rebuild the pruner without the layers ``names`` (before anything was fitted or pruned), listing them
+        in :attr:`unpruned` with ``reason``."""
+        unknown = set(names) - set(self.layer_names)
+        if unknown:
+            raise ValueError(f"state_dict: left-out layers {sorted(unknown)} are not layers of this pruner")
+        gone = [v for v in self.views if v.name in names]
+        self._rebuild([v for v in self.views if v.name not in names])
+        self._left_out += [v.name for v in gone]
+        self.unpruned += [
+            Unpruned(next(iter(v.parameters())), tuple(v.weight.shape), reason, explicit=False) for v in gone
+        ]
+
+    def _probe(self) -> None:
+        """Before the first fit: leave out the layers the method cannot measure on the first batch (their weights
+        do not reach the output its likelihood reads), every rank agreeing; ValueError if that is all of them."""
+        self._probed = True
+        dead = self.method.unreached(self.ctx.data.stream.first)
+        comm = self.ctx.mode.comm
+        if comm is not None:
+            flags = torch.zeros(len(self.views), dtype=torch.float64, device=comm.device)
+            flags[dead] = 1
+            comm.all_reduce_([flags], "max")
+            dead = flags.nonzero().flatten().tolist()
+        if not dead:
+            return
+        names = [self.views[i].name for i in dead]
+        if len(dead) == len(self.views):
+            raise ValueError(
+                f"model: no prunable layer reaches the tensor the likelihood reads ({', '.join(names)}); pass "
+                "output= to read the right one"
+            )
+        self._leave_out(names, UNREACHED)
+        skips.info(
+            "%s leaves out %d layer(s) whose weights do not reach the tensor the likelihood reads: %s",
+            self.ctx.owner,
+            len(names),
+            ", ".join(names),
+        )
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,8 +207,20 @@ class Pruner:
 
     @property
     def fitted(self) -> bool:
-        """Whether :meth:`fit` has given the method what :meth:`prune` needs."""
-        return self.method.fitted
+        """Whether :meth:`prune` can run: the method has what it needs and, if it reads data, data is attached
+        (a pruner restored by :meth:`load_state_dict` re-attaches it with ``fit(loader, 0)``)."""
+        return self._missing() is None
+
+    def _missing(self) -> str | None:
+        """What :meth:`prune` lacks, as the fix to apply (None: nothing)."""
+        if not self.method.fitted:
+            return "call fit(loader) first"
+        if self.method.needs_data and self.ctx.data.stream is None:
+            return (
+                "no calibration data is attached (a checkpoint holds the method's state, not the batches): "
+                "re-attach it with fit(loader, 0) after load_state_dict"
+            )
+        return None
 
     def num_prunable(self) -> int:
         """d: the number of prunable weights (biases excluded)."""
@@ -207,6 +282,8 @@ class Pruner:
         self.masks.check_finite("nothing was fitted")
         self.ctx.data.attach(loader)
         first = not self.method.fitted
+        if first and not self._probed:
+            self._probe()
         try:
             return self.method.fit(steps)
         except BaseException:
@@ -233,8 +310,9 @@ class Pruner:
             ValueError / TypeError: bad ``sparsity``/``substeps`` or NaN/Inf weights; the model is untouched.
         """
         self._check_alive()
-        if not self.method.fitted:
-            raise RuntimeError(f"{self.ctx.owner}.prune: call fit(loader) first")
+        missing = self._missing()
+        if missing is not None:
+            raise RuntimeError(f"{self.ctx.owner}.prune: {missing}")
         substeps = checks.integer("substeps", substeps, 1)
         target = parse(sparsity, self.masks, self.ctx.allocation)
         self.masks.check_finite()
@@ -317,6 +395,7 @@ class Pruner:
             "step": self._step,
             "data_position": self.ctx.data.position,
             "shard": self.ctx.mode.shard(),
+            "left_out": list(self._left_out),
             "state": copy.deepcopy(self.method.state_dict()),
         }
 
@@ -328,7 +407,19 @@ class Pruner:
         data with ``fit(loader, 0)``, which resumes there too.
         """
         self._check_alive()
-        masks = checkpoint.checked_masks(state, self.ctx)
+        left = state.get("left_out", []) if isinstance(state, Mapping) else []
+        before = (list(self.views), list(self.unpruned), self._probed)
+        moved = bool(left) and not self._left_out
+        if moved:  # the saving pruner left them out at its first fit: do so first
+            self._leave_out(left, UNREACHED)
+            self._probed = True
+        try:
+            masks = checkpoint.checked_masks(state, self.ctx)
+        except BaseException:
+            if moved:
+                self._rebuild(before[0])
+                self.unpruned, self._probed, self._left_out = before[1], before[2], []
+            raise
         snapshot = self._snapshot()
         try:
             self.method.load_state_dict(state.get("state", {}))
@@ -339,3 +430,52 @@ class Pruner:
         self._step = int(state.get("step", 0))
         self.ctx.data.resume_at(int(state.get("data_position", 0)))
         self.masks.apply()
+
+
+def _check_options(cls: type[Pruner], args: tuple, options: Mapping[str, object]) -> None:
+    """TypeError naming ``cls`` and the argument when ``cls(model, *args, **options)`` passes its method an
+    option it does not take, with the options it does take (and, for another method's option, which pruners
+    take it)."""
+    positional, keywords = method_parameters(cls.method_class)
+    accepted = [p.name for p in positional + keywords]
+    own = [p for p in inspect.signature(Pruner.__init__).parameters if p not in ("self", "model", "method_args")]
+    own.remove("method_options")
+    if len(args) > len(positional):
+        names = ", ".join(p.name for p in positional) or "none"
+        raise TypeError(
+            f"{cls.__name__}: takes {len(positional)} positional option(s) after model ({names}), got {len(args)}; "
+            "pass the others by keyword"
+        )
+    for key in options:
+        if key in accepted or _open_ended(cls.method_class):
+            continue
+        others = sorted(
+            other.__name__
+            for other in _pruner_classes()
+            if key in {p.name for group in method_parameters(other.method_class) for p in group}
+        )
+        hint = f" ({key}= is an option of {', '.join(others)}; {cls.__name__} does not use it)" if others else ""
+        raise TypeError(
+            f"{cls.__name__}: unexpected argument {key!r}{hint}; it accepts {', '.join(accepted) or 'no options'} "
+            f"and the pruner's {', '.join(own)}"
+        )
+
+
+def _open_ended(method_class: type[Method]) -> bool:
+    """Whether the last ``__init__`` of the method's chain takes ``**kwargs`` itself (any keyword is its own)."""
+    inits = [vars(k)["__init__"] for k in method_class.__mro__ if k is not object and "__init__" in vars(k)]
+    for init in inits:
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            return False
+    return bool(inits)
+
+
+def _pruner_classes() -> list[type[Pruner]]:
+    """The pruners of this package (every :class:`Pruner` subclass defined in ``fls_kernels``)."""
+    found, todo = [], list(Pruner.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__.startswith("fls_kernels."):
+            found.append(cls)
+    return found

@@ -1,5 +1,6 @@
-"""Every pruner on the architectures people bring (tiny, random, CPU): BERT and GPT-2 from transformers,
-nn.TransformerEncoder, a ResNet-18-style and a MobileNetV2-style CNN. Each: fit, prune to 70% with exact zeros,
+"""Every pruner on the architectures people bring (tiny, random, CPU): BERT (without and with its pooler, and
+BertForSequenceClassification) and GPT-2 from transformers, nn.TransformerEncoder, a ResNet-18-style and a
+MobileNetV2-style CNN. Each: fit, prune to 70% with exact zeros,
 a finite loss, masks that hold through Adam steps, a working model after finalize(); FLS below magnitude."""
 
 from __future__ import annotations
@@ -93,13 +94,25 @@ def _tokens(seed, vocab=40):
     return [{"input_ids": torch.randint(0, vocab, (6, 10), generator=g)} for _ in range(4)]
 
 
-def _bert():
+def _bert_config(**kw):
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
+    return transformers.BertConfig(
         vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        max_position_embeddings=16, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **kw,
     )  # fmt: skip
-    return transformers.BertModel(config, add_pooling_layer=False)
+
+
+def _bert(pooler=False):
+    """A stock BertModel; the likelihood reads last_hidden_state, which its pooler does not reach (the curvature
+    methods leave the pooler out, the others prune it)."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertModel(_bert_config(), add_pooling_layer=pooler)
+
+
+def _bert_classifier():
+    """BertForSequenceClassification: pooler and classifier head, a categorical likelihood on the logits."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertForSequenceClassification(_bert_config(num_labels=3))
 
 
 def _gpt2():
@@ -119,6 +132,8 @@ MODELS = {
         {},
     ),  # fmt: skip
     "bert": (_bert, _tokens, "gaussian", {}),
+    "bert_pooler": (lambda: _bert(pooler=True), _tokens, "gaussian", {}),
+    "bert_classifier": (_bert_classifier, _tokens, "categorical", {}),
     "gpt2": (_gpt2, _tokens, "categorical", {"ignore": ("lm_head",)}),  # lm_head is tied to the embedding
 }
 
@@ -199,3 +214,16 @@ def test_fls_distorts_less_than_magnitude(name):
         model, _, held, dense = _prune(name, kind, seed=1)
         results[kind] = _distortion(model, dense, held)
     assert results["fls"] < results["magnitude"], results
+
+
+@pytest.mark.parametrize("kind", PRUNERS)
+def test_bert_heads_are_pruned_where_the_likelihood_reads_them(kind):
+    """BertModel's pooler does not reach last_hidden_state: the methods that read the output leave it out (and
+    keep it dense); the others prune it. In BertForSequenceClassification it feeds the logits: every method
+    prunes it and the classifier."""
+    reads_output = kind in ("fls", "obd", "kfac", "obert")
+    model, pruner, _, _ = _prune("bert_pooler", kind)
+    assert ("pooler.dense" in pruner.layer_names) is not reads_output
+    assert bool((model.pooler.dense.weight != 0).all()) is reads_output
+    _, pruner, _, _ = _prune("bert_classifier", kind)
+    assert {"bert.pooler.dense", "classifier"} <= set(pruner.layer_names)

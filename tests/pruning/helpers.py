@@ -53,7 +53,14 @@ LAYERWISE = ("sparsegpt", "wanda")
 
 def make(kind: str, model: nn.Module, **kwargs):
     """A pruner of ``kind`` (see KINDS), fitted briefly on :func:`loader`."""
-    pruner = {
+    pruner = build(kind, model, **kwargs)
+    pruner.fit(loader(), steps=5)
+    return pruner
+
+
+def build(kind: str, model: nn.Module, **kwargs):
+    """A pruner of ``kind`` (see KINDS) with the small options of :func:`make`, not fitted."""
+    return {
         "fls": lambda: fls.FishLegPruner(model, "categorical", refine_steps=2, init_batches=2, **kwargs),
         "magnitude": lambda: fls.MagnitudePruner(model, **kwargs),
         "obd": lambda: fls.OBDPruner(model, stat_batches=2, **kwargs),
@@ -63,8 +70,6 @@ def make(kind: str, model: nn.Module, **kwargs):
         "sparsegpt": lambda: fls.SparseGPTPruner(model, blocksize=16, **kwargs),
         "wanda": lambda: fls.WandaPruner(model, **kwargs),
     }[kind]()
-    pruner.fit(loader(), steps=5)
-    return pruner
 
 
 def expected_zeros(pruner, sparsity: float) -> int:

@@ -10,6 +10,7 @@ max(1, τ / s_ij), τ = the largest pruned priority (the unbiased priority-sampl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -17,12 +18,14 @@ from torch import Tensor
 
 from fls_kernels import timing
 from fls_kernels.curvature.attention import unfused
-from fls_kernels.data import check_finite, eval_mode, split_batch
+from fls_kernels.data import check_finite, eval_mode, loader_length, split_batch
 from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import integer
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.method import Method, Recomputing
 from fls_kernels.pruning.pruner import Pruner
+
+log = logging.getLogger("fls_kernels.pruning")
 
 
 class Coreset(Recomputing, Method):
@@ -52,11 +55,27 @@ class Coreset(Recomputing, Method):
         self.sensitivity: list[Tensor] | None = None
         self._priority: list[Tensor] = []
         self._tau: list[float] = []
+        self._warned = False  # about calib_batches above the loader's length
 
     def bind(self, ctx: Context) -> None:
         super().bind(ctx)
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(self.seed)
+
+    def fit(self, steps: int) -> list[float]:
+        """The first sensitivity estimate (warning once when ``calib_batches`` exceeds the loader's length)."""
+        held = loader_length(self.ctx.data.require("fit").loader)
+        if held is not None and self.calib_batches > held and not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: calib_batches=%d but the loader holds %d batches, so each estimate reads some of them twice "
+                "(the max over samples does not change; only time is spent); pass calib_batches ≤ %d",
+                self.ctx.owner,
+                self.calib_batches,
+                held,
+                held,
+            )
+        return super().fit(steps)
 
     def recompute(self) -> None:
         with timing.section("statistics"):

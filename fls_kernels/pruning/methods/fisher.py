@@ -63,6 +63,10 @@ class FisherMethod(Method):
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(self.seed)
 
+    def unreached(self, batch: object) -> list[int]:
+        """The layers whose weights do not reach the tensor the likelihood reads (their Fisher is 0)."""
+        return self.curvature.unreached(batch)
+
     @staticmethod
     def mean_diag(stats: list[LayerStats]) -> float:
         """mean(diag F̂) over every prunable entry."""

@@ -35,6 +35,7 @@ class FishLeg(KronOBS):
     """
 
     name = "fls"
+    hidden_options = ("stat_batches",)  # set from init_batches
 
     def __init__(
         self,

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from fls_kernels.curvature.inputs import InputMoments, call_counts, input_moments
-from fls_kernels.data import check_finite, split_batch
+from fls_kernels.data import check_finite, loader_length, split_batch
+from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import integer
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.method import Method
@@ -51,19 +52,45 @@ class Layerwise(Method):
         return self.batches is not None
 
     def fit(self, steps: int) -> list[float]:
-        """Hold ``calib_batches`` batches of the attached data (the whole loader by default)."""
+        """Hold ``calib_batches`` batches of the attached data (the whole loader by default), each checked by one
+        forward of the model, so a bad batch is named now rather than met by the prune.
+
+        Raises:
+            ValueError: ``calib_batches`` above the loader's length (batches would repeat), a batch with NaN/Inf,
+                or one the model's forward fails on (naming its index).
+        """
         stream = self.ctx.data.require("fit")
+        held = loader_length(stream.loader)
         count = self.calib_batches
         if count is None:
-            try:
-                count = len(stream.loader)
-            except TypeError:
-                raise ValueError("calib_batches: the loader has no len(); pass the number of batches") from None
-        batches = [next(stream) for _ in range(count)]
-        for k, batch in enumerate(batches):
-            check_finite(batch, k)
-        self.batches = batches
-        self._calls = call_counts(self.ctx.model, self.ctx.views, batches[0], self.inputs)
+            if held is None:
+                raise ValueError("calib_batches: the loader has no len(); pass the number of batches")
+            count = held
+        elif held is not None and count > held:
+            raise ValueError(
+                f"calib_batches: {count} batches asked for, but the loader holds {held} (batches would repeat and "
+                f"count twice); pass calib_batches ≤ {held}, or None for one pass"
+            )
+        batches: list[object] = []
+        first: list[int] = []
+        comm = self.ctx.mode.comm
+        with attempt(comm):
+            for _ in range(count):
+                batches.append(next(stream))
+                index = stream.last_index
+                check_finite(batches[-1], index)
+                try:
+                    calls = call_counts(self.ctx.model, self.ctx.views, batches[-1], self.inputs)
+                except Exception as exc:
+                    line = str(exc).splitlines()[0] if str(exc) else ""
+                    raise ValueError(
+                        f"loader: the model's forward fails on batch {index} ({type(exc).__name__}: {line}); every "
+                        "held calibration batch must be a valid model input"
+                    ) from exc
+                first = first or calls
+        if comm is not None:
+            comm.check()
+        self.batches, self._calls = batches, first
         self._measured.clear()
         return []
 
