@@ -75,12 +75,30 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--ablation", action="store_true", help="minilm: the ablation of FLS's options (70%%)")
     q.add_argument("--variants", type=int, nargs="+", help="ablation: run these rows only (indices)")
     q.add_argument(
+        "--lambda-study", action="store_true", help="minilm: does the learned λ help (FLS vs its K-FAC start and K-FAC)"
+    )
+    q.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
     )
     args = parser.parse_args(argv)
     if args.command == "quality" and args.out is None:
         args.out = "out/quality" if args.model == "digits" else "out/minilm" + ("_reduced" if args.reduced else "")
         args.out = "out/minilm_ablation" if args.ablation else args.out
+        args.out = "out/minilm_lambda" + ("_quick" if args.quick else "") if args.lambda_study else args.out
+    if args.command == "quality" and args.lambda_study:
+        from benchmarks.quality import lambda_study, minilm
+
+        try:
+            overrides = minilm.parse_overrides(args.set, lambda_study.Config)
+        except ValueError as exc:
+            parser.error(f"--set: {exc}")
+        base = lambda_study.SMOKE if args.quick else {}
+        config = lambda_study.Config(device=args.device, **{**base, **overrides})
+        stamp = runner.stamp_line(args.device)
+        rows = lambda_study.run(config)
+        print(lambda_study.table(rows, config))
+        print("wrote", ", ".join(str(p) for p in lambda_study.write(rows, config, args.out, stamp)))
+        return 0
     if args.command == "quality" and args.ablation:
         from benchmarks.quality import ablation
 

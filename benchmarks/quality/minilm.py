@@ -78,15 +78,16 @@ REDUCED = dict(
 )
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["substeps=8", "methods=FLS,K-FAC", "sparsities=0.7"]`` → typed :class:`Config` fields."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+def parse_overrides(items: list[str], config_class: type = Config) -> dict:
+    """``["substeps=8", "methods=FLS,K-FAC", "sparsities=0.7"]`` → typed fields of ``config_class`` (a dataclass
+    with defaults)."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in fields:
             raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        default = getattr(Config(), name)
+        default = getattr(config_class(), name)
         if isinstance(default, tuple):
             kind = type(default[0]) if default else str
             out[name] = tuple(kind(v) for v in value.split(","))

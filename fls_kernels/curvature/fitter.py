@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,8 @@ class AuxFitter:
             self._residual_side = torch.compile(self._residuals, mode=compile_mode, dynamic=False)
         #: aux loss 𝒜 of every step taken, in order (steps of a :meth:`run` appear at its checks).
         self.history: list[float] = []
+        #: (step, held-out aux loss) of every validation of an early-stopped :meth:`run`.
+        self.validation: list[tuple[int, float]] = []
 
     def step(self, batch: object, masks: list[Tensor] | None = None) -> float:
         """One aux step on ``batch``, checked at once; ``masks`` ([m, n] bool per block) restrict it to alive
@@ -265,19 +267,28 @@ class AuxFitter:
         progress: bool = False,
         desc: str = "aux",
         log_every: int = 100,
+        validate: Callable[[], float] | None = None,
+        validate_every: int = 10,
     ) -> list[float]:
         """``steps`` aux steps over ``batches``; logs the running aux loss. Returns this run's losses.
 
         The losses are read back every :attr:`check_every` steps. A non-finite step raises FloatingPointError
         naming its batch where that is the cause; λ, its optimizer state and the probe RNG are then those of the
-        last check (the steps since are dropped, at most ``check_every`` − 1 good ones)."""
+        last check (the steps since are dropped, at most ``check_every`` − 1 good ones).
+
+        Early stopping: with ``validate`` (λ → held-out aux loss, e.g. :meth:`evaluate` on held-out batches), λ is
+        validated before the first step, at the first check after every ``validate_every`` steps and after the
+        last, and the run ends at the best of them — never worse, on held-out data, than where it started.
+        :attr:`validation` records (step, held-out loss) of every check."""
         from tqdm.auto import tqdm
 
         start = len(self.history)
         every = self.check_every
         ema: float | None = None
         pending: list[tuple[Tensor, object, int]] = []
-        mark = self._mark() if every > 1 else None
+        mark = self.snapshot() if every > 1 else None
+        best = self._validate(validate, start)
+        checked = 0
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for t in bar:
             batch = next(batches)
@@ -293,7 +304,7 @@ class AuxFitter:
             values = torch.stack([p[0] for p in pending]).tolist()  # the one read back of these steps
             bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
             if bad is not None:
-                self._rewind(mark)
+                self.restore(mark)
                 check_finite(pending[bad][1], pending[bad][2])
                 raise FloatingPointError(
                     f"aux loss diverged at step {len(self.history) + bad} (loss {values[bad]}); lower lr or raise "
@@ -308,17 +319,71 @@ class AuxFitter:
                     log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, done, steps, value, ema)
                     bar.set_postfix(aux=f"{ema:.4g}")
             if every > 1:
-                mark = self._mark()
+                mark = self.snapshot()
+            done = len(self.history) - start
+            if validate is not None and (done - checked >= validate_every or done == steps):
+                checked = done
+                best = min(best, self._validate(validate, len(self.history)), key=lambda c: c[0])
+        if best is not None and best[1] is not None:
+            self.restore(best[1])
+            log.info("%s: held-out aux loss %.6g, best at step %d", desc, best[0], best[2])
         return self.history[start:]
 
-    def _mark(self) -> tuple[list[Tensor], dict, Tensor | None]:
-        """λ, the optimizer state and the probe RNG now (device copies; no host read)."""
+    def _validate(self, validate: Callable[[], float] | None, step: int) -> tuple[float, tuple | None, int] | None:
+        """(held-out loss, snapshot, step) of λ now, recorded in :attr:`validation`; None without ``validate``."""
+        if validate is None:
+            return None
+        value = float(validate())
+        self.validation.append((step, value))
+        return (value if math.isfinite(value) else math.inf), self.snapshot(), step
+
+    @torch.no_grad()
+    def evaluate(
+        self, batches: Sequence[object], *, probes: int = 1, seed: int = 0, masks: list[Tensor] | None = None
+    ) -> float:
+        """Held-out aux loss of the current λ: the mean over ``batches`` and ``probes`` probes per batch of
+        𝒜(λ; u) = ½ vᵀ(F + γI)v − uᵀv, v = M ⊙ Q(M ⊙ u), u ∼ 𝒩(0, I) — λ, its optimizer and the step RNG untouched.
+
+        The probes come from their own generator seeded with ``seed``, so two evaluations with the same batches
+        and seed see the same probes: the difference between two λ's is paired (common random numbers). One
+        process only (the held-out batches are this process's).
+
+        Raises:
+            ValueError: no batches, ``probes`` < 1, or blocks held by other ranks (sharded).
+        """
+        if not all(self.owned) or self.reduction.checks_each_step:
+            raise ValueError("evaluate: the held-out aux loss is computed in one process (not distributed)")
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+            raise ValueError(f"probes: expected a positive int, got {probes!r}")
+        batches = list(batches)
+        if not batches:
+            raise ValueError("batches: expected at least one held-out batch")
+        first = self.blocks[0]
+        generator = torch.Generator(device=first.device).manual_seed(seed)
+        sizes = [b.m * b.n for b in self.blocks]
+        total = torch.zeros((), dtype=torch.float64, device=first.device)
+        for batch in batches:
+            for _ in range(probes):
+                flat = torch.randn(sum(sizes), generator=generator, device=first.device, dtype=first.dtype)
+                us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
+                if masks is not None:
+                    us = [u * m for u, m in zip(us, masks)]
+                vs, _ = self._q_products(us, masks)
+                with timing.section("fvp"):
+                    fvs = self.fvp(batch, vs)
+                for u, v, fv in zip(us, vs, fvs):
+                    total += (0.5 * (v * (fv + self.damping * v)).sum() - (u * v).sum()).double()
+        return float(total) / (len(batches) * probes)
+
+    def snapshot(self) -> tuple[list[Tensor], dict, Tensor | None]:
+        """λ, the optimizer state and the probe RNG now (device copies; no host read), for :meth:`restore`."""
         with torch.no_grad():
             params = [p.detach().clone() for p in self.params]
         rng = self.generator.get_state() if self.generator is not None else None
         return params, copy.deepcopy(self.optimizer.state_dict()), rng
 
-    def _rewind(self, mark: tuple[list[Tensor], dict, Tensor | None]) -> None:
+    def restore(self, mark: tuple[list[Tensor], dict, Tensor | None]) -> None:
+        """Return λ, the optimizer state and the probe RNG to a :meth:`snapshot`."""
         params, optimizer, rng = mark
         with torch.no_grad():
             for p, saved in zip(self.params, params):

@@ -258,3 +258,82 @@ def test_factored_products_equal_the_gram_products_and_their_gradients(monkeypat
     assert factored_losses == pytest.approx(gram_losses, rel=1e-10)
     for a, b in zip(factored_lambda, gram_lambda):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------- held-out loss
+def _float64_problem(seed=0):
+    X, layer = least_squares(n_in=5, m=3, N=64, seed=seed)
+    X, layer = X.double(), layer.double()
+    views = find_layers(layer)
+    curv = ModelCurvature(layer, views, Gaussian(1.0))
+    block = KronBlock(views[0].m, views[0].n, dtype=torch.float64)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        block.A.copy_(1 + 0.3 * torch.rand(block.A.shape, generator=g, dtype=torch.float64))
+        block.init_identity(0.7)
+    return X, layer, curv, block
+
+
+def test_the_held_out_aux_loss_is_the_aux_loss_of_each_probe_in_float64():
+    """𝒜(λ; u) = ½ (Qu)ᵀ(F + γI)(Qu) − uᵀQu with F the batch's exact Fisher, u the seed's probes, masked."""
+    gamma = 0.05
+    X, _, curv, block = _float64_problem()
+    Xt = torch.cat([X, torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    F = torch.kron(torch.eye(3, dtype=torch.float64), Xt.T @ Xt / len(X))  # I ⊗ E[x̃x̃ᵀ] over the batch
+    Q = q_matrix(block).detach()
+    mask = torch.ones(3, 6, dtype=torch.float64)
+    mask[1, 2] = mask[0, 5] = 0
+    fitter = AuxFitter([block], curv.fvp, gamma, generator=torch.Generator().manual_seed(0))
+    got = fitter.evaluate([X], probes=3, seed=7, masks=[mask])
+    g = torch.Generator().manual_seed(7)
+    expected = 0.0
+    M = mask.reshape(-1)
+    for _ in range(3):
+        u = torch.randn(18, generator=g, dtype=torch.float64) * M
+        v = M * (Q @ u)
+        expected += (0.5 * v @ (F + gamma * torch.eye(18, dtype=torch.float64)) @ v - u @ v).item() / 3
+    assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_the_held_out_aux_loss_moves_nothing_and_pairs_its_probes():
+    _, _, curv, block = _float64_problem()
+    X = least_squares(n_in=5, m=3, N=64, seed=3)[0].double()
+    step_rng = torch.Generator().manual_seed(0)
+    fitter = AuxFitter([block], curv.fvp, 0.05, generator=step_rng)
+    fitter.run(batches(X, size=32), 3)
+    params = [p.detach().clone() for p in block.parameters()]
+    rng, state = step_rng.get_state(), str(fitter.optimizer.state_dict())
+    a = fitter.evaluate([X[:32], X[32:]], probes=2, seed=1)
+    assert a == fitter.evaluate([X[:32], X[32:]], probes=2, seed=1)
+    assert a != fitter.evaluate([X[:32], X[32:]], probes=2, seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(block.parameters(), params))
+    assert torch.equal(step_rng.get_state(), rng) and str(fitter.optimizer.state_dict()) == state
+    assert len(fitter.history) == 3
+    for bad, match in [(dict(probes=0), "probes"), (dict(probes=True), "probes")]:
+        with pytest.raises(ValueError, match=match):
+            fitter.evaluate([X], **bad)
+    with pytest.raises(ValueError, match="batches"):
+        fitter.evaluate([])
+
+
+def test_early_stopping_ends_at_the_best_validated_lambda():
+    _, _, curv, block = _float64_problem()
+    X = least_squares(n_in=5, m=3, N=256, seed=3)[0].double()
+    fitter = AuxFitter([block], curv.fvp, 0.05, lr=1e-2, generator=torch.Generator().manual_seed(0))
+    scripted = [5.0, 3.0, 4.0, 1.0, float("nan"), 2.0]  # validated at steps 0, 4, 8, 12, 16, 18
+    seen = []
+
+    def validate():
+        seen.append([p.detach().clone() for p in block.parameters()])
+        return scripted[len(seen) - 1]
+
+    losses = fitter.run(batches(X, size=32), 18, validate=validate, validate_every=4)
+    assert len(losses) == 18 and len(fitter.history) == 18
+    assert [s for s, _ in fitter.validation] == [0, 4, 8, 12, 16, 18]
+    assert all(torch.equal(p, q) for p, q in zip(block.parameters(), seen[3])), "λ is the one validated best"
+    assert not all(torch.equal(p, q) for p, q in zip(seen[-1], seen[3]))
+    # a run whose start validates best ends where it started
+    start = [p.detach().clone() for p in block.parameters()]
+    values = iter([0.0, 1.0, 2.0])
+    fitter.run(batches(X, size=32), 6, validate=lambda: next(values), validate_every=3)
+    assert all(torch.equal(p, q) for p, q in zip(block.parameters(), start))

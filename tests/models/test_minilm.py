@@ -313,3 +313,68 @@ def test_paired_differences_tabulate_fls_against_sparsegpt(tmp_path):
     assert len(lines) == 1 + 12 and lines[1] == "FLS-uniform,2:4,0.5,0,0.900000,1"
     assert "sentence_cosines" not in (tmp_path / "minilm.csv").read_text() and len(paths) == 4
     assert minilm.differences(rows[1:], config) == []  # no FLS row: no paired table
+
+
+def _lambda_config(**kw):
+    from benchmarks.quality import lambda_study
+
+    return lambda_study.Config(**{**lambda_study.SMOKE, **kw})
+
+
+def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
+    from benchmarks.quality import lambda_study
+
+    calib, val, evals = lambda_study.splits(_lambda_config(calib_sentences=20, val_sentences=10, eval_sentences=30))
+    assert (len(calib), len(val), len(evals)) == (20, 10, 30)
+    assert not (set(calib) & set(val) or set(calib) & set(evals) or set(val) & set(evals))
+    model, _ = fls.models.load_minilm("cpu")
+    config = _lambda_config()
+    built = {v: lambda_study.make(v, model, config, "unstructured", 2, ["held"]) for v in lambda_study.VARIANTS}
+    assert type(built["K-FAC"]) is fls.KFACPruner
+    for variant, pruner in built.items():
+        assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant
+        pruner.finalize()
+    options = {
+        v: (p.method.refine_steps, p.method.refine_from, p.method.validation is not None)
+        for v, p in built.items()
+        if v != "K-FAC"
+    }
+    assert options == {
+        "K-FAC start": (0, "current", False),
+        "fit": (0, "current", False),
+        "fit + refine": (2, "current", False),
+        "fit + refine, early-stopped": (2, "current", True),
+        "restart + refine": (2, "init", True),
+    }
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 0]
+
+
+def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
+    """The CI-sized study: two variants of the six (the early-stopped restart exercises validation, restarts and
+    the held-out aux loss; K-FAC is the reference) on one block's attention, tabulated with paired differences."""
+    from benchmarks.quality import lambda_study
+
+    config = _lambda_config(
+        variants=("restart + refine", "K-FAC"),
+        calib_sentences=4,
+        val_sentences=4,
+        eval_sentences=4,
+        max_length=8,
+        layers=r"bert\.encoder\.layer\.0\.attention\..*",  # the first block's 4 attention layers: CI-sized
+    )
+    rows = lambda_study.run(config, log=lambda _: None)
+    assert [r["variant"] for r in rows] == ["restart + refine", "K-FAC"]
+    assert all(0.0 < r["cosine"] <= 1.0 for r in rows)
+    assert math.isfinite(rows[0]["held_out_aux"]) and math.isnan(rows[1]["held_out_aux"])
+    text = lambda_study.table(rows, config)
+    assert "| unstructured | 70% | restart + refine |" in text and " ± " in text
+    paths = lambda_study.write(rows, config, tmp_path)
+    assert all(p.exists() for p in paths)
+
+
+@pytest.mark.slow
+def test_lambda_study_quick_runs_all_variants():
+    from benchmarks.quality import lambda_study
+
+    rows = lambda_study.run(_lambda_config(), log=lambda _: None)
+    assert [r["variant"] for r in rows] == list(lambda_study.VARIANTS)

@@ -20,6 +20,7 @@ from fls_kernels.pruning.pruner import Pruner
 log = logging.getLogger("fls_kernels.prune")
 
 INITS = ("diagonal", "identity", "kfac")
+REFINE_FROM = ("current", "init")
 AUX_FISHERS = ("exact", "layerwise")
 
 
@@ -47,10 +48,14 @@ class FishLeg(KronOBS):
         lr: float = 1e-3,
         precondition: bool = True,
         refine_steps: int = 100,
+        refine_from: str = "current",
         gradual_aux_steps: int = 1,
         aux_fisher: str = "exact",
         aux_batches: int | None = None,
         aux_compile: str | None = None,
+        validation: object = None,
+        validate_every: int = 10,
+        validation_probes: int = 2,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
@@ -59,8 +64,12 @@ class FishLeg(KronOBS):
         self.aux_compile = None if aux_compile is None else choice("aux_compile", aux_compile, COMPILE_MODES)
         self.lr = positive("lr", lr)
         self.refine_steps = integer("refine_steps", refine_steps)
+        self.refine_from = choice("refine_from", refine_from, REFINE_FROM)
         self.gradual_aux_steps = integer("gradual_aux_steps", gradual_aux_steps)
         init_batches = integer("init_batches", init_batches, 1)
+        self.validation = _held_out(validation)
+        self.validate_every = integer("validate_every", validate_every, 1)
+        self.validation_probes = integer("validation_probes", validation_probes, 1)
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -70,6 +79,8 @@ class FishLeg(KronOBS):
     def bind(self, ctx: Context) -> None:
         if self.aux_fisher == "layerwise" and ctx.mode.comm is not None:
             raise ValueError("aux_fisher: 'layerwise' runs in one process; use 'exact' with distributed=")
+        if self.validation is not None and ctx.mode.comm is not None:
+            raise ValueError("validation: early stopping on held-out batches runs in one process")
         super().bind(ctx)
 
     @property
@@ -88,17 +99,25 @@ class FishLeg(KronOBS):
         if self.fitter is None:
             self._initialise()
         stream = self._stream("fit", self.stat_batches) if steps else iter(())
-        losses = self.fitter.run(stream, steps, masks=self._masks(), progress=self.ctx.progress, desc="fit")
+        masks = self._masks()
+        losses = self.fitter.run(
+            stream, steps, masks=masks, progress=self.ctx.progress, desc="fit", **self._early_stop(masks, steps)
+        )
         if steps:
             self._stale = False
         return losses
 
     def _initialise(self) -> None:
+        self._start()
+        self.fitter = self._make_fitter()
+
+    def _start(self) -> None:
+        """λ from the ``init`` statistics of the model as it is now (masked, once pruning started)."""
         captures = [] if self._layerwise_fvp else None
         stats = self.statistics(kfac=self.init == "kfac", captures=captures)
         self._captures = captures
         mean_diag = self.mean_diag(stats)
-        damping = self.resolve_damping(mean_diag)
+        damping = self.resolve_damping(mean_diag)  # the first fit's γ, kept afterwards
         log.info("mean diag F̂ %.4g, damping γ %.4g, init %s", mean_diag, damping, self.init)
         for i, block in self.local_blocks():
             s = stats[i]
@@ -108,7 +127,6 @@ class FishLeg(KronOBS):
                 block.init_kfac(s.act_cov, s.grad_cov, damping)
             else:
                 block.init_identity(1.0 / (mean_diag + damping))
-        self.fitter = self._make_fitter()
 
     def _make_fitter(self) -> AuxFitter:
         return AuxFitter(
@@ -146,10 +164,32 @@ class FishLeg(KronOBS):
 
     def _refine(self, what: str, steps: int, desc: str, batches: int | None = None) -> None:
         stream = self._stream(what, self.stat_batches if batches is None else batches)
-        self.fitter.run(stream, steps, masks=self._masks(), desc=desc)
+        masks = self._masks()
+        self.fitter.run(
+            stream, steps, masks=masks, desc=desc, **(self._early_stop(masks, steps) if batches is None else {})
+        )
         self._stale = False
 
+    def _early_stop(self, masks: list[Tensor] | None, steps: int) -> dict:
+        """The fitter's early-stopping arguments: validation on the held-out batches (none without them)."""
+        if self.validation is None or not steps:
+            return {}
+        return {"validate": lambda: self.aux_loss(self.validation, masks=masks), "validate_every": self.validate_every}
+
+    def aux_loss(
+        self, batches: object, probes: int | None = None, seed: int = 0, masks: list[Tensor] | None = None
+    ) -> float:
+        """Held-out aux loss 𝒜(λ) on ``batches`` (:meth:`AuxFitter.evaluate`), on the current masks by default."""
+        if self.fitter is None:
+            raise RuntimeError(f"{self.ctx.owner}.aux_loss: call fit(loader) first")
+        probes = self.validation_probes if probes is None else probes
+        masks = self._masks() if masks is None else masks
+        return self.fitter.evaluate(_held_out(batches), probes=probes, seed=seed, masks=masks)
+
     def before_substep(self, substep: int) -> None:
+        if self._stale and self.refine_from == "init":  # restart from statistics of the masked model
+            self._start()
+            self.fitter.optimizer.state.clear()
         if self._stale and self.refine_steps:
             self._refine("prune", self.refine_steps, "refine")
         self._stale = False
@@ -201,6 +241,18 @@ class FishLeg(KronOBS):
         return usage
 
 
+def _held_out(batches: object) -> list[object] | None:
+    """The held-out batches as a list (None stays None); TypeError/ValueError naming ``validation``."""
+    if batches is None:
+        return None
+    if isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise TypeError(f"validation: expected an iterable of held-out batches, got {type(batches).__name__}")
+    held = list(batches)
+    if not held:
+        raise ValueError("validation: expected at least one held-out batch")
+    return held
+
+
 def _cycle(captures: list[Capture], per_step: int | None, generator: torch.Generator) -> Iterator[Capture]:
     """Endless joins of ``per_step`` captures (all: the same join every time), reshuffled on every pass; a
     pass's remainder (len % per_step) is left out of that pass only."""
@@ -227,6 +279,9 @@ class FishLegPruner(Pruner):
         lr: Adam learning rate on λ.
         precondition: precondition the aux residual by Q (recommended).
         refine_steps: masked aux steps before each sub-step after the masks changed (warm start).
+        refine_from: where those steps start: "current" (λ as the last sub-step left it: the paper's progressive
+            assimilation, default) or "init" (λ re-initialised by ``init`` from statistics of the masked model,
+            Adam's state reset — as K-FAC-OBS re-estimates, then ``refine_steps`` aux steps).
         gradual_aux_steps: masked aux steps on each training step that does not prune (gradual pruning with
             :meth:`step`): λ keeps tracking the fine-tuned model.
         aux_fisher: the F v of the aux steps: "exact" (default; F = (1/B) Σ J_bᵀ H_b J_b of the whole network, a
@@ -237,6 +292,11 @@ class FishLegPruner(Pruner):
         aux_batches: layer-wise: captured batches per aux step (None: all of them, a deterministic F̂).
         aux_compile: None (eager, default) or a ``torch.compile`` mode ("default", "reduce-overhead" — CUDA
             graphs —, "max-autotune") for the λ side of each aux step (Q products, their backward, residuals).
+        validation: held-out batches (not in the calibration loader) for early stopping: the fit and every
+            refinement validate λ by its held-out aux loss (:meth:`aux_loss`) at their start and every
+            ``validate_every`` steps, and end at the best λ — never worse than where they started.
+        validate_every: aux steps between validations.
+        validation_probes: probes per held-out batch of each validation (the same probes every time: paired).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
@@ -253,3 +313,10 @@ class FishLegPruner(Pruner):
 
     method_class = FishLeg
     estimate_memory = staticmethod(estimate_memory)
+
+    def aux_loss(self, batches: object, probes: int | None = None, seed: int = 0) -> float:
+        """Held-out aux loss of λ, 𝒜 = E_u[½ vᵀ(F + γI)v − uᵀv], v = M ⊙ Q(M ⊙ u), on ``batches`` (batches the fit
+        did not see), ``probes`` Gaussian probes per batch (default ``validation_probes``) drawn from ``seed`` —
+        the same probes for the same seed, so two λ's compare paired; on the current masks. Lower is better; its
+        minimum −½ tr((F + γI)⁻¹) is reached at Q = (F + γI)⁻¹."""
+        return self.method.aux_loss(batches, probes, seed)

@@ -1,0 +1,221 @@
+"""Does the learned λ help? FLS's fitted inverse Fisher against its own K-FAC start and against K-FAC with the same
+solver, on MiniLM, each cell paired over the evaluation sentences, with the held-out aux loss of each λ.
+
+Sentences (the MiniLM study's pool, :func:`benchmarks.quality.minilm.sentences`) are split three ways: calibration
+(statistics and aux steps), validation (early stopping and the held-out aux loss; options are chosen on it) and
+evaluation (the table). Every variant prunes the 36 encoder Linear layers with the same solver: uniform
+allocation, the adaptive column update, γ = ``damping`` · mean diag F̂, K-FAC start, ``substeps`` sub-steps.
+
+Variants (FLS unless named):
+- ``K-FAC start``: λ at its K-FAC start, no aux step anywhere (the statistics are those of the dense model);
+- ``fit``: ``fit_steps`` aux steps, no refinement;
+- ``fit + refine``: and ``refine_steps`` masked aux steps before each later sub-step (the paper's progressive
+  assimilation, the README's recipe);
+- ``fit + refine, early-stopped``: the same, each run ending at its best λ on the validation batches;
+- ``restart + refine``: λ restarted from K-FAC statistics of the masked model before each later sub-step, then
+  refined (``refine_from="init"``), early-stopped;
+- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning).
+
+The held-out aux loss 𝒜 of each FLS variant's λ after its fit is measured on the validation batches with fixed
+probes (paired across variants; lower is better). ``python -m benchmarks quality --model minilm --lambda-study``
+writes lambda.csv and lambda.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import fls_kernels as fls
+from benchmarks.quality import minilm
+from benchmarks.runner import stamp_line
+from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
+
+VARIANTS = ("K-FAC start", "fit", "fit + refine", "fit + refine, early-stopped", "restart + refine", "K-FAC")
+REFERENCE = "K-FAC"
+
+
+@dataclass
+class Config:
+    calib_sentences: int = 64
+    val_sentences: int = 32
+    eval_sentences: int = 192
+    batch_size: int = 8
+    max_length: int = 32
+    sparsities: tuple[float, ...] = (0.7,)
+    patterns: tuple[str, ...] = ("unstructured",)
+    variants: tuple[str, ...] = VARIANTS
+    substeps: int = 4
+    fit_steps: int = 50
+    refine_steps: int = 20
+    validate_every: int = 10
+    probes: int = 4
+    damping: float = 1e-4
+    lr: float = 1e-3
+    layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
+    seed: int = 0
+    device: str = "cpu"
+
+
+#: a CI-sized run: every variant, a few sentences, a few steps
+SMOKE = dict(
+    calib_sentences=8,
+    val_sentences=4,
+    eval_sentences=8,
+    batch_size=4,
+    max_length=12,
+    substeps=2,
+    fit_steps=2,
+    refine_steps=2,
+    validate_every=1,
+    probes=1,
+)
+
+
+def splits(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """Disjoint calibration, validation and evaluation sentences."""
+    pool = minilm.sentences(config.seed)
+    c, v, e = config.calib_sentences, config.val_sentences, config.eval_sentences
+    if len(pool) < c + v + e:
+        raise ValueError(f"only {len(pool)} sentences available, {c + v + e} requested")
+    return pool[:c], pool[c : c + v], pool[c + v : c + v + e]
+
+
+def make(variant: str, model, config: Config, pattern: str, stat_batches: int, validation: list) -> fls.Pruner:
+    """The pruner of ``variant`` (see the module docstring); every one with the same solver and damping."""
+    common = dict(
+        likelihood="gaussian",
+        include=config.layers,
+        pattern=pattern,
+        allocation="uniform",
+        update="adaptive",
+        relative_damping=config.damping,
+        seed=config.seed,
+    )
+    if variant == "K-FAC":
+        return fls.KFACPruner(model, stat_batches=stat_batches, **common)
+    refine = 0 if variant in ("K-FAC start", "fit") else config.refine_steps
+    stop = "early-stopped" in variant or variant.startswith("restart")
+    return fls.FishLegPruner(
+        model,
+        init="kfac",
+        init_batches=stat_batches,
+        lr=config.lr,
+        refine_steps=refine,
+        refine_from="init" if variant.startswith("restart") else "current",
+        validation=validation if stop else None,
+        validate_every=config.validate_every,
+        validation_probes=config.probes,
+        **common,
+    )
+
+
+def fit_steps(variant: str, config: Config) -> int:
+    return 0 if variant in ("K-FAC start", "K-FAC") else config.fit_steps
+
+
+def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    config = config or Config()
+    calib, val, evals = splits(config)
+    base, tokenizer = load_minilm(config.device)
+
+    def batches(sents: list[str]) -> list[dict]:
+        size = config.batch_size
+        return [
+            tokenize(tokenizer, sents[i : i + size], config.max_length, config.device)
+            for i in range(0, len(sents), size)
+        ]
+
+    train, validation = batches(calib), batches(val)
+    dense = minilm.embed(base, tokenizer, evals, config)
+    weights = copy.deepcopy(base.state_dict())
+    rows = []
+    for pattern in config.patterns:
+        targets = [0.5] if pattern == "2:4" else list(config.sparsities)
+        for s in targets:
+            for variant in config.variants:
+                base.load_state_dict(weights)
+                t0 = time.perf_counter()
+                pruner = make(variant, base, config, pattern, len(train), validation)
+                pruner.fit(train, steps=fit_steps(variant, config))
+                held = (
+                    pruner.aux_loss(validation, probes=config.probes, seed=config.seed + 1)
+                    if isinstance(pruner, fls.FishLegPruner)
+                    else float("nan")
+                )
+                pruner.prune(s, substeps=config.substeps)
+                seconds = time.perf_counter() - t0
+                cosines, agrees = minilm.per_sentence(dense, minilm.embed(base, tokenizer, evals, config))
+                pruner.finalize()
+                rows.append(
+                    dict(
+                        variant=variant,
+                        pattern=pattern,
+                        sparsity=s,
+                        cosine=cosines.mean().item(),
+                        nn_agreement=agrees.mean().item(),
+                        held_out_aux=held,
+                        seconds=seconds,
+                        sentence_cosines=cosines.tolist(),
+                    )
+                )
+                cosine = rows[-1]["cosine"]
+                log(f"{variant:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  {seconds:.0f} s")
+    base.load_state_dict(weights)
+    return rows
+
+
+def table(rows: list[dict], config: Config) -> str:
+    lines = [
+        f"all-MiniLM-L6-v2, {'36 Linear layers' if config.layers == ENCODER_LAYERS else config.layers}, "
+        f"{config.calib_sentences} calibration / {config.val_sentences} "
+        f"validation / {config.eval_sentences} evaluation sentences (max {config.max_length} tokens, batches of "
+        f"{config.batch_size}); uniform allocation, adaptive update, γ = {config.damping} × mean diag F̂, K-FAC "
+        f"start, {config.substeps} sub-steps; FLS {config.fit_steps} aux steps (lr {config.lr}), "
+        f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
+        f"validation batches. Cosine to the dense embedding on the evaluation sentences; paired difference to "
+        f"{REFERENCE} (mean ± standard error over sentences); held-out aux loss of λ after the fit (validation "
+        f"batches, {config.probes} fixed probes each; lower is better).",
+        "",
+        f"| pattern | sparsity | variant | cosine | − {REFERENCE} | held-out aux loss | seconds |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref = next(
+            (
+                q
+                for q in rows
+                if q["variant"] == REFERENCE and (q["pattern"], q["sparsity"]) == (r["pattern"], r["sparsity"])
+            ),
+            None,
+        )
+        diff = "—"
+        if ref is not None and r is not ref and "sentence_cosines" in r and len(r["sentence_cosines"]) > 1:
+            d, e = minilm.paired(r["sentence_cosines"], ref["sentence_cosines"])
+            diff = f"{d:+.4f} ± {e:.4f}"
+        aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
+        lines.append(
+            f"| {r['pattern']} | {r['sparsity']:.0%} | {r['variant']} | {r['cosine']:.4f} | {diff} | {aux} | "
+            f"{r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
+    """lambda.csv and lambda.md; ``stamp`` (default: this checkout now) names where the rows ran."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["variant", "pattern", "sparsity", "cosine", "nn_agreement", "held_out_aux", "seconds"]
+    with open(out / "lambda.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
+    return [out / "lambda.csv", out / "lambda.md"]
+
+
+__all__ = ["Config", "SMOKE", "VARIANTS", "run", "table", "write"]

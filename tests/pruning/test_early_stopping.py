@@ -1,0 +1,79 @@
+"""FLS's held-out aux loss and early stopping: the fit and each refinement end at the λ whose aux loss on batches
+the fit never saw is lowest, so λ never leaves its start for worse there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fls_kernels as fls
+from tests.pruning.helpers import SmallNet, assert_identical, expected_zeros, loader, snapshot
+
+
+def _pruner(model, **kw):
+    return fls.FishLegPruner(model, "categorical", init_batches=2, refine_steps=6, lr=1e-2, **kw)
+
+
+def test_the_fit_and_each_refinement_end_at_their_best_held_out_lambda():
+    torch.manual_seed(0)
+    held = loader(batches=2, seed=5)
+    pruner = _pruner(SmallNet(), validation=held, validate_every=2)
+    pruner.fit(loader(), steps=8)
+    fitter = pruner.method.fitter
+    fit_checks = list(fitter.validation)
+    assert [s for s, _ in fit_checks] == [0, 2, 4, 6, 8]
+    assert pruner.aux_loss(held, seed=0) == min(v for _, v in fit_checks)  # the same probes: λ is the best one
+    pruner.prune(0.6, substeps=2)
+    refine = fitter.validation[len(fit_checks) :]
+    assert [s for s, _ in refine] == [8, 10, 12, 14]  # one refinement, before the second sub-step
+    assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.6)
+
+
+def test_without_validation_nothing_is_validated_and_aux_loss_is_still_available():
+    pruner = _pruner(SmallNet())
+    with pytest.raises(RuntimeError, match="aux_loss: call fit"):
+        pruner.aux_loss(loader(batches=1))
+    pruner.fit(loader(), steps=3)
+    assert pruner.method.fitter.validation == []
+    a = pruner.aux_loss(loader(batches=1, seed=9), probes=3, seed=4)
+    assert a == pruner.aux_loss(loader(batches=1, seed=9), probes=3, seed=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(validation=3), TypeError, "validation"),
+        (dict(validation=[]), ValueError, "validation"),
+        (dict(validation=torch.zeros(3)), TypeError, "validation"),
+        (dict(validate_every=0), ValueError, "validate_every"),
+        (dict(validation_probes=0), ValueError, "validation_probes"),
+    ],
+)
+def test_bad_early_stopping_options_are_refused(kwargs, error, match):
+    model = SmallNet()
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        _pruner(model, **kwargs)
+    assert_identical(model, before)
+    assert not model.fc1.weight._backward_hooks
+
+
+def test_refine_from_init_restarts_lambda_from_statistics_of_the_masked_model(monkeypatch):
+    calls = []
+    original = fls.FishLegPruner.method_class.statistics
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.ctx.masks.num_pruned())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fls.FishLegPruner.method_class, "statistics", counted)
+    torch.manual_seed(0)
+    pruner = _pruner(SmallNet(), init="kfac", refine_from="init")
+    pruner.fit(loader(), steps=4)
+    pruner.prune(0.7, substeps=3)
+    assert len(calls) == 3 and calls[0] == 0 and 0 < calls[1] < calls[2], "fit, then before sub-steps 2 and 3"
+    steps = {int(s["step"]) for s in pruner.method.fitter.optimizer.state.values()}
+    assert steps == {6}, "Adam restarts with λ: only the last refinement's steps"
+    assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.7)
+    with pytest.raises(ValueError, match="refine_from"):
+        _pruner(SmallNet(), refine_from="kfac")
