@@ -271,3 +271,12 @@ def run_at(ref: str, argv: list[str], out_dir: Path) -> Path:
     finally:
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
     return out_dir
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
+    """``rows`` as a CSV with a header of ``fields`` (other keys of a row are left out); returns ``path``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

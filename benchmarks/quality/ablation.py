@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.quality import minilm
-from benchmarks.runner import stamp_line
+from benchmarks.runner import stamp_line, write_csv
 
 # (label, method, overrides of the study's defaults); the defaults are FLS's chosen options
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
@@ -109,10 +109,7 @@ def write(rows: list[dict], out_dir: str | Path, device: str = "cpu", stamp: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["variant", "method", "pattern", "sparsity", "settings", "cosine", "nn_agreement", "method_seconds"]
-    with open(out / "ablation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "ablation.csv", fields, rows)
     (out / "ablation.md").write_text(table(rows) + f"\n\n{stamp}\n")
     (out / "stamp.txt").write_text(stamp)
     return [out / "ablation.csv", out / "ablation.md"]

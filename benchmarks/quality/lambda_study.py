@@ -24,7 +24,6 @@ writes lambda.csv and lambda.md.
 from __future__ import annotations
 
 import copy
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import fls_kernels as fls
 from benchmarks.quality import minilm
-from benchmarks.runner import stamp_line
+from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
 VARIANTS = ("K-FAC start", "fit", "fit + refine", "fit + refine, early-stopped", "restart + refine", "K-FAC")
@@ -210,10 +209,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["variant", "pattern", "sparsity", "cosine", "nn_agreement", "held_out_aux", "seconds"]
-    with open(out / "lambda.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "lambda.csv", fields, rows)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     return [out / "lambda.csv", out / "lambda.md"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import fls_kernels as fls
-from benchmarks.runner import stamp_line
+from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
 METHODS = ("FLS", "FLS-uniform", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC")
@@ -307,10 +307,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["method", "pattern", "sparsity", "cosine", "nn_agreement", "prune_seconds", "method_seconds"]
-    with open(out / "minilm.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "minilm.csv", fields, rows)
     with open(out / "minilm_sentences.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "pattern", "sparsity", "sentence", "cosine", "nn_agreement"])
