@@ -61,6 +61,15 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "all-MiniLM-L6-v2, reduced, on the CPU (`python -m benchmarks quality --model minilm --reduced`)",
         "minilm_reduced/minilm.md",
     ),
+    (
+        "all-MiniLM-L6-v2, does the learned λ help? (`python -m benchmarks quality --model minilm --lambda-study`)",
+        "minilm_lambda/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, does the learned λ help, γ = 1e-2 (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set damping=1e-2 --out out/minilm_lambda_1e-2`)",
+        "minilm_lambda_1e-2/lambda.md",
+    ),
 ]
 
 
