@@ -158,6 +158,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                         cosine=cosines.mean().item(),
                         nn_agreement=agrees.mean().item(),
                         held_out_aux=held,
+                        validation=_validation(pruner),
                         seconds=seconds,
                         sentence_cosines=cosines.tolist(),
                     )
@@ -166,6 +167,25 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                 log(f"{variant:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  {seconds:.0f} s")
     base.load_state_dict(weights)
     return rows
+
+
+def _validation(pruner: fls.Pruner) -> str:
+    """The early-stopping record of an FLS pruner: per run (fit, each refinement), the validated step that won and
+    the held-out aux loss at the run's start and at its end ("" without validation)."""
+    fitter = getattr(pruner.method, "fitter", None)
+    checks = fitter.validation if fitter is not None else []
+    runs, current = [], []
+    for step, value in checks:
+        if current and step == current[-1][0]:  # a run starts where the last one ended
+            runs.append(current)
+            current = []
+        current.append((step, value))
+    runs += [current] if current else []
+    parts = []
+    for run in runs:
+        best = min(run, key=lambda c: c[1])
+        parts.append(f"{run[0][1]:.4g} → {run[-1][1]:.4g}, kept step {best[0] - run[0][0]}/{run[-1][0] - run[0][0]}")
+    return "; ".join(parts)
 
 
 def table(rows: list[dict], config: Config) -> str:
@@ -178,10 +198,11 @@ def table(rows: list[dict], config: Config) -> str:
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
         f"validation batches. Cosine to the dense embedding on the evaluation sentences; paired difference to "
         f"{REFERENCE} (mean ± standard error over sentences); held-out aux loss of λ after the fit (validation "
-        f"batches, {config.probes} fixed probes each; lower is better).",
+        f"batches, {config.probes} fixed probes each; lower is better); early stopping: per run (fit, then each "
+        "refinement), the validated aux loss at its start → at its end, and the step kept.",
         "",
-        f"| pattern | sparsity | variant | cosine | − {REFERENCE} | held-out aux loss | seconds |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        f"| pattern | sparsity | variant | cosine | − {REFERENCE} | held-out aux loss | seconds | early stopping |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ref = next(
@@ -199,7 +220,7 @@ def table(rows: list[dict], config: Config) -> str:
         aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
         lines.append(
             f"| {r['pattern']} | {r['sparsity']:.0%} | {r['variant']} | {r['cosine']:.4f} | {diff} | {aux} | "
-            f"{r['seconds']:.0f} |"
+            f"{r['seconds']:.0f} | {r.get('validation') or '—'} |"
         )
     return "\n".join(lines)
 
@@ -208,7 +229,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     """lambda.csv and lambda.md; ``stamp`` (default: this checkout now) names where the rows ran."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "pattern", "sparsity", "cosine", "nn_agreement", "held_out_aux", "seconds"]
+    fields = ["variant", "pattern", "sparsity", "cosine", "nn_agreement", "held_out_aux", "seconds", "validation"]
     write_csv(out / "lambda.csv", fields, rows)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     return [out / "lambda.csv", out / "lambda.md"]

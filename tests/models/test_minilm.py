@@ -368,6 +368,9 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
     assert math.isfinite(rows[0]["held_out_aux"]) and math.isnan(rows[1]["held_out_aux"])
     text = lambda_study.table(rows, config)
     assert "| unstructured | 70% | restart + refine |" in text and " ± " in text
+    # fit (2 steps) and one refinement (2 steps), each validated every step: "start → end, kept step k/2"
+    assert rows[0]["validation"].count("kept step") == 2 and rows[0]["validation"].count("/2") == 2
+    assert text.rstrip().endswith("| — |"), "K-FAC validates nothing"
     paths = lambda_study.write(rows, config, tmp_path)
     assert all(p.exists() for p in paths)
 
