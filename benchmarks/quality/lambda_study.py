@@ -11,7 +11,7 @@ Variants (FLS unless named):
 - ``fit``: ``fit_steps`` aux steps, no refinement;
 - ``fit + refine``: and ``refine_steps`` masked aux steps before each later sub-step (the paper's progressive
   assimilation, the README's recipe);
-- ``fit + refine, early-stopped``: the same, each run ending at its best λ on the validation batches;
+- ``fit + refine (early-stopped)``: the same, each run ending at its best λ on the validation batches;
 - ``restart + refine``: λ restarted from K-FAC statistics of the masked model before each later sub-step, then
   refined (``refine_from="init"``), early-stopped;
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning).
@@ -34,7 +34,7 @@ from benchmarks.quality import minilm
 from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
-VARIANTS = ("K-FAC start", "fit", "fit + refine", "fit + refine, early-stopped", "restart + refine", "K-FAC")
+VARIANTS = ("K-FAC start", "fit", "fit + refine", "fit + refine (early-stopped)", "restart + refine", "K-FAC")
 REFERENCE = "K-FAC"
 
 
@@ -119,6 +119,9 @@ def fit_steps(variant: str, config: Config) -> int:
 
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
     config = config or Config()
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
 

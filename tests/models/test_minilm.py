@@ -343,7 +343,7 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "K-FAC start": (0, "current", False),
         "fit": (0, "current", False),
         "fit + refine": (2, "current", False),
-        "fit + refine, early-stopped": (2, "current", True),
+        "fit + refine (early-stopped)": (2, "current", True),
         "restart + refine": (2, "init", True),
     }
     assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 0]
@@ -362,6 +362,8 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
         max_length=8,
         layers=r"bert\.encoder\.layer\.0\.attention\..*",  # the first block's 4 attention layers: CI-sized
     )
+    with pytest.raises(ValueError, match="variants: unknown"):
+        lambda_study.run(_lambda_config(variants=("fit + refine\\",)))
     rows = lambda_study.run(config, log=lambda _: None)
     assert [r["variant"] for r in rows] == ["restart + refine", "K-FAC"]
     assert all(0.0 < r["cosine"] <= 1.0 for r in rows)
