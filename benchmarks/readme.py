@@ -70,6 +70,12 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "--lambda-study --set damping=1e-2 --out out/minilm_lambda_1e-2`)",
         "minilm_lambda_1e-2/lambda.md",
     ),
+    (
+        "all-MiniLM-L6-v2, the early-stopping record at γ = 1e-2 (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set damping=1e-2 'variants=fit + refine (early-stopped),K-FAC' --out "
+        "out/minilm_lambda_trace`)",
+        "minilm_lambda_trace/lambda.md",
+    ),
 ]
 
 
