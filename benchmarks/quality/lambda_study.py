@@ -133,7 +133,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
         ]
 
     train, validation = batches(calib), batches(val)
-    dense = minilm.embed(base, tokenizer, evals, config)
+    dense, dense_val = minilm.embed(base, tokenizer, evals, config), minilm.embed(base, tokenizer, val, config)
     weights = copy.deepcopy(base.state_dict())
     rows = []
     for pattern in config.patterns:
@@ -152,6 +152,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                 pruner.prune(s, substeps=config.substeps)
                 seconds = time.perf_counter() - t0
                 cosines, agrees = minilm.per_sentence(dense, minilm.embed(base, tokenizer, evals, config))
+                val_cosine = minilm.per_sentence(dense_val, minilm.embed(base, tokenizer, val, config))[0].mean().item()
                 pruner.finalize()
                 rows.append(
                     dict(
@@ -159,6 +160,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                         pattern=pattern,
                         sparsity=s,
                         cosine=cosines.mean().item(),
+                        val_cosine=val_cosine,
                         nn_agreement=agrees.mean().item(),
                         held_out_aux=held,
                         validation=_validation(pruner),
@@ -199,13 +201,15 @@ def table(rows: list[dict], config: Config) -> str:
         f"{config.batch_size}); uniform allocation, adaptive update, γ = {config.damping} × mean diag F̂, K-FAC "
         f"start, {config.substeps} sub-steps; FLS {config.fit_steps} aux steps (lr {config.lr}), "
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
-        f"validation batches. Cosine to the dense embedding on the evaluation sentences; paired difference to "
+        f"validation batches. Cosine to the dense embedding on the validation sentences (to choose options by) "
+        f"and on the evaluation sentences; paired difference to "
         f"{REFERENCE} (mean ± standard error over sentences); held-out aux loss of λ after the fit (validation "
         f"batches, {config.probes} fixed probes each; lower is better); early stopping: per run (fit, then each "
         "refinement), the validated aux loss at its start → at its end, and the step kept.",
         "",
-        f"| pattern | sparsity | variant | cosine | − {REFERENCE} | held-out aux loss | seconds | early stopping |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        f"| pattern | sparsity | variant | validation cosine | cosine | − {REFERENCE} | held-out aux loss | seconds | "
+        "early stopping |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ref = next(
@@ -222,7 +226,8 @@ def table(rows: list[dict], config: Config) -> str:
             diff = f"{d:+.4f} ± {e:.4f}"
         aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
         lines.append(
-            f"| {r['pattern']} | {r['sparsity']:.0%} | {r['variant']} | {r['cosine']:.4f} | {diff} | {aux} | "
+            f"| {r['pattern']} | {r['sparsity']:.0%} | {r['variant']} | {r.get('val_cosine', float('nan')):.4f} | "
+            f"{r['cosine']:.4f} | {diff} | {aux} | "
             f"{r['seconds']:.0f} | {r.get('validation') or '—'} |"
         )
     return "\n".join(lines)
@@ -232,7 +237,17 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     """lambda.csv and lambda.md; ``stamp`` (default: this checkout now) names where the rows ran."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["variant", "pattern", "sparsity", "cosine", "nn_agreement", "held_out_aux", "seconds", "validation"]
+    fields = [
+        "variant",
+        "pattern",
+        "sparsity",
+        "cosine",
+        "val_cosine",
+        "nn_agreement",
+        "held_out_aux",
+        "seconds",
+        "validation",
+    ]
     write_csv(out / "lambda.csv", fields, rows)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     return [out / "lambda.csv", out / "lambda.md"]

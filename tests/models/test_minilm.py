@@ -373,6 +373,7 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
     # fit (2 steps) and one refinement (2 steps), each validated every step: "start → end, kept step k/2"
     assert rows[0]["validation"].count("kept step") == 2 and rows[0]["validation"].count("/2") == 2
     assert text.rstrip().endswith("| — |"), "K-FAC validates nothing"
+    assert all(0.0 < r["val_cosine"] <= 1.0 for r in rows)
     paths = lambda_study.write(rows, config, tmp_path)
     assert all(p.exists() for p in paths)
 
