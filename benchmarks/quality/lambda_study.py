@@ -18,7 +18,7 @@ Variants (FLS unless named):
 
 The held-out aux loss 𝒜 of each FLS variant's λ after its fit is measured on the validation batches with fixed
 probes (paired across variants; lower is better). ``python -m benchmarks quality --model minilm --lambda-study``
-writes lambda.csv and lambda.md.
+writes lambda.csv, lambda_sentences.csv and lambda.md.
 """
 
 from __future__ import annotations
@@ -234,7 +234,8 @@ def table(rows: list[dict], config: Config) -> str:
 
 
 def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
-    """lambda.csv and lambda.md; ``stamp`` (default: this checkout now) names where the rows ran."""
+    """lambda.csv, lambda_sentences.csv (per evaluation sentence, to pair runs of other options) and lambda.md;
+    ``stamp`` (default: this checkout now) names where the rows ran."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = [
@@ -249,8 +250,14 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
         "validation",
     ]
     write_csv(out / "lambda.csv", fields, rows)
+    per_sentence = [
+        dict(variant=r["variant"], pattern=r["pattern"], sparsity=r["sparsity"], sentence=i, cosine=f"{c:.6f}")
+        for r in rows
+        for i, c in enumerate(r.get("sentence_cosines", []))
+    ]
+    write_csv(out / "lambda_sentences.csv", ["variant", "pattern", "sparsity", "sentence", "cosine"], per_sentence)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
-    return [out / "lambda.csv", out / "lambda.md"]
+    return [out / "lambda.csv", out / "lambda_sentences.csv", out / "lambda.md"]
 
 
 __all__ = ["Config", "SMOKE", "VARIANTS", "run", "table", "write"]
