@@ -76,6 +76,15 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "out/minilm_lambda_trace`)",
         "minilm_lambda_trace/lambda.md",
     ),
+    *(
+        (
+            f"all-MiniLM-L6-v2, damping sweep, γ = {g}, with the validation cosine (`python -m benchmarks quality "
+            f"--model minilm --lambda-study --set damping={g} 'variants=K-FAC start,fit,K-FAC' --out "
+            f"out/minilm_lambda_sweep_{g}`)",
+            f"minilm_lambda_sweep_{g}/lambda.md",
+        )
+        for g in ("1e-4", "1e-3", "1e-2", "1e-1")
+    ),
 ]
 
 
