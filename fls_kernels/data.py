@@ -106,7 +106,6 @@ class BatchStream:
         self.argname = argname
         self.position = 0
         self._it: Iterator[object] = iter(loader)
-        self.first: object = None
         try:
             self._pending: list[object] = [next(self._it)]
         except StopIteration:

@@ -163,12 +163,7 @@ class AuxFitter:
         """u ∼ 𝒩(0, I) (masked) for every block, drawn in one call; v = M ⊙ Q u with its graph to λ for the owned
         ones (:meth:`_q_products`: one grouped product, wide blocks through their factors)."""
         with timing.section("q_products"):
-            sizes = [b.m * b.n for b in self.blocks]
-            first = self.blocks[0]
-            flat = torch.randn(sum(sizes), generator=self.generator, device=first.device, dtype=first.dtype)
-            us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
-            if masks is not None:
-                us = [u * mask for u, mask in zip(us, masks)]
+            us = self._draw(self.generator, masks)
             owned = [i for i, o in enumerate(self.owned) if o]
             grams: list = [None] * len(us)
             vs: list[Tensor | None] = [None] * len(us)
@@ -177,6 +172,14 @@ class AuxFitter:
                 for i, v, pair in zip(owned, products, pairs):
                     vs[i], grams[i] = v, pair
         return us, vs, grams
+
+    def _draw(self, generator: torch.Generator | None, masks: list[Tensor] | None) -> list[Tensor]:
+        """M ⊙ u, u ∼ 𝒩(0, I) of every block's shape, drawn from ``generator`` in one call."""
+        sizes = [b.m * b.n for b in self.blocks]
+        first = self.blocks[0]
+        flat = torch.randn(sum(sizes), generator=generator, device=first.device, dtype=first.dtype)
+        us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
+        return us if masks is None else [u * mask for u, mask in zip(us, masks)]
 
     def _q_products(self, us: list[Tensor], masks: list[Tensor] | None) -> tuple[list[Tensor], list]:
         """([M ⊙ Q u], [(G_R, G_L) or None]) of the owned blocks, with the graph to λ (compiled with
@@ -358,16 +361,12 @@ class AuxFitter:
         batches = list(batches)
         if not batches:
             raise ValueError("batches: expected at least one held-out batch")
-        first = self.blocks[0]
-        generator = torch.Generator(device=first.device).manual_seed(seed)
-        sizes = [b.m * b.n for b in self.blocks]
-        total = torch.zeros((), dtype=torch.float64, device=first.device)
+        device = self.blocks[0].device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for batch in batches:
             for _ in range(probes):
-                flat = torch.randn(sum(sizes), generator=generator, device=first.device, dtype=first.dtype)
-                us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
-                if masks is not None:
-                    us = [u * m for u, m in zip(us, masks)]
+                us = self._draw(generator, masks)
                 vs, _ = self._q_products(us, masks)
                 with timing.section("fvp"):
                     fvs = self.fvp(batch, vs)

@@ -132,21 +132,35 @@ class Recomputing(Method):
         self.recompute()
 
 
+def _init_chain(method_class: type[Method]) -> list[list[inspect.Parameter]]:
+    """The parameters (after ``self``) of each ``__init__`` along ``method_class``'s MRO, up to and including the
+    first that takes no ``**kwargs`` (where the options passed on stop)."""
+    chain = []
+    for klass in method_class.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        chain.append(list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:])
+        if not any(p.kind is p.VAR_KEYWORD for p in chain[-1]):
+            break
+    return chain
+
+
 def method_parameters(method_class: type[Method]) -> tuple[list[inspect.Parameter], list[inspect.Parameter]]:
     """(positional, keyword-only) options of ``method_class``, gathered along its classes' ``__init__`` chain
     (each passing ``*args, **kwargs`` on to the next)."""
     positional: list[inspect.Parameter] = []
     keywords: dict[str, inspect.Parameter] = {}
-    for klass in method_class.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+    for params in _init_chain(method_class):
         if not positional:
             positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
         for p in params:
             if p.kind is p.KEYWORD_ONLY:
                 keywords.setdefault(p.name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
     hidden = set(method_class.hidden_options)
     return [p for p in positional if p.name not in hidden], [p for p in keywords.values() if p.name not in hidden]
+
+
+def accepts_any_option(method_class: type[Method]) -> bool:
+    """Whether the method's ``__init__`` chain ends in a ``**kwargs`` it keeps (any keyword is its own)."""
+    chain = _init_chain(method_class)
+    return bool(chain) and any(p.kind is p.VAR_KEYWORD for p in chain[-1])

@@ -22,7 +22,7 @@ from fls_kernels.pruning import checkpoint, checks, execution
 from fls_kernels.pruning.context import Context, DataFeed
 from fls_kernels.pruning.layers import Unpruned, select_layers, unpruned, unwrap
 from fls_kernels.pruning.maskstate import MaskState
-from fls_kernels.pruning.method import Method, method_parameters
+from fls_kernels.pruning.method import Method, accepts_any_option, method_parameters
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
 from fls_kernels.pruning.schedules import Schedule, as_schedule
 from fls_kernels.pruning.step import prune_substep
@@ -102,9 +102,7 @@ class Pruner:
         name = type(self).__name__
         left = unpruned(model, views, layer_types=layer_types, include=include, ignore=ignore)
         self.model, self.method, self._distributed = model, method, distributed
-        self.ctx = self._bind(
-            views, Context(name, model, [], self.pattern, allocation, None, None, None, backend, progress)
-        )
+        self._bind(views, Context(name, model, [], self.pattern, allocation, None, None, None, backend, progress))
         self.masks.attach()  # last: a bad argument above leaves the model without hooks
         self.unpruned: list[Unpruned] = left
         self._left_out: list[str] = []  # layers the first fit found out of the method's reach
@@ -125,9 +123,9 @@ class Pruner:
         self._step = 0  # training steps seen by step()
         self._bar = None
 
-    def _bind(self, views: list[LayerView], like: Context) -> Context:
-        """A context over ``views`` (execution mode, masks, the data of ``like`` or a new feed) with the method
-        bound to it; the new masks' hooks are not attached yet."""
+    def _bind(self, views: list[LayerView], like: Context) -> None:
+        """Set :attr:`ctx` to ``like`` over ``views`` (a new execution mode and masks; the data of ``like`` or a
+        new feed) and bind the method to it; the new masks' hooks are not attached yet."""
         device = views[0].weight.device
         mode = execution.create(self._distributed, views, device, shardable=self.method.shardable, who=like.owner)
         masks = MaskState(self.model, views, self.pattern)
@@ -135,7 +133,6 @@ class Pruner:
         ctx = dataclasses.replace(like, views=views, masks=masks, mode=mode, data=data)
         self.method.bind(ctx)
         self.ctx, self.masks = ctx, masks
-        return ctx
 
     def _rebuild(self, views: list[LayerView]) -> None:
         """Re-bind over ``views`` (nothing fitted or pruned yet), moving the mask hooks to the new masks."""
@@ -446,8 +443,10 @@ def _check_options(cls: type[Pruner], args: tuple, options: Mapping[str, object]
             f"{cls.__name__}: takes {len(positional)} positional option(s) after model ({names}), got {len(args)}; "
             "pass the others by keyword"
         )
+    if accepts_any_option(cls.method_class):
+        return
     for key in options:
-        if key in accepted or _open_ended(cls.method_class):
+        if key in accepted:
             continue
         others = sorted(
             other.__name__
@@ -459,15 +458,6 @@ def _check_options(cls: type[Pruner], args: tuple, options: Mapping[str, object]
             f"{cls.__name__}: unexpected argument {key!r}{hint}; it accepts {', '.join(accepted) or 'no options'} "
             f"and the pruner's {', '.join(own)}"
         )
-
-
-def _open_ended(method_class: type[Method]) -> bool:
-    """Whether the last ``__init__`` of the method's chain takes ``**kwargs`` itself (any keyword is its own)."""
-    inits = [vars(k)["__init__"] for k in method_class.__mro__ if k is not object and "__init__" in vars(k)]
-    for init in inits:
-        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
-            return False
-    return bool(inits)
 
 
 def _pruner_classes() -> list[type[Pruner]]:

@@ -162,12 +162,11 @@ class FishLeg(KronOBS):
     def _nbytes(self) -> int:
         return sum(c.nbytes() for c in self._captures or ())
 
-    def _refine(self, what: str, steps: int, desc: str, batches: int | None = None) -> None:
+    def _refine(self, what: str, steps: int, desc: str, batches: int | None = None, validated: bool = True) -> None:
         stream = self._stream(what, self.stat_batches if batches is None else batches)
         masks = self._masks()
-        self.fitter.run(
-            stream, steps, masks=masks, desc=desc, **(self._early_stop(masks, steps) if batches is None else {})
-        )
+        stop = self._early_stop(masks, steps) if validated else {}
+        self.fitter.run(stream, steps, masks=masks, desc=desc, **stop)
         self._stale = False
 
     def _early_stop(self, masks: list[Tensor] | None, steps: int) -> dict:
@@ -197,7 +196,8 @@ class FishLeg(KronOBS):
     def between_prunes(self) -> None:
         if self.fitter is not None and self.gradual_aux_steps:
             self._captures = None  # training moved the weights: capture afresh for the tracking steps
-            self._refine("step", self.gradual_aux_steps, "track", batches=self.gradual_aux_steps)
+            # a few steps per training step: not worth a validation each
+            self._refine("step", self.gradual_aux_steps, "track", batches=self.gradual_aux_steps, validated=False)
         self._captures = None  # and drop them: the next training step moves the weights again
 
     def update(self, index: int, W: Tensor, prune: Tensor, keep: Tensor) -> Tensor | None:
