@@ -14,7 +14,14 @@ Variants (FLS unless named):
 - ``fit + refine (early-stopped)``: the same, each run ending at its best λ on the validation batches;
 - ``restart + refine``: λ restarted from K-FAC statistics of the masked model before each later sub-step, then
   refined (``refine_from="init"``), early-stopped;
-- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning).
+- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
+- ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
+  the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
+
+Each row is paired, over the evaluation sentences, with K-FAC, with FLS's K-FAC start (0 aux steps) and with
+SparseGPT of its cell. ``calib_sizes`` runs the cells at several calibration sizes (the first n calibration
+sentences; validation and evaluation stay fixed), and ``other_length`` scores every variant once more on the
+evaluation sentences cut at another maximum length, which no option was chosen on.
 
 The held-out aux loss 𝒜 of each FLS variant's λ after its fit is measured on the validation batches with fixed
 probes (paired across variants; lower is better). ``python -m benchmarks quality --model minilm --lambda-study``
@@ -24,6 +31,7 @@ writes lambda.csv, lambda_sentences.csv and lambda.md.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,17 +42,29 @@ from benchmarks.quality import minilm
 from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
-VARIANTS = ("K-FAC start", "fit", "fit + refine", "fit + refine (early-stopped)", "restart + refine", "K-FAC")
+VARIANTS = (
+    "K-FAC start",
+    "fit",
+    "fit + refine",
+    "fit + refine (early-stopped)",
+    "restart + refine",
+    "K-FAC",
+    "SparseGPT",
+)
 REFERENCE = "K-FAC"
+#: the paired differences tabulated: each row minus these variants of its cell, where they ran
+REFERENCES = ("K-FAC", "K-FAC start", "SparseGPT")
 
 
 @dataclass
 class Config:
     calib_sentences: int = 64
+    calib_sizes: tuple[int, ...] = ()  # calibration sizes run (the first n sentences); () = calib_sentences
     val_sentences: int = 32
     eval_sentences: int = 192
     batch_size: int = 8
     max_length: int = 32
+    other_length: int = 0  # also score the evaluation sentences cut at this maximum length (0: not)
     sparsities: tuple[float, ...] = (0.7,)
     patterns: tuple[str, ...] = ("unstructured",)
     variants: tuple[str, ...] = VARIANTS
@@ -84,8 +104,20 @@ def splits(config: Config) -> tuple[list[str], list[str], list[str]]:
     return pool[:c], pool[c : c + v], pool[c + v : c + v + e]
 
 
+def sizes(config: Config) -> tuple[int, ...]:
+    """The calibration sizes run, each at most ``calib_sentences``."""
+    chosen = tuple(config.calib_sizes) or (config.calib_sentences,)
+    bad = [n for n in chosen if not 1 <= n <= config.calib_sentences]
+    if bad:
+        raise ValueError(f"calib_sizes: {bad} outside 1..calib_sentences ({config.calib_sentences})")
+    return chosen
+
+
 def make(variant: str, model, config: Config, pattern: str, stat_batches: int, validation: list) -> fls.Pruner:
-    """The pruner of ``variant`` (see the module docstring); every one with the same solver and damping."""
+    """The pruner of ``variant`` (see the module docstring); every one but SparseGPT with the same solver and
+    damping."""
+    if variant == "SparseGPT":
+        return fls.SparseGPTPruner(model, include=config.layers, pattern=pattern)
     common = dict(
         likelihood="gaussian",
         include=config.layers,
@@ -114,7 +146,12 @@ def make(variant: str, model, config: Config, pattern: str, stat_batches: int, v
 
 
 def fit_steps(variant: str, config: Config) -> int:
-    return 0 if variant in ("K-FAC start", "K-FAC") else config.fit_steps
+    return 0 if variant in ("K-FAC start", "K-FAC", "SparseGPT") else config.fit_steps
+
+
+def substeps(variant: str, config: Config) -> int:
+    """SparseGPT prunes in one shot, as published; the others in ``config.substeps``."""
+    return 1 if variant == "SparseGPT" else config.substeps
 
 
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
@@ -124,6 +161,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
         raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
+    other = dataclasses.replace(config, max_length=config.other_length) if config.other_length else None
 
     def batches(sents: list[str]) -> list[dict]:
         size = config.batch_size
@@ -132,44 +170,58 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
             for i in range(0, len(sents), size)
         ]
 
-    train, validation = batches(calib), batches(val)
+    validation = batches(val)
     dense, dense_val = minilm.embed(base, tokenizer, evals, config), minilm.embed(base, tokenizer, val, config)
+    dense_other = minilm.embed(base, tokenizer, evals, other) if other else None
     weights = copy.deepcopy(base.state_dict())
     rows = []
-    for pattern in config.patterns:
-        targets = [0.5] if pattern == "2:4" else list(config.sparsities)
-        for s in targets:
-            for variant in config.variants:
-                base.load_state_dict(weights)
-                t0 = time.perf_counter()
-                pruner = make(variant, base, config, pattern, len(train), validation)
-                pruner.fit(train, steps=fit_steps(variant, config))
-                held = (
-                    pruner.aux_loss(validation, probes=config.probes, seed=config.seed + 1)
-                    if isinstance(pruner, fls.FishLegPruner)
-                    else float("nan")
-                )
-                pruner.prune(s, substeps=config.substeps)
-                seconds = time.perf_counter() - t0
-                cosines, agrees = minilm.per_sentence(dense, minilm.embed(base, tokenizer, evals, config))
-                val_cosine = minilm.per_sentence(dense_val, minilm.embed(base, tokenizer, val, config))[0].mean().item()
-                pruner.finalize()
-                rows.append(
-                    dict(
-                        variant=variant,
-                        pattern=pattern,
-                        sparsity=s,
-                        cosine=cosines.mean().item(),
-                        val_cosine=val_cosine,
-                        nn_agreement=agrees.mean().item(),
-                        held_out_aux=held,
-                        validation=_validation(pruner),
-                        seconds=seconds,
-                        sentence_cosines=cosines.tolist(),
+    for n in sizes(config):
+        train = batches(calib[:n])
+        for pattern in config.patterns:
+            targets = [0.5] if pattern == "2:4" else list(config.sparsities)
+            for s in targets:
+                for variant in config.variants:
+                    base.load_state_dict(weights)
+                    t0 = time.perf_counter()
+                    pruner = make(variant, base, config, pattern, len(train), validation)
+                    pruner.fit(train, steps=fit_steps(variant, config))
+                    held = (
+                        pruner.aux_loss(validation, probes=config.probes, seed=config.seed + 1)
+                        if isinstance(pruner, fls.FishLegPruner)
+                        else float("nan")
                     )
-                )
-                cosine = rows[-1]["cosine"]
-                log(f"{variant:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  {seconds:.0f} s")
+                    pruner.prune(s, substeps=substeps(variant, config))
+                    seconds = time.perf_counter() - t0
+                    cosines, agrees = minilm.per_sentence(dense, minilm.embed(base, tokenizer, evals, config))
+                    val_cos = minilm.per_sentence(dense_val, minilm.embed(base, tokenizer, val, config))[0]
+                    others = (
+                        minilm.per_sentence(dense_other, minilm.embed(base, tokenizer, evals, other))[0].tolist()
+                        if other
+                        else []
+                    )
+                    pruner.finalize()
+                    rows.append(
+                        dict(
+                            calibration=n,
+                            variant=variant,
+                            pattern=pattern,
+                            sparsity=s,
+                            cosine=cosines.mean().item(),
+                            val_cosine=val_cos.mean().item(),
+                            other_cosine=sum(others) / len(others) if others else float("nan"),
+                            nn_agreement=agrees.mean().item(),
+                            held_out_aux=held,
+                            validation=_validation(pruner),
+                            seconds=seconds,
+                            sentence_cosines=cosines.tolist(),
+                            other_cosines=others,
+                        )
+                    )
+                    cosine = rows[-1]["cosine"]
+                    log(
+                        f"{n:>4} {variant:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  "
+                        f"{seconds:.0f} s"
+                    )
     base.load_state_dict(weights)
     return rows
 
@@ -193,42 +245,61 @@ def _validation(pruner: fls.Pruner) -> str:
     return "; ".join(parts)
 
 
+def _paired(row: dict, rows: list[dict], reference: str, key: str = "sentence_cosines") -> str:
+    """``row`` − the ``reference`` variant of its cell (calibration size, pattern, sparsity), mean ± standard error
+    over the evaluation sentences; "—" where the cell has no such row (or it is the row itself)."""
+    cell = (row.get("calibration"), row["pattern"], row["sparsity"])
+    ref = next(
+        (q for q in rows if q["variant"] == reference and (q.get("calibration"), q["pattern"], q["sparsity"]) == cell),
+        None,
+    )
+    if ref is None or ref is row or len(row.get(key) or []) < 2 or len(ref.get(key) or []) < 2:
+        return "—"
+    d, e = minilm.paired(row[key], ref[key])
+    return f"{d:+.4f} ± {e:.4f}"
+
+
 def table(rows: list[dict], config: Config) -> str:
+    other = (
+        f" Cosine at {config.other_length} tokens: the evaluation sentences cut at another maximum length, which "
+        "no option was chosen on (paired to K-FAC)."
+        if config.other_length
+        else ""
+    )
     lines = [
         f"all-MiniLM-L6-v2, {'36 Linear layers' if config.layers == ENCODER_LAYERS else config.layers}, "
-        f"{config.calib_sentences} calibration / {config.val_sentences} "
+        f"{'/'.join(str(n) for n in sizes(config))} calibration / {config.val_sentences} "
         f"validation / {config.eval_sentences} evaluation sentences (max {config.max_length} tokens, batches of "
         f"{config.batch_size}); uniform allocation, adaptive update, γ = {config.damping} × mean diag F̂, K-FAC "
         f"start, {config.substeps} sub-steps; FLS {config.fit_steps} aux steps (lr {config.lr}), "
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
-        f"validation batches. Cosine to the dense embedding on the validation sentences (to choose options by) "
-        f"and on the evaluation sentences; paired difference to "
-        f"{REFERENCE} (mean ± standard error over sentences); held-out aux loss of λ after the fit (validation "
-        f"batches, {config.probes} fixed probes each; lower is better); early stopping: per run (fit, then each "
-        "refinement), the validated aux loss at its start → at its end, and the step kept.",
+        f"validation batches; SparseGPT with its own defaults, one shot. Cosine to the dense embedding on the "
+        f"validation sentences (to choose options by) and on the evaluation sentences; paired differences to "
+        f"K-FAC, to FLS's K-FAC start (0 aux steps) and to SparseGPT of the same cell (mean ± standard error over "
+        f"sentences); held-out aux loss of λ after the fit (validation batches, {config.probes} fixed probes each; "
+        "lower is better); early stopping: per run (fit, then each refinement), the validated aux loss at its start "
+        f"→ at its end, and the step kept.{other}",
         "",
-        f"| pattern | sparsity | variant | validation cosine | cosine | − {REFERENCE} | held-out aux loss | seconds | "
-        "early stopping |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| calibration | pattern | sparsity | variant | validation cosine | cosine | − K-FAC | − K-FAC start | "
+        "− SparseGPT |"
+        + (f" cosine at {config.other_length} tokens | − K-FAC |" if config.other_length else "")
+        + " held-out aux loss | seconds | early stopping |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if config.other_length else "")
+        + "---:|---:|---|",
     ]
     for r in rows:
-        ref = next(
-            (
-                q
-                for q in rows
-                if q["variant"] == REFERENCE and (q["pattern"], q["sparsity"]) == (r["pattern"], r["sparsity"])
-            ),
-            None,
+        diffs = " | ".join(_paired(r, rows, ref) for ref in REFERENCES)
+        others = (
+            f" {r.get('other_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, 'other_cosines')} |"
+            if config.other_length
+            else ""
         )
-        diff = "—"
-        if ref is not None and r is not ref and "sentence_cosines" in r and len(r["sentence_cosines"]) > 1:
-            d, e = minilm.paired(r["sentence_cosines"], ref["sentence_cosines"])
-            diff = f"{d:+.4f} ± {e:.4f}"
         aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
         lines.append(
-            f"| {r['pattern']} | {r['sparsity']:.0%} | {r['variant']} | {r.get('val_cosine', float('nan')):.4f} | "
-            f"{r['cosine']:.4f} | {diff} | {aux} | "
-            f"{r['seconds']:.0f} | {r.get('validation') or '—'} |"
+            f"| {r.get('calibration', config.calib_sentences)} | {r['pattern']} | {r['sparsity']:.0%} | "
+            f"{r['variant']} | {r.get('val_cosine', float('nan')):.4f} | {r['cosine']:.4f} | {diffs} |{others} "
+            f"{aux} | {r['seconds']:.0f} | {r.get('validation') or '—'} |"
         )
     return "\n".join(lines)
 
@@ -239,11 +310,13 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = [
+        "calibration",
         "variant",
         "pattern",
         "sparsity",
         "cosine",
         "val_cosine",
+        "other_cosine",
         "nn_agreement",
         "held_out_aux",
         "seconds",
@@ -251,11 +324,20 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     ]
     write_csv(out / "lambda.csv", fields, rows)
     per_sentence = [
-        dict(variant=r["variant"], pattern=r["pattern"], sparsity=r["sparsity"], sentence=i, cosine=f"{c:.6f}")
+        dict(
+            calibration=r.get("calibration", config.calib_sentences),
+            variant=r["variant"],
+            pattern=r["pattern"],
+            sparsity=r["sparsity"],
+            sentence=i,
+            cosine=f"{c:.6f}",
+            other_cosine=f"{r['other_cosines'][i]:.6f}" if r.get("other_cosines") else "",
+        )
         for r in rows
         for i, c in enumerate(r.get("sentence_cosines", []))
     ]
-    write_csv(out / "lambda_sentences.csv", ["variant", "pattern", "sparsity", "sentence", "cosine"], per_sentence)
+    fields = ["calibration", "variant", "pattern", "sparsity", "sentence", "cosine", "other_cosine"]
+    write_csv(out / "lambda_sentences.csv", fields, per_sentence)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     return [out / "lambda.csv", out / "lambda_sentences.csv", out / "lambda.md"]
 

@@ -89,13 +89,19 @@ def parse_overrides(items: list[str], config_class: type = Config) -> dict:
             raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         default = getattr(config_class(), name)
         if isinstance(default, tuple):
-            kind = type(default[0]) if default else str
+            kind = type(default[0]) if default else _element_type(fields[name])
             out[name] = tuple(kind(v) for v in value.split(","))
         elif default is None:  # an optional count
             out[name] = None if value.lower() == "none" else int(value)
         else:
             out[name] = type(default)(value)
     return out
+
+
+def _element_type(field: dataclasses.Field) -> type:
+    """The element type of a tuple field with an empty default, from its annotation (``tuple[int, ...]`` → int)."""
+    annotation = str(field.type)
+    return next((kind for kind in (int, float) if annotation.startswith(f"tuple[{kind.__name__}")), str)
 
 
 def sentences(seed: int = 0) -> list[str]:

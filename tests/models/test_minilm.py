@@ -330,14 +330,15 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
     model, _ = fls.models.load_minilm("cpu")
     config = _lambda_config()
     built = {v: lambda_study.make(v, model, config, "unstructured", 2, ["held"]) for v in lambda_study.VARIANTS}
-    assert type(built["K-FAC"]) is fls.KFACPruner
+    assert type(built["K-FAC"]) is fls.KFACPruner and type(built["SparseGPT"]) is fls.SparseGPTPruner
     for variant, pruner in built.items():
-        assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant
+        if variant != "SparseGPT":
+            assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant
         pruner.finalize()
     options = {
         v: (p.method.refine_steps, p.method.refine_from, p.method.validation is not None)
         for v, p in built.items()
-        if v != "K-FAC"
+        if v not in ("K-FAC", "SparseGPT")
     }
     assert options == {
         "K-FAC start": (0, "current", False),
@@ -346,7 +347,11 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "fit + refine (early-stopped)": (2, "current", True),
         "restart + refine": (2, "init", True),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 0]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 6 + [1]
+    assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
+    with pytest.raises(ValueError, match="calib_sizes"):
+        lambda_study.sizes(_lambda_config(calib_sizes=(9,)))
 
 
 def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
@@ -355,24 +360,33 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
     from benchmarks.quality import lambda_study
 
     config = _lambda_config(
-        variants=("restart + refine", "K-FAC"),
+        variants=("restart + refine", "K-FAC", "SparseGPT"),
         calib_sentences=4,
+        calib_sizes=(2, 4),
         val_sentences=4,
         eval_sentences=4,
         max_length=8,
+        other_length=10,
         layers=r"bert\.encoder\.layer\.0\.attention\..*",  # the first block's 4 attention layers: CI-sized
     )
     with pytest.raises(ValueError, match="variants: unknown"):
         lambda_study.run(_lambda_config(variants=("fit + refine\\",)))
     rows = lambda_study.run(config, log=lambda _: None)
-    assert [r["variant"] for r in rows] == ["restart + refine", "K-FAC"]
-    assert all(0.0 < r["cosine"] <= 1.0 for r in rows)
+    assert [(r["calibration"], r["variant"]) for r in rows] == [
+        (n, v) for n in (2, 4) for v in ("restart + refine", "K-FAC", "SparseGPT")
+    ]
+    assert all(0.0 < r["cosine"] <= 1.0 and 0.0 < r["other_cosine"] <= 1.0 for r in rows)
+    assert all(len(r["other_cosines"]) == len(r["sentence_cosines"]) == 4 for r in rows)
     assert math.isfinite(rows[0]["held_out_aux"]) and math.isnan(rows[1]["held_out_aux"])
     text = lambda_study.table(rows, config)
-    assert "| unstructured | 70% | restart + refine |" in text and " ± " in text
+    assert "| 2 | unstructured | 70% | restart + refine |" in text and " ± " in text
+    assert "cosine at 10 tokens" in text
+    # FLS − K-FAC, FLS − K-FAC start (absent: "—"), FLS − SparseGPT; and at 10 tokens, FLS − K-FAC
+    first = text.splitlines()[4].split(" | ")
+    assert " ± " in first[6] and first[7] == "—" and " ± " in first[8] and " ± " in first[10], first
     # fit (2 steps) and one refinement (2 steps), each validated every step: "start → end, kept step k/2"
     assert rows[0]["validation"].count("kept step") == 2 and rows[0]["validation"].count("/2") == 2
-    assert text.rstrip().endswith("| — |"), "K-FAC validates nothing"
+    assert text.rstrip().endswith("| — |"), "SparseGPT validates nothing"
     assert all(0.0 < r["val_cosine"] <= 1.0 for r in rows)
     paths = lambda_study.write(rows, config, tmp_path)
     assert all(p.exists() for p in paths)
@@ -384,3 +398,14 @@ def test_lambda_study_quick_runs_all_variants():
 
     rows = lambda_study.run(_lambda_config(), log=lambda _: None)
     assert [r["variant"] for r in rows] == list(lambda_study.VARIANTS)
+
+
+def test_overrides_are_typed_by_the_field_even_when_its_default_tuple_is_empty():
+    from benchmarks.quality import lambda_study, minilm
+
+    parsed = minilm.parse_overrides(
+        ["calib_sizes=16,32", "sparsities=0.7,0.8", "variants=fit,K-FAC", "other_length=48"], lambda_study.Config
+    )
+    assert parsed == dict(calib_sizes=(16, 32), sparsities=(0.7, 0.8), variants=("fit", "K-FAC"), other_length=48)
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        minilm.parse_overrides(["calib=16"], lambda_study.Config)
