@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--ablation", action="store_true", help="minilm: the ablation of FLS's options (70%%)")
     q.add_argument("--variants", type=int, nargs="+", help="ablation: run these rows only (indices)")
     q.add_argument(
-        "--lambda-study", action="store_true", help="minilm: does the learned λ help (FLS vs its K-FAC start and K-FAC)"
+        "--lambda-study",
+        action="store_true",
+        help="does the learned λ help (FLS vs its 0-aux-step start and K-FAC); minilm or digits",
     )
     q.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
@@ -85,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         args.out = "out/quality" if args.model == "digits" else "out/minilm" + ("_reduced" if args.reduced else "")
         args.out = "out/minilm_ablation" if args.ablation else args.out
         args.out = "out/minilm_lambda" + ("_quick" if args.quick else "") if args.lambda_study else args.out
+        args.out = "out/digits_lambda" if args.lambda_study and args.model == "digits" else args.out
+    if args.command == "quality" and args.lambda_study and args.model == "digits":
+        from benchmarks.quality import digits_lambda
+
+        config = digits_lambda.Config(**(digits_lambda.SMOKE if args.quick else {}))
+        if args.seed_list:
+            config.seeds = tuple(args.seed_list)
+        if args.merge:
+            rows, stamp = digits_lambda.merge([Path(p) for p in args.merge])
+        else:
+            stamp = f"{runner.stamp_line('cpu')} {config.protocol.threads} torch thread(s)."
+            rows = digits_lambda.run(config)
+        print(digits_lambda.table(rows, config))
+        print("wrote", ", ".join(str(p) for p in digits_lambda.write(rows, config, args.out, stamp)))
+        return 0
     if args.command == "quality" and args.lambda_study:
         from benchmarks.quality import lambda_study, minilm
 

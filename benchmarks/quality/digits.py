@@ -129,24 +129,32 @@ def one_shot(method, dense, data, protocol, seed, relative_damping, sparsities) 
     model = copy.deepcopy(dense)
     pruner = make(method, model, relative_damping, protocol, seed)
     fit(pruner, data, protocol)
+    return prune_each(pruner, model, data, sparsities, 1 if method in LAYERWISE else protocol.substeps)
+
+
+def prune_each(
+    pruner: fls.Pruner, model: nn.Module, data: Split, sparsities: tuple[float, ...], substeps: int
+) -> dict[float, tuple[float, float]]:
+    """(validation, test) accuracy after pruning the fitted ``pruner``'s model to each sparsity from where it is
+    now (the pruner's state and the weights restored between sparsities)."""
     state, weights = pruner.state_dict(), copy.deepcopy(model.state_dict())
     out = {}
     for s in sparsities:
         pruner.load_state_dict(state)
         model.load_state_dict(weights)
-        pruner.prune(s, substeps=1 if method in LAYERWISE else protocol.substeps)
+        pruner.prune(s, substeps=substeps)
         out[s] = (demo.accuracy(model, data.x_val, data.y_val), demo.accuracy(model, data.x_test, data.y_test))
     return out
 
 
-def gradual(method, dense, data, protocol, seed, relative_damping, target) -> float:
-    """Test accuracy after fine-tuning with a cubic schedule to ``target``, masks held, same budget for all."""
+def gradual(method, dense, data, protocol, seed, relative_damping, target, build=None) -> float:
+    """Test accuracy after fine-tuning with a cubic schedule to ``target``, masks held, same budget for all;
+    ``build(model, **schedule)`` makes the pruner instead of ``method``'s (it is fitted with ``fit``)."""
     torch.manual_seed(seed)
     model = copy.deepcopy(dense)
     schedule = fls.CubicSchedule(0.5, target, start=0, end=protocol.prune_until, every=protocol.prune_every)
-    pruner = make(
-        method, model, relative_damping, protocol, seed, schedule=schedule, substeps=protocol.gradual_substeps
-    )
+    kw = dict(schedule=schedule, substeps=protocol.gradual_substeps)
+    pruner = build(model, **kw) if build else make(method, model, relative_damping, protocol, seed, **kw)
     fit(pruner, data, protocol)
     opt = torch.optim.Adam(model.parameters(), lr=protocol.finetune_lr)
     model.train()
@@ -181,9 +189,7 @@ def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
     results = Results(protocol, stamp=f"{stamp_line('cpu')} {protocol.threads} torch thread(s).")  # before it runs
     start = time.perf_counter()
     for seed in protocol.seeds:
-        data = split(seed)
-        torch.manual_seed(seed)
-        dense = demo.train(demo.DigitsCNN(), demo.Digits(*_train_tensors(data), data.x_test, data.y_test), seed=seed)
+        data, dense = trained(seed)
         results.rows.append(
             dict(
                 seed=seed,
@@ -220,6 +226,13 @@ def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
             )
     results.seconds = time.perf_counter() - start
     return results
+
+
+def trained(seed: int) -> tuple[Split, nn.Module]:
+    """The seed's data splits and its dense CNN, trained on the training split."""
+    data = split(seed)
+    torch.manual_seed(seed)
+    return data, demo.train(demo.DigitsCNN(), demo.Digits(*_train_tensors(data), data.x_test, data.y_test), seed=seed)
 
 
 def _train_tensors(data: Split) -> tuple[torch.Tensor, torch.Tensor]:

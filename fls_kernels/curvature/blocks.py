@@ -9,11 +9,15 @@ PSD by construction. Initialisations: identity (Q₀ = s·I), diagonal (Q₀ = d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from fls_kernels import ops
+
+T = TypeVar("T")
 
 
 class KronBlock(nn.Module):
@@ -35,6 +39,7 @@ class KronBlock(nn.Module):
         self.L = nn.Parameter(torch.eye(n, dtype=dtype, device=device))
         self.A = nn.Parameter(torch.ones(m, n, dtype=dtype, device=device))
         self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+        self._memo: dict[str, tuple[tuple, object]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -55,6 +60,16 @@ class KronBlock(nn.Module):
             with torch.no_grad():
                 self._cache = (key, (self.R.mT @ self.R, self.L @ self.L.mT))
         return self._cache[1]
+
+    def memo(self, name: str, compute: Callable[[], T]) -> T:
+        """``compute()`` (without gradients), cached under ``name`` while λ = (R, L, A) is unchanged: for derived
+        factors a solver reads at every sub-step."""
+        key = tuple((p._version, p.data_ptr()) for p in (self.R, self.L, self.A))
+        hit = self._memo.get(name)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = self._memo[name] = (key, compute())
+        return hit[1]  # type: ignore[return-value]
 
     def factor_diags(self) -> tuple[Tensor, Tensor]:
         """(r, l) = (diag G_R, diag G_L) = (‖R[:, i]‖², ‖L[j, :]‖²)."""

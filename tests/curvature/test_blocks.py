@@ -43,6 +43,32 @@ def test_grams_are_cached_until_lambda_changes():
     torch.testing.assert_close(g2[0], 4 * g1[0])
 
 
+def test_memo_recomputes_only_after_lambda_changes():
+    """A solver's derived factors are computed once per λ: again after an in-place optimizer step on any of R, L,
+    A, or a load, not otherwise; without recording gradients."""
+    block = randomised(3, 4)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return block.A.sum() * 1.0
+
+    first = block.memo("x", compute)
+    assert block.memo("x", compute) is first and len(calls) == 1 and not first.requires_grad
+    for change in (
+        lambda: torch.optim.SGD(block.parameters(), lr=0.1).step(),
+        lambda: block.load_state_dict({k: v + 1 for k, v in block.state_dict().items()}),
+    ):
+        block.zero_grad()
+        block.qv(torch.randn(3, 4, dtype=F64)).sum().backward()
+        before = len(calls)
+        change()
+        again = block.memo("x", compute)
+        assert len(calls) == before + 1 and block.memo("x", compute) is again
+    torch.testing.assert_close(block.memo("x", compute), block.A.detach().sum())
+    assert block.memo("y", lambda: 7) == 7, "names are cached apart"
+
+
 def test_qv_is_differentiable_in_lambda():
     block = randomised(3, 4)
     block.qv(torch.randn(3, 4, dtype=F64)).sum().backward()

@@ -101,3 +101,43 @@ def test_statistics_equal_per_sample_definitions():
         torch.testing.assert_close(s.diag, diag[i] / count)
         torch.testing.assert_close(s.act_cov, act[i] / count)
         torch.testing.assert_close(s.grad_cov, grad[i] / count)
+
+
+class Tokens(nn.Module):
+    """Linear layers over a sequence (T locations per sample), one wide enough for the Gram-matrix trace at short T,
+    one not, and a grouped convolution (Gram per group at short T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide = nn.Linear(12, 11)
+        self.narrow = nn.Linear(11, 2)
+        self.conv = nn.Conv1d(4, 24, 3, groups=2, bias=False)
+
+    def forward(self, x):  # x: [B, 4, T]
+        h = torch.tanh(self.conv(x)).transpose(1, 2)  # [B, T - 2, 24]
+        h = h[..., :12] * h[..., 12:]  # [B, T - 2, 12]
+        return self.narrow(torch.tanh(self.wide(h))).sum(1)
+
+
+@pytest.mark.parametrize("T", [4, 40], ids=["short", "long"])
+def test_trace_only_statistics_equal_the_trace_of_the_full_diagonal(T):
+    """diag=False keeps tr F̂ (by Gram matrices of the locations where that is cheaper, by per-sample gradients
+    otherwise): the same mean diag F̂ as the full diagonal, the same K-FAC factors, and no diagonal to read."""
+    torch.manual_seed(T)
+    model = Tokens().double()
+    views = find_layers(model)
+    xs = [torch.randn(3, 4, T, dtype=F64) for _ in range(2)]
+    curv = ModelCurvature(model, views, Gaussian(0.8))
+    full, trace = (
+        curv.statistics(iter(xs), 2, kfac=True, diag=d, generator=torch.Generator().manual_seed(5))
+        for d in (True, False)
+    )
+    for f, t in zip(full, trace):
+        assert f.diag_mean > 0
+        assert t.diag_mean == pytest.approx(f.diag.mean().item(), rel=1e-12)
+        assert f.diag_mean == pytest.approx(f.diag.mean().item(), rel=1e-12)
+        torch.testing.assert_close(t.act_cov, f.act_cov)
+        torch.testing.assert_close(t.grad_cov, f.grad_cov)
+        with pytest.raises(RuntimeError, match="only the trace"):
+            t.diag
+    assert [len(t.totals()[0]) for t in trace] == [1, 1, 1]

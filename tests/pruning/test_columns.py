@@ -176,6 +176,18 @@ def test_upper_factor_is_a_cholesky_factor_even_when_singular():
     torch.testing.assert_close(U.T @ U, M @ M.T, atol=1e-6, rtol=1e-6)
 
 
+def test_upper_factor_falls_back_to_qr_where_cholesky_fails(monkeypatch):
+    from fls_kernels.pruning.methods.kron_obs import upper_factor
+
+    M = torch.randn(7, 7, generator=torch.Generator().manual_seed(2), dtype=F64)
+    fast = upper_factor(M)
+    failed = lambda A, upper: (torch.full_like(A, float("nan")), torch.tensor(3))  # noqa: E731
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failed)
+    slow = upper_factor(M)
+    assert torch.equal(slow, slow.triu()) and (slow.diagonal() > 0).all()
+    torch.testing.assert_close(slow, fast, atol=1e-10, rtol=1e-10)
+
+
 def obs_loss(W0, W, H):
     """½ Σ_rows δᵀ H δ: the layer-output loss of moving W0 to W (H = the curvature, C⁻¹)."""
     D = W - W0

@@ -70,17 +70,20 @@ class FisherMethod(Method):
     @staticmethod
     def mean_diag(stats: list[LayerStats]) -> float:
         """mean(diag F̂) over every prunable entry."""
-        return sum(float(s.diag.sum()) for s in stats) / sum(s.diag.numel() for s in stats)
+        sizes = [s.view.m * s.view.n for s in stats]
+        return sum(s.diag_mean * k for s, k in zip(stats, sizes)) / sum(sizes)
 
-    def statistics(self, kfac: bool, captures: list[Capture] | None = None) -> list[LayerStats]:
+    def statistics(self, kfac: bool, captures: list[Capture] | None = None, diag: bool = True) -> list[LayerStats]:
         """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels); with
-        ``captures``, the batches' patches and output gradients are appended to it."""
+        ``captures``, the batches' patches and output gradients are appended to it; ``diag=False`` keeps only
+        tr F̂ of diag F̂."""
         stream = self.ctx.data.require("fit")
         with timing.section("statistics"):
             return self.curvature.statistics(
                 stream,
                 self.stat_batches,
                 kfac=kfac,
+                diag=diag,
                 generator=self.generator,
                 comm=self.ctx.mode.comm,
                 captures=captures,

@@ -114,7 +114,7 @@ class FishLeg(KronOBS):
     def _start(self) -> None:
         """λ from the ``init`` statistics of the model as it is now (masked, once pruning started)."""
         captures = [] if self._layerwise_fvp else None
-        stats = self.statistics(kfac=self.init == "kfac", captures=captures)
+        stats = self.statistics(kfac=self.init == "kfac", captures=captures, diag=self.init == "diagonal")
         self._captures = captures
         mean_diag = self.mean_diag(stats)
         damping = self.resolve_damping(mean_diag)  # the first fit's γ, kept afterwards

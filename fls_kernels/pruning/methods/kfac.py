@@ -25,7 +25,7 @@ class KFAC(Recomputing, KronOBS):
         return self._fitted
 
     def recompute(self) -> None:
-        stats = self.statistics(kfac=True)
+        stats = self.statistics(kfac=True, diag=False)
         damping = self.resolve_damping(self.mean_diag(stats))
         for i, block in self.local_blocks():
             block.init_kfac(stats[i].act_cov, stats[i].grad_cov, damping)

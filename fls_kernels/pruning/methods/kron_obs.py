@@ -152,8 +152,7 @@ class KronOBS(FisherMethod):
         """Row-wise exact OBS, column by column, with C = D_c G_L D_c (:mod:`..columns`), of ``prune`` or, adaptive,
         of as many weights (N:M: zeros per group) chosen on the way; returns the adaptive alive mask."""
         view, block = self.ctx.views[index], self.blocks[index]
-        r, c = rank_one(block.A.detach().to(torch.float64))
-        U = upper_factor(c[:, None] * block.L.detach().to(torch.float64))
+        r, c, U = block.memo("columns", lambda: column_factors(block))
         if not bool(torch.isfinite(U).all()):
             raise ValueError(f"update: Q's input factor of layer {view.name!r} is not finite")
         U, alive = U.to(W.dtype), keep | prune
@@ -231,11 +230,23 @@ def rank_one(A: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:
     return r * scale, c / scale
 
 
+def column_factors(block: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
+    """(r, c, U) in float64: A ≈ r cᵀ (:func:`rank_one`) and Uᵀ U = D_c G_L D_c (:func:`upper_factor`), what the
+    column solver reads of Q; constant while λ is."""
+    r, c = rank_one(block.A.detach().to(torch.float64))
+    return r, c, upper_factor(c[:, None] * block.L.detach().to(torch.float64))
+
+
 def upper_factor(M: Tensor, jitter: float = 1e-10) -> Tensor:
-    """Upper-triangular U with Uᵀ U = M Mᵀ + ε I (ε = jitter × mean diag M Mᵀ), by a QR factorisation of
-    [Mᵀ; √ε I]: positive semi-definite by construction, where a Cholesky factor of a rounded M Mᵀ can fail."""
+    """Upper-triangular U with Uᵀ U = M Mᵀ + ε I (ε = jitter × mean diag M Mᵀ): a Cholesky factor, or where that
+    fails on a rounded M Mᵀ, a QR factorisation of [Mᵀ; √ε I] (positive semi-definite by construction)."""
     n = M.shape[0]
     eps = jitter * M.square().sum() / n
+    gram = M @ M.mT
+    gram.diagonal().add_(eps)
+    U, info = torch.linalg.cholesky_ex(gram, upper=True)
+    if int(info) == 0 and bool(torch.isfinite(U).all()):
+        return U
     stacked = torch.cat([M.mT, eps.sqrt() * torch.eye(n, dtype=M.dtype, device=M.device)])
     U = torch.linalg.qr(stacked, mode="r").R
     signs = torch.where(U.diagonal() < 0, -1.0, 1.0).to(U.dtype)

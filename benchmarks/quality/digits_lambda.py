@@ -1,0 +1,366 @@
+"""Does the learned λ help on the digits CNN? FLS fitted against the same configuration at 0 aux steps, K-FAC with
+the same update rule and oBERT, one-shot at several calibration sizes; and in gradual pruning, λ refined
+(progressive assimilation) against λ re-fitted from K-FAC statistics at each pruning step and K-FAC re-estimated.
+
+One-shot variants (all with the FishLeg Surgeon's diagonal update −Q z, global allocation, ``protocol.substeps``
+sub-steps; FLS fits λ with ``protocol.fls_fit_steps`` aux steps and refines it with ``protocol.fls_refine_steps``
+before each later sub-step):
+- ``FLS-diagonal``: λ from the diagonal Fisher start (the digits study's best FLS);
+- ``FLS-diagonal, 0 aux steps``: the same with no aux step (Q = diag(F̂ + γ)⁻¹: OBD's scores, OBS's update);
+- ``FLS, K-FAC start`` and ``FLS, K-FAC start, 0 aux steps``: λ from K-FAC statistics;
+- ``K-FAC``: K-FAC-OBS, re-estimated before every sub-step (the same Q form and update, no learning);
+- ``oBERT``: block-diagonal empirical Fisher (its own update), as many gradients as calibration samples (≤ 1024).
+
+Calibration: the first n samples of the training split (batches of at most 128; every method's statistics and aux
+steps read only those). Damping per variant and seed from ``damping_grid`` × mean diag F̂ by validation accuracy at
+``sweep_sparsity`` with the largest calibration size; the test split is never used for choices.
+
+Gradual variants (to ``gradual_target`` with the digits study's schedule, fine-tuning budget and calibration; the
+diagonal update; damping of the one-shot variant each starts like):
+- ``refined``: FLS-diagonal, λ refined with ``protocol.fls_gradual_refine_steps`` before each pruning step;
+- ``refined, K-FAC start``: the same from K-FAC statistics;
+- ``re-fitted from K-FAC``: λ restarted from K-FAC statistics of the masked model at each pruning step, then as
+  many aux steps (``refine_from="init"``);
+- ``refined, few steps``: the K-FAC start refined with ``cheap_refine_steps`` only, nearer K-FAC's compute;
+- ``K-FAC re-estimated``: K-FAC-OBS re-estimated at each pruning step.
+
+``python -m benchmarks quality --model digits --lambda-study [--seed-list 0 1 2]`` writes digits_lambda.csv and
+digits_lambda.md (``--merge`` combines runs over disjoint seeds).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import fls_kernels as fls
+from benchmarks.quality import digits
+from benchmarks.runner import stamp_line, write_csv
+
+ONE_SHOT = (
+    "FLS-diagonal",
+    "FLS-diagonal, 0 aux steps",
+    "FLS, K-FAC start",
+    "FLS, K-FAC start, 0 aux steps",
+    "K-FAC",
+    "oBERT",
+)
+GRADUAL = ("refined", "refined, K-FAC start", "re-fitted from K-FAC", "refined, few steps", "K-FAC re-estimated")
+#: statistics batches (of 128) of the gradual runs, as in the digits study; aux steps read the whole training split
+GRADUAL_BATCHES = 8
+#: the one-shot variant whose chosen damping each gradual variant uses
+GRADUAL_DAMPING = {
+    "refined": "FLS-diagonal",
+    "refined, K-FAC start": "FLS, K-FAC start",
+    "re-fitted from K-FAC": "FLS, K-FAC start",
+    "refined, few steps": "FLS, K-FAC start",
+    "K-FAC re-estimated": "K-FAC",
+}
+
+
+@dataclass
+class Config:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    calib_sizes: tuple[int, ...] = (64, 256, 1024)
+    sparsities: tuple[float, ...] = (0.8, 0.9)
+    sweep_sparsity: float = 0.8
+    damping_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
+    one_shot: tuple[str, ...] = ONE_SHOT
+    gradual: tuple[str, ...] = GRADUAL
+    gradual_target: float = 0.95
+    cheap_refine_steps: int = 10
+    protocol: digits.Protocol = field(default_factory=digits.Protocol)
+
+
+#: a CI-sized run (budgets of a smoke test, not a result)
+SMOKE = dict(
+    seeds=(0,),
+    calib_sizes=(32, 64),
+    damping_grid=(1.0,),
+    cheap_refine_steps=1,
+    protocol=digits.Protocol(
+        substeps=2,
+        fls_fit_steps=2,
+        fls_refine_steps=1,
+        fls_gradual_refine_steps=2,
+        finetune_steps=6,
+        prune_until=4,
+        prune_every=2,
+        gradual_substeps=1,
+        obert_grads=16,
+    ),
+)
+
+
+def calibration(data: digits.Split, n: int) -> list:
+    """The first ``n`` training samples, in batches of at most 128."""
+    xs, ys = digits._train_tensors(data)
+    if not 1 <= n <= len(xs):
+        raise ValueError(f"calib_sizes: {n} outside 1..{len(xs)} (the training split)")
+    size = min(n, 128)
+    return [(xs[i : min(i + size, n)], ys[i : min(i + size, n)]) for i in range(0, n, size)]
+
+
+def make(
+    variant: str, model: nn.Module, *, damping: float, config: Config, seed: int, batches: int, **kw
+) -> fls.Pruner:
+    """The pruner of a one-shot or gradual ``variant`` (see the module docstring) reading ``batches`` batches."""
+    p = config.protocol
+    common = dict(relative_damping=damping, seed=seed, **kw)
+    if variant == "oBERT":
+        return fls.OBERTPruner(model, num_grads=min(p.obert_grads, batches * 128), **common)
+    if variant in ("K-FAC", "K-FAC re-estimated"):
+        return fls.KFACPruner(model, stat_batches=batches, **common)
+    diagonal_start = variant.startswith("FLS-diagonal") or variant == "refined"
+    if "0 aux steps" in variant:
+        refine = 0
+    elif variant in GRADUAL:
+        refine = config.cheap_refine_steps if variant == "refined, few steps" else p.fls_gradual_refine_steps
+    else:
+        refine = p.fls_refine_steps
+    return fls.FishLegPruner(
+        model,
+        init="diagonal" if diagonal_start else "kfac",
+        init_batches=batches,
+        update="diagonal",
+        refine_steps=refine,
+        refine_from="init" if variant == "re-fitted from K-FAC" else "current",
+        **common,
+    )
+
+
+def fit_steps(variant: str, config: Config) -> int:
+    fls_variant = variant.startswith("FLS") or variant in GRADUAL and variant != "K-FAC re-estimated"
+    return 0 if "0 aux steps" in variant or not fls_variant else config.protocol.fls_fit_steps
+
+
+def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float, tuple[float, float]], float]:
+    """(validation, test) accuracy per sparsity from one fit on ``n`` calibration samples, and its seconds."""
+    t0 = time.perf_counter()
+    loader = calibration(data, n)
+    model = copy.deepcopy(dense)
+    pruner = make(variant, model, damping=damping, config=config, seed=seed, batches=len(loader))
+    pruner.fit(loader, steps=fit_steps(variant, config))
+    out = digits.prune_each(pruner, model, data, tuple(config.sparsities), config.protocol.substeps)
+    return out, time.perf_counter() - t0
+
+
+def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Every row of the study, at ``config.protocol.threads`` torch threads (the caller's restored after)."""
+    config = config or Config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.protocol.threads)
+    try:
+        return _run(config, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
+    unknown = [v for v in config.one_shot if v not in ONE_SHOT] + [v for v in config.gradual if v not in GRADUAL]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}; choose from {list(ONE_SHOT)} and {list(GRADUAL)}")
+    if config.sweep_sparsity not in config.sparsities:
+        raise ValueError(f"sweep_sparsity: {config.sweep_sparsity} is not one of sparsities {config.sparsities}")
+    rows: list[dict] = []
+    largest, rest = max(config.calib_sizes), sorted(set(config.calib_sizes) - {max(config.calib_sizes)})
+    for seed in config.seeds:
+        data, dense = digits.trained(seed)
+        chosen: dict[str, float] = {}
+        for variant in config.one_shot:
+            sweep = {g: one_shot(variant, dense, data, config, seed, g, largest) for g in config.damping_grid}
+            best = max(config.damping_grid, key=lambda g: sweep[g][0][config.sweep_sparsity][0])
+            chosen[variant] = best
+            found = {largest: sweep[best], **{n: one_shot(variant, dense, data, config, seed, best, n) for n in rest}}
+            for n, (accs, seconds) in sorted(found.items()):
+                for s, (val, test) in accs.items():
+                    rows.append(
+                        dict(
+                            seed=seed,
+                            mode="one-shot",
+                            variant=variant,
+                            calibration=n,
+                            sparsity=s,
+                            damping=best,
+                            val_accuracy=val,
+                            accuracy=test,
+                            seconds=seconds,
+                        )
+                    )
+            log(f"seed {seed} {variant:<30} γ×{best:<5} " + _summary(rows, seed, variant))
+        for variant in config.gradual:
+            damping = chosen.get(GRADUAL_DAMPING[variant], 1.0)
+            t0 = time.perf_counter()
+
+            build = partial(
+                make, variant, damping=damping, config=config, seed=seed, batches=min(GRADUAL_BATCHES, len(data.train))
+            )
+            acc = digits.gradual(variant, dense, data, config.protocol, seed, damping, config.gradual_target, build)
+            seconds = time.perf_counter() - t0
+            rows.append(
+                dict(
+                    seed=seed,
+                    mode="gradual",
+                    variant=variant,
+                    calibration=sum(len(y) for _, y in data.train),
+                    sparsity=config.gradual_target,
+                    damping=damping,
+                    val_accuracy=float("nan"),
+                    accuracy=acc,
+                    seconds=seconds,
+                )
+            )
+            log(f"seed {seed} gradual {variant:<26} γ×{damping:<5} {acc:.3f} ({seconds:.0f} s)")
+    return rows
+
+
+def _summary(rows: list[dict], seed: int, variant: str) -> str:
+    mine = [r for r in rows if r["seed"] == seed and r["variant"] == variant and r["mode"] == "one-shot"]
+    return " ".join(f"{r['calibration']}/{r['sparsity']:.0%}:{r['accuracy']:.3f}" for r in mine)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def _paired(rows: list[dict], a: str, b: str, **cell) -> str:
+    """mean ± standard error over seeds of (a − b) in one cell; "—" without both."""
+    pick = {
+        (r["variant"], r["seed"]): r["accuracy"]
+        for r in rows
+        if all(r[k] == v for k, v in cell.items()) and r["variant"] in (a, b)
+    }
+    diffs = [pick[(a, s)] - pick[(b, s)] for s in sorted({s for _, s in pick}) if (a, s) in pick and (b, s) in pick]
+    if not diffs:
+        return "—"
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.fmean(diffs):+.3f} ± {se:.3f}"
+
+
+#: the paired one-shot differences tabulated (a − b)
+PAIRS = (
+    ("FLS-diagonal", "FLS-diagonal, 0 aux steps"),
+    ("FLS-diagonal", "K-FAC"),
+    ("FLS-diagonal", "oBERT"),
+    ("FLS, K-FAC start", "FLS, K-FAC start, 0 aux steps"),
+    ("FLS, K-FAC start", "K-FAC"),
+)
+
+
+def table(rows: list[dict], config: Config) -> str:
+    p = config.protocol
+    seeds = sorted({r["seed"] for r in rows})
+    shot = [r for r in rows if r["mode"] == "one-shot"]
+    variants = [v for v in ONE_SHOT if any(r["variant"] == v for r in shot)]
+    cells = sorted({(r["calibration"], r["sparsity"]) for r in shot})
+    lines = [
+        f"Digits CNN, seeds {seeds}. One-shot: {p.substeps} sub-steps, no fine-tuning, the diagonal update −Q z "
+        f"(oBERT: its own), global allocation; FLS fits λ with {p.fls_fit_steps} aux steps and refines it with "
+        f"{p.fls_refine_steps} before each later sub-step; calibration: the first n training samples for every "
+        f"method. Damping per variant and seed from {list(config.damping_grid)} × mean diag F̂ by validation "
+        f"accuracy at {config.sweep_sparsity:.0%} with {max(config.calib_sizes)} samples. Test accuracy, mean ± sd "
+        "over seeds.",
+        "",
+        "| calibration | sparsity | " + " | ".join(variants) + " |",
+        "|---:|---:|" + "---:|" * len(variants),
+    ]
+    for n, s in cells:
+        values = [
+            [r["accuracy"] for r in shot if (r["calibration"], r["sparsity"], r["variant"]) == (n, s, v)]
+            for v in variants
+        ]
+        lines.append(f"| {n} | {s:.0%} | " + " | ".join(_mean_sd(v) for v in values) + " |")
+    seconds = {
+        v: statistics.fmean(
+            [r["seconds"] for r in shot if r["variant"] == v and r["calibration"] == max(config.calib_sizes)]
+            or [float("nan")]
+        )
+        for v in variants
+    }
+    lines += [
+        "",
+        f"Seconds per fit and its {len(config.sparsities)} prunes at {max(config.calib_sizes)} samples (mean over "
+        "seeds and dampings): " + ", ".join(f"{v} {t:.0f}" for v, t in seconds.items()) + ".",
+        "",
+        "Paired differences in test accuracy (a − b), mean ± standard error over seeds:",
+        "",
+        "| calibration | sparsity | " + " | ".join(f"{a} − {b}" for a, b in PAIRS) + " |",
+        "|---:|---:|" + "---:|" * len(PAIRS),
+    ]
+    for n, s in cells:
+        lines.append(
+            f"| {n} | {s:.0%} | " + " | ".join(_paired(shot, a, b, calibration=n, sparsity=s) for a, b in PAIRS) + " |"
+        )
+    grad = [r for r in rows if r["mode"] == "gradual"]
+    if grad:
+        gvariants = [v for v in GRADUAL if any(r["variant"] == v for r in grad)]
+        lines += [
+            "",
+            f"Gradual to {config.gradual_target:.0%} (the digits study's schedule and {p.finetune_steps} Adam steps; "
+            f"FLS fits λ with {p.fls_fit_steps} aux steps first and refines it with {p.fls_gradual_refine_steps} "
+            f"({config.cheap_refine_steps} for “few steps”) before each pruning step, plus one aux step per training "
+            "step; the diagonal update; damping of the matching one-shot variant). Test accuracy; paired to K-FAC "
+            "re-estimated; seconds of the whole run (fine-tuning included), mean over seeds.",
+            "",
+            "| variant | accuracy | − K-FAC re-estimated | seconds |",
+            "|---|---:|---:|---:|",
+        ]
+        for v in gvariants:
+            mine = [r for r in grad if r["variant"] == v]
+            diff = "—" if v == "K-FAC re-estimated" else _paired(grad, v, "K-FAC re-estimated")
+            secs = statistics.fmean(r["seconds"] for r in mine)
+            lines.append(f"| {v} | {_mean_sd([r['accuracy'] for r in mine])} | {diff} | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+FIELDS = ["seed", "mode", "variant", "calibration", "sparsity", "damping", "val_accuracy", "accuracy", "seconds"]
+
+
+def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
+    """digits_lambda.csv and digits_lambda.md; ``stamp`` (default: this checkout now) names where the rows ran."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "digits_lambda.csv", FIELDS, rows)
+    (out / "digits_lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line('cpu')}\n")
+    (out / "stamp.txt").write_text(stamp or stamp_line("cpu"))
+    return [out / "digits_lambda.csv", out / "digits_lambda.md"]
+
+
+def merge(parts: list[Path]) -> tuple[list[dict], str]:
+    """The rows of several runs over disjoint seeds (their digits_lambda.csv), and their stamps."""
+    rows: list[dict] = []
+    stamps: list[str] = []
+    for part in parts:
+        with open(Path(part) / "digits_lambda.csv") as f:
+            got = [
+                {
+                    **r,
+                    "seed": int(r["seed"]),
+                    "calibration": int(r["calibration"]),
+                    **{k: float(r[k]) for k in ("sparsity", "damping", "val_accuracy", "accuracy", "seconds")},
+                }
+                for r in csv.DictReader(f)
+            ]
+        clash = {r["seed"] for r in got} & {r["seed"] for r in rows}
+        if clash:
+            raise ValueError(f"merge: seeds {sorted(clash)} appear in more than one run ({part})")
+        rows += got
+        stamp = Path(part) / "stamp.txt"
+        if stamp.exists() and stamp.read_text().strip() not in stamps:
+            stamps.append(stamp.read_text().strip())
+    return rows, " ".join(stamps)
+
+
+__all__ = ["Config", "GRADUAL", "ONE_SHOT", "SMOKE", "make", "merge", "run", "table", "write"]
