@@ -67,6 +67,11 @@ GRADUAL_DAMPING = {
 }
 
 
+#: the variants the full study runs (the K-FAC start's fitted one-shot variant is left to the MiniLM study, where that
+#: start is the recommended one; here it costs as much as FLS-diagonal's)
+STUDY_ONE_SHOT = tuple(v for v in ONE_SHOT if v != "FLS, K-FAC start")
+
+
 @dataclass
 class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -74,7 +79,7 @@ class Config:
     sparsities: tuple[float, ...] = (0.8, 0.9)
     sweep_sparsity: float = 0.8
     damping_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
-    one_shot: tuple[str, ...] = ONE_SHOT
+    one_shot: tuple[str, ...] = STUDY_ONE_SHOT
     gradual: tuple[str, ...] = GRADUAL
     gradual_target: float = 0.95
     cheap_refine_steps: int = 10
