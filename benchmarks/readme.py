@@ -62,7 +62,8 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "minilm_reduced/minilm.md",
     ),
     (
-        "all-MiniLM-L6-v2, does the learned λ help? (`python -m benchmarks quality --model minilm --lambda-study`)",
+        "all-MiniLM-L6-v2, does the learned λ help? (`python -m benchmarks quality --model minilm --lambda-study "
+        "--set damping=1e-4`)",
         "minilm_lambda/lambda.md",
     ),
     (
@@ -84,6 +85,32 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
             f"minilm_lambda_sweep_{g}/lambda.md",
         )
         for g in ("1e-4", "1e-3", "1e-2", "1e-1")
+    ),
+    (
+        "all-MiniLM-L6-v2, does the learned λ help, 256 calibration sentences, 70%, 80% and 2:4, beside SparseGPT "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set calib_sentences=256 calib_sizes=256 "
+        "'variants=K-FAC start,fit,K-FAC,SparseGPT' val_sentences=128 eval_sentences=256 damping=1e-3 "
+        "sparsities=0.7,0.8 patterns=unstructured,2:4 other_length=64 --out out/lambda_256`)",
+        "lambda_256/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, does the learned λ help with little data: 16, 32 and 64 calibration sentences "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set calib_sentences=256 calib_sizes=16,32,64 "
+        "'variants=K-FAC start,fit,K-FAC,SparseGPT' val_sentences=128 eval_sentences=256 damping=1e-3 "
+        "sparsities=0.7 patterns=unstructured other_length=64 --out out/lambda_low`)",
+        "lambda_low/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, the recommended transformer recipe's wall time against SparseGPT, 70%, 128 calibration "
+        "sentences of at most 48 tokens (`python -m benchmarks quality --model minilm --lambda-study --set "
+        "calib_sentences=128 val_sentences=32 eval_sentences=256 max_length=48 damping=1e-3 sparsities=0.7 "
+        "'variants=K-FAC start,SparseGPT' --out out/lambda_speed`)",
+        "lambda_speed/lambda.md",
+    ),
+    (
+        "digits CNN, does the learned λ help? (`python -m benchmarks quality --model digits --lambda-study "
+        "--seed-list …`: one process per core, then `--merge`)",
+        "digits_lambda/digits_lambda.md",
     ),
 ]
 

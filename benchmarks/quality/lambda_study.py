@@ -30,6 +30,7 @@ writes lambda.csv, lambda_sentences.csv and lambda.md.
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import time
@@ -52,6 +53,21 @@ VARIANTS = (
     "SparseGPT",
 )
 REFERENCE = "K-FAC"
+#: the transformer recipe the README recommends, as it writes it: the "K-FAC start" variant (FLS with no aux step),
+#: its options chosen on the validation split; then ``fit(loader, steps=0)`` and ``prune(s, substeps=4)``
+RECIPE_CALL = (
+    'FishLegPruner(model, init="kfac", update="adaptive", relative_damping=1e-3, allocation="uniform", '
+    "refine_steps=0)"
+)
+RECIPE_FIT_STEPS, RECIPE_SUBSTEPS = 0, 4
+
+
+def recipe() -> dict:
+    """The keyword options of :data:`RECIPE_CALL`."""
+    call = ast.parse(RECIPE_CALL, mode="eval").body
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
 #: the paired differences tabulated: each row minus these variants of its cell, where they ran
 REFERENCES = ("K-FAC", "K-FAC start", "SparseGPT")
 
@@ -73,7 +89,7 @@ class Config:
     refine_steps: int = 20
     validate_every: int = 10
     probes: int = 4
-    damping: float = 1e-4
+    damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
     layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
     seed: int = 0

@@ -409,3 +409,32 @@ def test_overrides_are_typed_by_the_field_even_when_its_default_tuple_is_empty()
     assert parsed == dict(calib_sizes=(16, 32), sparsities=(0.7, 0.8), variants=("fit", "K-FAC"), other_length=48)
     with pytest.raises(ValueError, match="expected FIELD=VALUE"):
         minilm.parse_overrides(["calib=16"], lambda_study.Config)
+
+
+def test_the_readme_recommends_the_recipe_the_lambda_study_measures():
+    """The README's transformer recipe is the study's "K-FAC start" variant with the study's default options."""
+    import re
+    from pathlib import Path
+
+    from benchmarks.quality import lambda_study
+
+    readme = re.sub(r"\s+", " ", (Path(__file__).parents[2] / "README.md").read_text())
+    assert lambda_study.RECIPE_CALL in readme
+    assert f"fit(loader, steps={lambda_study.RECIPE_FIT_STEPS})" in readme
+    assert f"substeps={lambda_study.RECIPE_SUBSTEPS}" in readme
+    config = lambda_study.Config()
+    options = lambda_study.recipe()
+    assert config.damping == options["relative_damping"] and config.substeps == lambda_study.RECIPE_SUBSTEPS
+    model, _ = fls.models.load_minilm("cpu")
+    pruner = lambda_study.make("K-FAC start", model, config, "unstructured", 3, [])
+    method = pruner.method
+    got = dict(
+        init=method.init,
+        update=method.update_rule,
+        relative_damping=method.relative_damping,
+        allocation=pruner.ctx.allocation,
+        refine_steps=method.refine_steps,
+    )
+    assert got == options and method.stat_batches == 3, "init_batches: every calibration batch"
+    assert lambda_study.fit_steps("K-FAC start", config) == lambda_study.RECIPE_FIT_STEPS
+    pruner.finalize()
