@@ -56,8 +56,7 @@ REFERENCE = "K-FAC"
 #: the transformer recipe the README recommends, as it writes it: the "K-FAC start" variant (FLS with no aux step),
 #: its options chosen on the validation split; then ``fit(loader, steps=0)`` and ``prune(s, substeps=4)``
 RECIPE_CALL = (
-    'FishLegPruner(model, init="kfac", update="adaptive", relative_damping=1e-3, allocation="uniform", '
-    "refine_steps=0)"
+    'FishLegPruner(model, init="kfac", update="adaptive", relative_damping=1e-3, allocation="uniform", refine_steps=0)'
 )
 RECIPE_FIT_STEPS, RECIPE_SUBSTEPS = 0, 4
 
