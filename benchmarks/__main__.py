@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = "out/minilm_lambda" + ("_quick" if args.quick else "") if args.lambda_study else args.out
         args.out = "out/digits_lambda" if args.lambda_study and args.model == "digits" else args.out
     if args.command == "quality" and args.lambda_study and args.model == "digits":
-        from benchmarks.quality import digits_lambda
+        from benchmarks.quality import digits, digits_lambda
 
         config = digits_lambda.Config(**(digits_lambda.SMOKE if args.quick else {}))
         if args.seed_list:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.merge:
             rows, stamp = digits_lambda.merge([Path(p) for p in args.merge])
         else:
-            stamp = f"{runner.stamp_line('cpu')} {config.protocol.threads} torch thread(s)."
+            stamp = digits.stamp(config.protocol.threads)  # the checkout the rows run on, before they start
             rows = digits_lambda.run(config)
         print(digits_lambda.table(rows, config))
         print("wrote", ", ".join(str(p) for p in digits_lambda.write(rows, config, args.out, stamp)))

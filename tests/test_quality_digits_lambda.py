@@ -50,7 +50,7 @@ def test_variants_build_the_pruners_they_name():
 
 def test_calibration_is_the_first_n_training_samples():
     data = digits.split(0)
-    xs, _ = digits._train_tensors(data)
+    xs, _ = digits.train_tensors(data)
     loader = digits_lambda.calibration(data, 300)
     assert [len(x) for x, _ in loader] == [128, 128, 44]
     assert (loader[0][0] == xs[:128]).all() and (loader[-1][0] == xs[256:300]).all()

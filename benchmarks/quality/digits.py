@@ -25,7 +25,8 @@ import copy
 import csv
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,16 +178,28 @@ class Results:
 
 def run(protocol: Protocol | None = None, log: Callable[[str], None] = print) -> Results:
     protocol = protocol or Protocol()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(protocol.threads)
-    try:
+    with torch_threads(protocol.threads):
         return _run(protocol, log)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside, the caller's restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def stamp(threads: int) -> str:
+    """Where a run takes place (this checkout now), with its torch thread count."""
+    return f"{stamp_line('cpu')} {threads} torch thread(s)."
 
 
 def _run(protocol: Protocol, log: Callable[[str], None]) -> Results:
-    results = Results(protocol, stamp=f"{stamp_line('cpu')} {protocol.threads} torch thread(s).")  # before it runs
+    results = Results(protocol, stamp=stamp(protocol.threads))  # before it runs
     start = time.perf_counter()
     for seed in protocol.seeds:
         data, dense = trained(seed)
@@ -232,14 +245,16 @@ def trained(seed: int) -> tuple[Split, nn.Module]:
     """The seed's data splits and its dense CNN, trained on the training split."""
     data = split(seed)
     torch.manual_seed(seed)
-    return data, demo.train(demo.DigitsCNN(), demo.Digits(*_train_tensors(data), data.x_test, data.y_test), seed=seed)
+    return data, demo.train(demo.DigitsCNN(), demo.Digits(*train_tensors(data), data.x_test, data.y_test), seed=seed)
 
 
-def _train_tensors(data: Split) -> tuple[torch.Tensor, torch.Tensor]:
+def train_tensors(data: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split's samples and labels, concatenated in batch order."""
     return torch.cat([x for x, _ in data.train]), torch.cat([y for _, y in data.train])
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
+    """mean ± sd of ``values`` to 3 decimals ("—" for none)."""
     if not values:
         return "—"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -297,7 +312,7 @@ def table(results: Results) -> str:
     rows = results.rows
     dense = [r["accuracy"] for r in rows if r["mode"] == "dense"]
     lines = [
-        f"Digits CNN, {len(p.seeds)} seeds, dense test accuracy {_cell(dense)}. One-shot: {p.substeps} sub-steps, "
+        f"Digits CNN, {len(p.seeds)} seeds, dense test accuracy {cell(dense)}. One-shot: {p.substeps} sub-steps, "
         f"no fine-tuning; FLS fits λ with {p.fls_fit_steps} aux steps and refines it with {p.fls_refine_steps} before "
         f"each sub-step. Gradual: {p.finetune_steps} Adam steps, cubic 50% → target over {p.prune_until} steps "
         f"(every {p.prune_every}, {p.gradual_substeps} sub-steps). Damping per method and seed from "
@@ -315,7 +330,7 @@ def table(results: Results) -> str:
             [r["accuracy"] for r in rows if r["mode"] == mode and r["sparsity"] == s and r["method"] == m]
             for m in p.methods
         ]
-        lines.append(f"| {mode} | {s:.0%} | " + " | ".join(_cell(v) for v in values) + " |")
+        lines.append(f"| {mode} | {s:.0%} | " + " | ".join(cell(v) for v in values) + " |")
     return "\n".join(lines)
 
 

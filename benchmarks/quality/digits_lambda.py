@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
 from torch import nn
 
 import fls_kernels as fls
 from benchmarks.quality import digits
-from benchmarks.runner import stamp_line, write_csv
+from benchmarks.runner import write_csv
 
 ONE_SHOT = (
     "FLS-diagonal",
@@ -108,7 +107,7 @@ SMOKE = dict(
 
 def calibration(data: digits.Split, n: int) -> list:
     """The first ``n`` training samples, in batches of at most 128."""
-    xs, ys = digits._train_tensors(data)
+    xs, ys = digits.train_tensors(data)
     if not 1 <= n <= len(xs):
         raise ValueError(f"calib_sizes: {n} outside 1..{len(xs)} (the training split)")
     size = min(n, 128)
@@ -162,12 +161,8 @@ def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Every row of the study, at ``config.protocol.threads`` torch threads (the caller's restored after)."""
     config = config or Config()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.protocol.threads)
-    try:
+    with digits.torch_threads(config.protocol.threads):
         return _run(config, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
@@ -233,13 +228,6 @@ def _summary(rows: list[dict], seed: int, variant: str) -> str:
     return " ".join(f"{r['calibration']}/{r['sparsity']:.0%}:{r['accuracy']:.3f}" for r in mine)
 
 
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
-
-
 def _paired(rows: list[dict], a: str, b: str, **cell) -> str:
     """mean ± standard error over seeds of (a − b) in one cell; "—" without both."""
     pick = {
@@ -286,7 +274,7 @@ def table(rows: list[dict], config: Config) -> str:
             [r["accuracy"] for r in shot if (r["calibration"], r["sparsity"], r["variant"]) == (n, s, v)]
             for v in variants
         ]
-        lines.append(f"| {n} | {s:.0%} | " + " | ".join(_mean_sd(v) for v in values) + " |")
+        lines.append(f"| {n} | {s:.0%} | " + " | ".join(digits.cell(v) for v in values) + " |")
     seconds = {
         v: statistics.fmean(
             [r["seconds"] for r in shot if r["variant"] == v and r["calibration"] == max(config.calib_sizes)]
@@ -327,7 +315,7 @@ def table(rows: list[dict], config: Config) -> str:
             mine = [r for r in grad if r["variant"] == v]
             diff = "—" if v == "K-FAC re-estimated" else _paired(grad, v, "K-FAC re-estimated")
             secs = statistics.fmean(r["seconds"] for r in mine)
-            lines.append(f"| {v} | {_mean_sd([r['accuracy'] for r in mine])} | {diff} | {secs:.0f} |")
+            lines.append(f"| {v} | {digits.cell([r['accuracy'] for r in mine])} | {diff} | {secs:.0f} |")
     return "\n".join(lines)
 
 
@@ -339,8 +327,9 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "digits_lambda.csv", FIELDS, rows)
-    (out / "digits_lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line('cpu')}\n")
-    (out / "stamp.txt").write_text(stamp or stamp_line("cpu"))
+    stamp = stamp or digits.stamp(config.protocol.threads)
+    (out / "digits_lambda.md").write_text(table(rows, config) + f"\n\n{stamp}\n")
+    (out / "stamp.txt").write_text(stamp)
     return [out / "digits_lambda.csv", out / "digits_lambda.md"]
 
 

@@ -185,9 +185,12 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
             for i in range(0, len(sents), size)
         ]
 
+    def embed(sents: list[str], cfg: Config):
+        return minilm.embed(base, tokenizer, sents, cfg)
+
     validation = batches(val)
-    dense, dense_val = minilm.embed(base, tokenizer, evals, config), minilm.embed(base, tokenizer, val, config)
-    dense_other = minilm.embed(base, tokenizer, evals, other) if other else None
+    dense, dense_val = embed(evals, config), embed(val, config)
+    dense_other = embed(evals, other) if other else None
     weights = copy.deepcopy(base.state_dict())
     rows = []
     for n in sizes(config):
@@ -209,13 +212,9 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                     t2 = time.perf_counter()
                     pruner.prune(s, substeps=substeps(variant, config))
                     seconds = (t1 - t0) + (time.perf_counter() - t2)
-                    cosines, agrees = minilm.per_sentence(dense, minilm.embed(base, tokenizer, evals, config))
-                    val_cos = minilm.per_sentence(dense_val, minilm.embed(base, tokenizer, val, config))[0]
-                    others = (
-                        minilm.per_sentence(dense_other, minilm.embed(base, tokenizer, evals, other))[0].tolist()
-                        if other
-                        else []
-                    )
+                    cosines, agrees = minilm.per_sentence(dense, embed(evals, config))
+                    val_cos = minilm.per_sentence(dense_val, embed(val, config))[0]
+                    others = minilm.per_sentence(dense_other, embed(evals, other))[0].tolist() if other else []
                     pruner.finalize()
                     rows.append(
                         dict(

@@ -38,7 +38,6 @@ class KronBlock(nn.Module):
         self.R = nn.Parameter(torch.eye(m, dtype=dtype, device=device))
         self.L = nn.Parameter(torch.eye(n, dtype=dtype, device=device))
         self.A = nn.Parameter(torch.ones(m, n, dtype=dtype, device=device))
-        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
         self._memo: dict[str, tuple[tuple, object]] = {}
 
     @property
@@ -55,11 +54,7 @@ class KronBlock(nn.Module):
         tracking = torch.is_grad_enabled() and (self.R.requires_grad or self.L.requires_grad)
         if tracking:
             return self.R.mT @ self.R, self.L @ self.L.mT
-        key = (self.R._version, self.L._version, self.R.data_ptr(), self.L.data_ptr())
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, (self.R.mT @ self.R, self.L @ self.L.mT))
-        return self._cache[1]
+        return self.memo("grams", lambda: (self.R.mT @ self.R, self.L @ self.L.mT))
 
     def memo(self, name: str, compute: Callable[[], T]) -> T:
         """``compute()`` (without gradients), cached under ``name`` while λ = (R, L, A) is unchanged: for derived

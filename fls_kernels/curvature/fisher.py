@@ -175,7 +175,7 @@ class ModelCurvature:
     ) -> list[LayerStats]:
         """Per-layer Ā = E[a aᵀ], G = E[Σ_t δ δᵀ] and diag F̂ = E[g ⊙ g] from per-sample sampled-label
         gradients g (δ: output gradients, a: input patches, t: locations/tokens); with ``diag=False`` only
-        tr F̂ (:attr:`LayerStats.diag_mean`).
+        tr F̂ (:attr:`LayerStats.diag_trace`).
 
         With ``comm``, every rank reads its own batches; the sums are added over ranks and the sampled labels
         are those of one process reading the ranks' batches concatenated in rank order. With ``captures``, each
@@ -300,7 +300,7 @@ class _Acc:
 
 class LayerStats:
     """Running sums of one layer's curvature statistics (float64). With ``diag=False`` only the trace of diag F̂
-    is kept (:attr:`diag_mean`), which costs O(T²(n + m)) per sample instead of O(T·m·n) where T is small."""
+    is kept (:attr:`diag_trace`), which costs O(T²(n + m)) per sample instead of O(T·m·n) where T is small."""
 
     def __init__(self, view: LayerView, kfac: bool, diag: bool = True) -> None:
         self.view = view
@@ -370,6 +370,6 @@ class LayerStats:
         return self._mean(self._diag)
 
     @property
-    def diag_mean(self) -> float:
-        """mean(diag F̂) = tr F̂ / (m·n)."""
-        return float(self._mean(self._diag).sum()) / (self.view.m * self.view.n)
+    def diag_trace(self) -> float:
+        """tr F̂ = Σ diag F̂ (kept with either ``diag``)."""
+        return float(self._mean(self._diag).sum())

@@ -122,7 +122,7 @@ class Tokens(nn.Module):
 @pytest.mark.parametrize("T", [4, 40], ids=["short", "long"])
 def test_trace_only_statistics_equal_the_trace_of_the_full_diagonal(T):
     """diag=False keeps tr F̂ (by Gram matrices of the locations where that is cheaper, by per-sample gradients
-    otherwise): the same mean diag F̂ as the full diagonal, the same K-FAC factors, and no diagonal to read."""
+    otherwise): the same tr F̂ as the full diagonal, the same K-FAC factors, and no diagonal to read."""
     torch.manual_seed(T)
     model = Tokens().double()
     views = find_layers(model)
@@ -133,9 +133,9 @@ def test_trace_only_statistics_equal_the_trace_of_the_full_diagonal(T):
         for d in (True, False)
     )
     for f, t in zip(full, trace):
-        assert f.diag_mean > 0
-        assert t.diag_mean == pytest.approx(f.diag.mean().item(), rel=1e-12)
-        assert f.diag_mean == pytest.approx(f.diag.mean().item(), rel=1e-12)
+        assert f.diag_trace > 0
+        assert t.diag_trace == pytest.approx(f.diag.sum().item(), rel=1e-12)
+        assert f.diag_trace == pytest.approx(f.diag.sum().item(), rel=1e-12)
         torch.testing.assert_close(t.act_cov, f.act_cov)
         torch.testing.assert_close(t.grad_cov, f.grad_cov)
         with pytest.raises(RuntimeError, match="only the trace"):

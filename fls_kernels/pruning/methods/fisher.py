@@ -70,8 +70,7 @@ class FisherMethod(Method):
     @staticmethod
     def mean_diag(stats: list[LayerStats]) -> float:
         """mean(diag F̂) over every prunable entry."""
-        sizes = [s.view.m * s.view.n for s in stats]
-        return sum(s.diag_mean * k for s, k in zip(stats, sizes)) / sum(sizes)
+        return sum(s.diag_trace for s in stats) / sum(s.view.m * s.view.n for s in stats)
 
     def statistics(self, kfac: bool, captures: list[Capture] | None = None, diag: bool = True) -> list[LayerStats]:
         """Per-layer statistics over ``stat_batches`` batches of the attached data (sampled labels); with
