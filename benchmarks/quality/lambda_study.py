@@ -9,6 +9,9 @@ allocation, the adaptive column update, γ = ``damping`` · mean diag F̂, K-FAC
 Variants (FLS unless named):
 - ``K-FAC start``: λ at its K-FAC start, no aux step anywhere (the statistics are those of the dense model);
 - ``fit``: ``fit_steps`` aux steps, no refinement;
+- ``fit (focused)``: the same fit with probes focused on the cell's candidates (``probe_focus`` = the cell's
+  sparsity: unit variance on the lowest-scored share of each layer that the prune removes, 1% elsewhere), so the
+  aux loss weights the columns Q e_q the OBS step reads;
 - ``fit + refine``: and ``refine_steps`` masked aux steps before each later sub-step (the paper's progressive
   assimilation, the README's recipe);
 - ``fit + refine (early-stopped)``: the same, each run ending at its best λ on the validation batches;
@@ -46,6 +49,7 @@ from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 VARIANTS = (
     "K-FAC start",
     "fit",
+    "fit (focused)",
     "fit + refine",
     "fit + refine (early-stopped)",
     "restart + refine",
@@ -128,9 +132,11 @@ def sizes(config: Config) -> tuple[int, ...]:
     return chosen
 
 
-def make(variant: str, model, config: Config, pattern: str, stat_batches: int, validation: list) -> fls.Pruner:
-    """The pruner of ``variant`` (see the module docstring); every one but SparseGPT with the same solver and
-    damping."""
+def make(
+    variant: str, model, config: Config, pattern: str, stat_batches: int, validation: list, sparsity: float = 0.5
+) -> fls.Pruner:
+    """The pruner of ``variant`` (see the module docstring) for a cell of ``sparsity``; every one but SparseGPT
+    with the same solver and damping."""
     if variant == "SparseGPT":
         return fls.SparseGPTPruner(model, include=config.layers, pattern=pattern)
     common = dict(
@@ -144,7 +150,7 @@ def make(variant: str, model, config: Config, pattern: str, stat_batches: int, v
     )
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
-    refine = 0 if variant in ("K-FAC start", "fit") else config.refine_steps
+    refine = 0 if variant in ("K-FAC start", "fit", "fit (focused)") else config.refine_steps
     stop = "early-stopped" in variant or variant.startswith("restart")
     return fls.FishLegPruner(
         model,
@@ -156,6 +162,7 @@ def make(variant: str, model, config: Config, pattern: str, stat_batches: int, v
         validation=validation if stop else None,
         validate_every=config.validate_every,
         validation_probes=config.probes,
+        probe_focus=sparsity if variant == "fit (focused)" else None,
         **common,
     )
 
@@ -201,7 +208,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                 for variant in config.variants:
                     base.load_state_dict(weights)
                     t0 = time.perf_counter()
-                    pruner = make(variant, base, config, pattern, len(train), validation)
+                    pruner = make(variant, base, config, pattern, len(train), validation, s)
                     pruner.fit(train, steps=fit_steps(variant, config))
                     t1 = time.perf_counter()
                     held = (  # measured outside the variant's wall time

@@ -6,6 +6,10 @@ One step: v = M ⊙ Q(M ⊙ u) (graph to λ); r = M ⊙ (F v + γ v − u) / (�
 optionally r ← M ⊙ Q r (preconditioning, no graph); surrogate Σ ⟨r, v⟩ backpropagated; Adam on λ.
 M is the mask of alive weights (all ones before pruning), so the fit targets the kept subspace.
 
+Focused probes u = S ⊙ z, z ∼ 𝒩(0, I) (:attr:`AuxFitter.probe_scale`, S diagonal):
+E𝒜 = ½ ‖F_γ^½ (Q − F_γ⁻¹) S‖²_F − ½ tr(S F_γ⁻¹ S), so the fit weights Q's columns Q e_q by S_q² — the same minimiser
+F_γ⁻¹ where Q can reach it, and otherwise the columns of the coordinates with large S fitted first.
+
 A step makes no host synchronisation of its own: the probes of all blocks are drawn in one call, the Q products
 of all blocks run as grouped launches (``kron_qv_grouped``, forward and backward), and the loss and a finiteness
 flag stay on the device; :meth:`AuxFitter.run` reads them back every ``check_every`` steps and, on divergence,
@@ -99,6 +103,9 @@ class AuxFitter:
         if compile_mode is not None:  # the λ side of the step; the FVP through the model stays as it is
             self._q_side = torch.compile(self._q_products, mode=compile_mode, dynamic=False)
             self._residual_side = torch.compile(self._residuals, mode=compile_mode, dynamic=False)
+        #: per block, S [m, n] ≥ 0 of the probes u = S ⊙ z (None: S = 1, isotropic); the steps and
+        #: :meth:`evaluate` both draw through it
+        self.probe_scale: list[Tensor] | None = None
         #: aux loss 𝒜 of every step taken, in order (steps of a :meth:`run` appear at its checks).
         self.history: list[float] = []
         #: (step, held-out aux loss) of every validation of an early-stopped :meth:`run`.
@@ -174,11 +181,14 @@ class AuxFitter:
         return us, vs, grams
 
     def _draw(self, generator: torch.Generator | None, masks: list[Tensor] | None) -> list[Tensor]:
-        """M ⊙ u, u ∼ 𝒩(0, I) of every block's shape, drawn from ``generator`` in one call."""
+        """M ⊙ S ⊙ z, z ∼ 𝒩(0, I) of every block's shape, drawn from ``generator`` in one call (S:
+        :attr:`probe_scale`)."""
         sizes = [b.m * b.n for b in self.blocks]
         first = self.blocks[0]
         flat = torch.randn(sum(sizes), generator=generator, device=first.device, dtype=first.dtype)
         us = [u.view(b.m, b.n) for u, b in zip(flat.split(sizes), self.blocks)]
+        if self.probe_scale is not None:
+            us = [u * scale for u, scale in zip(us, self.probe_scale)]
         return us if masks is None else [u * mask for u, mask in zip(us, masks)]
 
     def _q_products(self, us: list[Tensor], masks: list[Tensor] | None) -> tuple[list[Tensor], list]:
@@ -345,7 +355,8 @@ class AuxFitter:
         self, batches: Sequence[object], *, probes: int = 1, seed: int = 0, masks: list[Tensor] | None = None
     ) -> float:
         """Held-out aux loss of the current λ: the mean over ``batches`` and ``probes`` probes per batch of
-        𝒜(λ; u) = ½ vᵀ(F + γI)v − uᵀv, v = M ⊙ Q(M ⊙ u), u ∼ 𝒩(0, I) — λ, its optimizer and the step RNG untouched.
+        𝒜(λ; u) = ½ vᵀ(F + γI)v − uᵀv, v = M ⊙ Q(M ⊙ u), u = S ⊙ z, z ∼ 𝒩(0, I) (:attr:`probe_scale`) — λ, its
+        optimizer and the step RNG untouched.
 
         The probes come from their own generator seeded with ``seed``, so two evaluations with the same batches
         and seed see the same probes: the difference between two λ's is paired (common random numbers). One

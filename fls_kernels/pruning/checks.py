@@ -31,6 +31,15 @@ def positive(name: str, value: object) -> float:
     return float(value)
 
 
+def fraction(name: str, value: object) -> float:
+    """A real number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a real number in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{name}: must be in (0, 1], got {value}")
+    return float(value)
+
+
 def choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     """One of ``allowed``."""
     if value not in allowed:

@@ -274,8 +274,10 @@ def _float64_problem(seed=0):
     return X, layer, curv, block
 
 
-def test_the_held_out_aux_loss_is_the_aux_loss_of_each_probe_in_float64():
-    """𝒜(λ; u) = ½ (Qu)ᵀ(F + γI)(Qu) − uᵀQu with F the batch's exact Fisher, u the seed's probes, masked."""
+@pytest.mark.parametrize("focused", [False, True])
+def test_the_held_out_aux_loss_is_the_aux_loss_of_each_probe_in_float64(focused):
+    """𝒜(λ; u) = ½ (Qu)ᵀ(F + γI)(Qu) − uᵀQu with F the batch's exact Fisher, u = M ⊙ S ⊙ z the seed's probes
+    (S = 1, or a focus scale), masked."""
     gamma = 0.05
     X, _, curv, block = _float64_problem()
     Xt = torch.cat([X, torch.ones(len(X), 1, dtype=torch.float64)], 1)
@@ -283,13 +285,17 @@ def test_the_held_out_aux_loss_is_the_aux_loss_of_each_probe_in_float64():
     Q = q_matrix(block).detach()
     mask = torch.ones(3, 6, dtype=torch.float64)
     mask[1, 2] = mask[0, 5] = 0
+    scale = torch.rand(3, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.05
     fitter = AuxFitter([block], curv.fvp, gamma, generator=torch.Generator().manual_seed(0))
+    if focused:
+        fitter.probe_scale = [scale]
     got = fitter.evaluate([X], probes=3, seed=7, masks=[mask])
     g = torch.Generator().manual_seed(7)
     expected = 0.0
     M = mask.reshape(-1)
+    S = scale.reshape(-1) if focused else torch.ones(18, dtype=torch.float64)
     for _ in range(3):
-        u = torch.randn(18, generator=g, dtype=torch.float64) * M
+        u = torch.randn(18, generator=g, dtype=torch.float64) * S * M
         v = M * (Q @ u)
         expected += (0.5 * v @ (F + gamma * torch.eye(18, dtype=torch.float64)) @ v - u @ v).item() / 3
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)

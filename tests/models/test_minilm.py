@@ -329,26 +329,27 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
     assert not (set(calib) & set(val) or set(calib) & set(evals) or set(val) & set(evals))
     model, _ = fls.models.load_minilm("cpu")
     config = _lambda_config()
-    built = {v: lambda_study.make(v, model, config, "unstructured", 2, ["held"]) for v in lambda_study.VARIANTS}
+    built = {v: lambda_study.make(v, model, config, "unstructured", 2, ["held"], 0.7) for v in lambda_study.VARIANTS}
     assert type(built["K-FAC"]) is fls.KFACPruner and type(built["SparseGPT"]) is fls.SparseGPTPruner
     for variant, pruner in built.items():
         if variant != "SparseGPT":
             assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant
         pruner.finalize()
     options = {
-        v: (p.method.refine_steps, p.method.refine_from, p.method.validation is not None)
+        v: (p.method.refine_steps, p.method.refine_from, p.method.validation is not None, p.method.probe_focus)
         for v, p in built.items()
         if v not in ("K-FAC", "SparseGPT")
     }
     assert options == {
-        "K-FAC start": (0, "current", False),
-        "fit": (0, "current", False),
-        "fit + refine": (2, "current", False),
-        "fit + refine (early-stopped)": (2, "current", True),
-        "restart + refine": (2, "init", True),
+        "K-FAC start": (0, "current", False, None),
+        "fit": (0, "current", False, None),
+        "fit (focused)": (0, "current", False, 0.7),
+        "fit + refine": (2, "current", False, None),
+        "fit + refine (early-stopped)": (2, "current", True, None),
+        "restart + refine": (2, "init", True, None),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 6 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 2, 0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 7 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))

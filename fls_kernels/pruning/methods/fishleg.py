@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
@@ -12,7 +13,7 @@ from fls_kernels import timing
 from fls_kernels.curvature.captures import Capture
 from fls_kernels.curvature.fitter import COMPILE_MODES, AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
-from fls_kernels.pruning.checks import choice, integer, positive
+from fls_kernels.pruning.checks import choice, fraction, integer, positive
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.kron_obs import KronOBS, estimate_memory
 from fls_kernels.pruning.pruner import Pruner
@@ -22,6 +23,8 @@ log = logging.getLogger("fls_kernels.prune")
 INITS = ("diagonal", "identity", "kfac")
 REFINE_FROM = ("current", "init")
 AUX_FISHERS = ("exact", "layerwise")
+#: probe scale of the alive weights outside the focus (``probe_focus``): their columns of Q still count, at 1%
+FOCUS_BACKGROUND = 0.1
 
 
 class FishLeg(KronOBS):
@@ -56,6 +59,7 @@ class FishLeg(KronOBS):
         validation: object = None,
         validate_every: int = 10,
         validation_probes: int = 2,
+        probe_focus: float | None = None,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
@@ -70,6 +74,7 @@ class FishLeg(KronOBS):
         self.validation = _held_out(validation)
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
+        self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -81,6 +86,8 @@ class FishLeg(KronOBS):
             raise ValueError("aux_fisher: 'layerwise' runs in one process; use 'exact' with distributed=")
         if self.validation is not None and ctx.mode.comm is not None:
             raise ValueError("validation: early stopping on held-out batches runs in one process")
+        if self.probe_focus is not None and ctx.mode.comm is not None:
+            raise ValueError("probe_focus: focused probes are chosen in one process")
         super().bind(ctx)
 
     @property
@@ -100,6 +107,7 @@ class FishLeg(KronOBS):
             self._initialise()
         stream = self._stream("fit", self.stat_batches) if steps else iter(())
         masks = self._masks()
+        self._focus()
         losses = self.fitter.run(
             stream, steps, masks=masks, progress=self.ctx.progress, desc="fit", **self._early_stop(masks, steps)
         )
@@ -166,8 +174,29 @@ class FishLeg(KronOBS):
         stream = self._stream(what, self.stat_batches if batches is None else batches)
         masks = self._masks()
         stop = self._early_stop(masks, steps) if validated else {}
+        self._focus()
         self.fitter.run(stream, steps, masks=masks, desc=desc, **stop)
         self._stale = False
+
+    def _focus(self) -> None:
+        """With ``probe_focus`` f: the probe scale S of the next aux steps, 1 on the ⌈f·alive⌉ alive weights of each
+        layer with the lowest OBS scores under λ now (those the next sub-steps remove first, whose Q e_q and Q_qq
+        the OBS step reads), :data:`FOCUS_BACKGROUND` on the other alive weights and on a bias column."""
+        if self.probe_focus is None or self.fitter is None:
+            return
+        scales = []
+        with torch.no_grad():
+            for i, view in enumerate(self.ctx.views):
+                alive = self.ctx.masks.full(i)
+                rho = self.scores(i, view.matrix(self.ctx.dtype), alive)  # [m, n_weight], +inf where pruned
+                k = math.ceil(self.probe_focus * int(alive[:, : view.n_weight].sum()))
+                block = self.blocks[i]
+                scale = torch.full((block.m, block.n), FOCUS_BACKGROUND, dtype=block.dtype, device=block.device)
+                focus = torch.zeros(rho.numel(), dtype=torch.bool, device=rho.device)
+                focus[rho.flatten().topk(k, largest=False).indices] = True
+                scale[:, : view.n_weight].masked_fill_(focus.view_as(rho), 1.0)
+                scales.append(scale)
+        self.fitter.probe_scale = scales
 
     def _early_stop(self, masks: list[Tensor] | None, steps: int) -> dict:
         """The fitter's early-stopping arguments: validation on the held-out batches (none without them)."""
@@ -297,6 +326,11 @@ class FishLegPruner(Pruner):
             ``validate_every`` steps, and end at the best λ — never worse than where they started.
         validate_every: aux steps between validations.
         validation_probes: probes per held-out batch of each validation (the same probes every time: paired).
+        probe_focus: None (default: isotropic probes u ∼ 𝒩(0, I)) or f ∈ (0, 1]: before the fit and each
+            refinement, the probes put unit variance on the f share of each layer's alive weights with the lowest
+            OBS scores (the next candidates) and 1% on the rest, so that the fit weights Q's columns Q e_q by how
+            soon the OBS step reads them (:mod:`fls_kernels.curvature.fitter`); the held-out aux loss then uses the
+            same probes.
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
