@@ -33,8 +33,9 @@ from torch import Tensor
 from benchmarks import models
 from benchmarks.runner import stamp
 from benchmarks.timer import median_ms, peak_mib, reset_peak, sync
-from fls_kernels.curvature import LayerView, ModelCurvature, find_layers, get_likelihood
+from fls_kernels.curvature import ModelCurvature, get_likelihood
 from fls_kernels.data import model_output, split_batch
+from fls_kernels.layers import LayerView, find_layers
 from fls_kernels.tolerances import rel_error
 
 #: Largest max relative error against the jvp products that a variant may show (float32).

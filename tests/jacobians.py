@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from fls_kernels.curvature import LayerView
+from fls_kernels.layers import LayerView
 
 
 def layer_jacobian(model: nn.Module, views: list[LayerView], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

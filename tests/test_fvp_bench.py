@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks import fvp, models
-from fls_kernels.curvature import find_layers
+from fls_kernels.layers import find_layers
 
 PLAIN = [v for v in fvp.VARIANTS if not v.deferred]  # torch.compile takes half a minute on the CPU
 

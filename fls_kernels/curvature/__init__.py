@@ -4,12 +4,10 @@ cross-process reduction (one process, replicated, sharded) is injected (:mod:`.r
 from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
 from fls_kernels.curvature.fisher import LayerStats, ModelCurvature
 from fls_kernels.curvature.fitter import AuxFitter
-from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
 from fls_kernels.curvature.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, get_likelihood
 from fls_kernels.curvature.reduction import AuxReduction, ReplicatedReduction, ShardedReduction
 
 __all__ = [
-    "SUPPORTED_LAYERS",
     "AuxFitter",
     "AuxReduction",
     "Bernoulli",
@@ -20,9 +18,7 @@ __all__ = [
     "ReplicatedReduction",
     "ShardedReduction",
     "LayerStats",
-    "LayerView",
     "Likelihood",
     "ModelCurvature",
-    "find_layers",
     "get_likelihood",
 ]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fls_kernels.curvature.layers import LayerView
+from fls_kernels.layers.views import LayerView
 
 
 class LayerCapture:

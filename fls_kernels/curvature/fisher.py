@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
-from fls_kernels.curvature.attention import unfused
 from fls_kernels.curvature.captures import Capture, LayerCapture
-from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.likelihoods import Likelihood
 from fls_kernels.data import check_finite, eval_mode, model_output, split_batch
 from fls_kernels.distributed.comm import attempt
+from fls_kernels.layers.attention import unfused
+from fls_kernels.layers.views import LayerView
 
 if TYPE_CHECKING:
     from fls_kernels.distributed.comm import Comm

@@ -19,9 +19,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from fls_kernels.curvature.attention import unfused
-from fls_kernels.curvature.layers import LayerView
 from fls_kernels.data import eval_mode, split_batch
+from fls_kernels.layers.attention import unfused
+from fls_kernels.layers.views import LayerView
 
 
 class _Reached(Exception):

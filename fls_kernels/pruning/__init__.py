@@ -1,10 +1,11 @@
 """Pruning floor: a :class:`Pruner` facade over typed targets, mask state, one prune step and execution modes,
 running one :class:`Method` per pruner (FLS and the baselines, :mod:`.registry`); patterns, schedules, export.
+Which layers it prunes is :mod:`fls_kernels.layers`' (selection).
 
 Rooms: ``pruner`` (life cycle, checkpoints) · ``method`` (the method protocol) · ``context`` (what a method
 sees) · ``targets`` (sparsity → exact counts, the sub-step path) · ``maskstate`` and ``hooks`` (masks held
 through training and reloads) · ``step`` (score → choose → update) · ``execution`` (local, replicated,
-sharded) · ``layers`` (which layers) · ``methods/`` (one module per method) · ``registry`` (all methods).
+sharded) · ``methods/`` (one module per method) · ``registry`` (all methods).
 """
 
 from fls_kernels.pruning.export import export_semi_structured, is_two_four

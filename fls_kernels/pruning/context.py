@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from fls_kernels import backends
-from fls_kernels.curvature.layers import LayerView
 from fls_kernels.data import BatchStream, split_batch
+from fls_kernels.layers.views import LayerView
 from fls_kernels.pruning.execution import ExecutionMode
 from fls_kernels.pruning.maskstate import MaskState
 from fls_kernels.pruning.patterns import NMPattern, Pattern

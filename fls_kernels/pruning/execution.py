@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from fls_kernels import ops, timing
-from fls_kernels.curvature.layers import LayerView
 from fls_kernels.curvature.reduction import AuxReduction, ReplicatedReduction, ShardedReduction
 from fls_kernels.distributed import Comm, assign_owners, resolve
 from fls_kernels.distributed import select as dselect
+from fls_kernels.layers.views import LayerView
 
 
 class ExecutionMode:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from fls_kernels.curvature.layers import LayerView
+from fls_kernels.layers.views import LayerView
 from fls_kernels.pruning.hooks import MaskKeeper
 from fls_kernels.pruning.patterns import NMPattern, Pattern
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fls_kernels.curvature.layers import LayerView
+from fls_kernels.layers.views import LayerView
 
 
 @dataclass(frozen=True)

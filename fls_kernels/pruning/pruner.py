@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from fls_kernels import backends
-from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView
+from fls_kernels.layers.selection import Unpruned, select_layers, unpruned, unwrap
+from fls_kernels.layers.views import SUPPORTED_LAYERS, LayerView
 from fls_kernels.pruning import checkpoint, checks, execution
 from fls_kernels.pruning.context import Context, DataFeed
-from fls_kernels.pruning.layers import Unpruned, select_layers, unpruned, unwrap
 from fls_kernels.pruning.maskstate import MaskState
 from fls_kernels.pruning.method import Method, accepts_any_option, method_parameters
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
@@ -46,7 +46,7 @@ class Pruner:
         schedule: for gradual pruning with :meth:`step`: a :class:`~fls_kernels.pruning.schedules.Schedule`
             (e.g. ``CubicSchedule(0.5, 0.95, start=0, end=3000, every=100)``) or any callable step → sparsity.
         substeps: sub-steps of each scheduled pruning step.
-        layer_types: module types to prune (subset of :data:`~fls_kernels.curvature.layers.SUPPORTED_LAYERS`: Linear,
+        layer_types: module types to prune (subset of :data:`~fls_kernels.layers.views.SUPPORTED_LAYERS`: Linear,
             GPT-2 Conv1D, Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d, MultiheadAttention's in-projection).
         include: regex the qualified layer name must fully match (None: every layer of those types).
         ignore: regexes of layer names to leave dense.

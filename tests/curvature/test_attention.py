@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from fls_kernels.curvature import Categorical, ModelCurvature, find_layers
-from fls_kernels.curvature.attention import attention_forward, unfused
+from fls_kernels.curvature import Categorical, ModelCurvature
+from fls_kernels.layers import find_layers
+from fls_kernels.layers.attention import attention_forward, unfused
 from tests.curvature.test_fisher import dense_fisher
 
 F64 = torch.float64

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fls_kernels.curvature import Categorical, ModelCurvature, find_layers
+from fls_kernels.curvature import Categorical, ModelCurvature
 from fls_kernels.curvature.captures import Capture, LayerCapture
+from fls_kernels.layers import find_layers
 
 F64 = torch.float64
 

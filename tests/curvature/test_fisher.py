@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, ModelCurvature, find_layers
+from fls_kernels.curvature import Bernoulli, Categorical, Gaussian, ModelCurvature
+from fls_kernels.layers import find_layers
 from tests.jacobians import layer_jacobian
 
 F64 = torch.float64

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fls_kernels.curvature import AuxFitter, Gaussian, KronBlock, ModelCurvature, find_layers
+from fls_kernels.curvature import AuxFitter, Gaussian, KronBlock, ModelCurvature
+from fls_kernels.layers import find_layers
 from tests.dense import q_matrix
 
 

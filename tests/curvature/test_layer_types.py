@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
-from fls_kernels.curvature import Categorical, LayerView, ModelCurvature, find_layers
-from fls_kernels.curvature import layers as layers_module
-from fls_kernels.curvature.layers import SUPPORTED_LAYERS, GPT2Conv1D, is_gpt2_conv1d
+from fls_kernels.curvature import Categorical, ModelCurvature
+from fls_kernels.layers import LayerView, find_layers
+from fls_kernels.layers import views as layers_module
+from fls_kernels.layers.views import SUPPORTED_LAYERS, GPT2Conv1D, is_gpt2_conv1d
 from tests.jacobians import layer_jacobian
 from tests.pruning.helpers import expected_zeros, loader
 

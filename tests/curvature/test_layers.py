@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fls_kernels.curvature import LayerView, find_layers
+from fls_kernels.layers import LayerView, find_layers
 
 CONVS = [
     pytest.param(dict(in_channels=3, out_channels=5, kernel_size=3), id="plain"),

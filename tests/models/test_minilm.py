@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
-from fls_kernels.curvature import Gaussian, ModelCurvature, find_layers
+from fls_kernels.curvature import Gaussian, ModelCurvature
+from fls_kernels.layers import find_layers
 from fls_kernels.models import ENCODER_LAYERS, SentenceEncoder, minilm_path
 from tests.jacobians import layer_jacobian
 

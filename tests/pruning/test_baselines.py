@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
-from fls_kernels.curvature import Categorical, ModelCurvature, find_layers
+from fls_kernels.curvature import Categorical, ModelCurvature
+from fls_kernels.layers import find_layers
 from fls_reference.dense import obs_single
 from tests.dense import q_matrix
 from tests.pruning.helpers import SmallNet, loader

@@ -11,7 +11,7 @@ from torch import nn
 
 import fls_kernels as fls
 from fls_kernels.curvature.inputs import input_moments
-from fls_kernels.curvature.layers import LayerView
+from fls_kernels.layers.views import LayerView
 from fls_kernels.pruning.columns import shares
 from fls_kernels.pruning.methods.wanda import row_balanced
 from tests.pruning.helpers import PatternNet, SmallNet, assert_identical, loader, pattern_data, snapshot

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from fls_kernels import timing
-from fls_kernels.curvature.attention import unfused
 from fls_kernels.data import check_finite, eval_mode, loader_length, split_batch
 from fls_kernels.distributed.comm import attempt
+from fls_kernels.layers.attention import unfused
 from fls_kernels.pruning.checks import integer
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.method import Method, Recomputing

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fls_kernels import ops
 from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
-from fls_kernels.curvature.layers import SUPPORTED_LAYERS, find_layers
+from fls_kernels.layers.views import SUPPORTED_LAYERS, find_layers
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.checks import choice
 from fls_kernels.pruning.columns import NM_SELECT, check_nm_select, eliminate_columns_

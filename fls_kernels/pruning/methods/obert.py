@@ -17,9 +17,9 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from fls_kernels import timing
-from fls_kernels.curvature.attention import unfused
 from fls_kernels.data import check_finite, eval_mode
 from fls_kernels.distributed.comm import attempt
+from fls_kernels.layers.attention import unfused
 from fls_kernels.pruning.checks import choice, integer
 from fls_kernels.pruning.method import Recomputing
 from fls_kernels.pruning.methods.fisher import FisherMethod

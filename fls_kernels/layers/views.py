@@ -31,8 +31,8 @@ the unfolded padded input, so y_t = W a_t per output location, and W is a permut
 (the only one torch allows) and calls without ``output_size`` are supported.
 
 MultiheadAttention stands for its packed q/k/v in-projection, an
-:class:`~fls_kernels.curvature.attention.InProjection` view (self-attention only; see
-:mod:`fls_kernels.curvature.attention`); its ``out_proj`` is an ordinary Linear.
+:class:`~fls_kernels.layers.attention.InProjection` view (self-attention only; see
+:mod:`fls_kernels.layers.attention`); its ``out_proj`` is an ordinary Linear.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fls_kernels.curvature.attention import InProjection, in_projection
+from fls_kernels.layers.attention import InProjection, in_projection
 
 _TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fls_kernels.curvature.layers import SUPPORTED_LAYERS, LayerView, find_layers
+from fls_kernels.layers.views import SUPPORTED_LAYERS, LayerView, find_layers
 
 
 def _wrappers() -> tuple[type[nn.Module], ...]:
