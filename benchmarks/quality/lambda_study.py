@@ -11,7 +11,8 @@ Variants (FLS unless named):
 - ``fit``: ``fit_steps`` aux steps, no refinement;
 - ``fit (focused)``: the same fit with probes focused on the cell's candidates (``probe_focus`` = the cell's
   sparsity: unit variance on the lowest-scored share of each layer that the prune removes, 1% elsewhere), so the
-  aux loss weights the columns Q e_q the OBS step reads;
+  aux loss weights the columns Q e_q the OBS step reads (its held-out aux loss is that of the focused probes, not
+  comparable with the other rows');
 - ``fit + refine``: and ``refine_steps`` masked aux steps before each later sub-step (the paper's progressive
   assimilation, the README's recipe);
 - ``fit + refine (early-stopped)``: the same, each run ending at its best λ on the validation batches;
