@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run, not a result)")
     q.add_argument("--sparsities", type=float, nargs="+", help="digits: one-shot sparsities (default 0.5 … 0.95)")
     q.add_argument("--gradual", type=float, nargs="*", help="digits: gradual targets (default 0.9 0.95)")
-    q.add_argument("--methods", nargs="+", help="digits: a subset of FLS magnitude OBD oBERT K-FAC coreset")
+    q.add_argument(
+        "--methods",
+        nargs="+",
+        help="digits: a subset of the rows (default: the study's rows and every registered method)",
+    )
     q.add_argument("--fls-gradual-refine", type=int, help="digits: FLS aux steps before each gradual sub-step")
     q.add_argument("--model", choices=["digits", "minilm"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.methods:
             unknown = set(args.methods) - set(digits.METHODS)
             if unknown:
-                parser.error(f"--methods: unknown {sorted(unknown)}; choose from {digits.METHODS}")
+                parser.error(f"--methods: unknown {sorted(unknown)}; choose from {list(digits.METHODS)}")
             protocol = dataclasses.replace(protocol, methods=tuple(args.methods))
         if args.fls_gradual_refine is not None:
             protocol = dataclasses.replace(protocol, fls_gradual_refine_steps=args.fls_gradual_refine)

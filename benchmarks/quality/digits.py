@@ -34,13 +34,47 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
+from benchmarks.quality import methods
 from benchmarks.runner import stamp_line
 from fls_kernels import demo
 
-METHODS = ("FLS", "FLS-uniform", "FLS-diagonal", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC", "coreset")
-# methods with a damping to tune
-CURVATURE = {"FLS", "FLS-uniform", "FLS-diagonal", "SparseGPT", "OBD", "oBERT", "K-FAC"}
-LAYERWISE = {"SparseGPT", "Wanda"}
+
+def _fls(allocation: str, update: str | None = None, init: str | None = None) -> Callable[..., dict]:
+    """FLS's options in this study: the protocol's update and start unless given, its refinement budget."""
+
+    def options(protocol: Protocol, relative_damping: float, gradual: bool) -> dict:
+        refine = protocol.fls_gradual_refine_steps if gradual else protocol.fls_refine_steps
+        return dict(
+            relative_damping=relative_damping,
+            refine_steps=refine,
+            allocation=allocation,
+            update=update or protocol.fls_update,
+            init=init or protocol.fls_init,
+        )
+
+    return options
+
+
+#: the study's rows (label → registry method, options from (protocol, relative_damping, gradual)); every other
+#: registered method runs with its defaults under its registry name
+STUDY: methods.Study = {
+    "FLS": ("fls", _fls("global")),
+    "FLS-uniform": ("fls", _fls("uniform")),
+    "FLS-diagonal": ("fls", _fls("global", "diagonal", "diagonal")),
+    "SparseGPT": ("sparsegpt", lambda protocol, relative_damping, gradual: dict(dampening=0.01 * relative_damping)),
+    "Wanda": ("wanda", None),
+    "magnitude": ("magnitude", None),
+    "OBD": ("obd", None),
+    "oBERT": ("obert", lambda protocol, relative_damping, gradual: dict(num_grads=protocol.obert_grads)),
+    "K-FAC": ("kfac", None),
+    "coreset": ("coreset", None),
+}
+METHODS = methods.labels(STUDY)
+#: the damping options a study tunes on its grid (relative to the mean Fisher diagonal; SparseGPT's dampening)
+DAMPINGS = ("relative_damping", "dampening")
+# methods with a damping to tune: those with a damping option
+CURVATURE = {m for m in METHODS if any(methods.takes(methods.resolve(STUDY, m)[0], o) for o in DAMPINGS)}
+LAYERWISE = {m for m in METHODS if methods.layerwise(STUDY, m)}
 
 
 @dataclass
@@ -89,35 +123,11 @@ def split(seed: int) -> Split:
 
 
 def make(method: str, model: nn.Module, relative_damping: float, protocol: Protocol, seed: int, **kw) -> fls.Pruner:
-    common = dict(seed=seed, **kw)
-    if method in ("FLS", "FLS-uniform", "FLS-diagonal"):
-        refine = protocol.fls_gradual_refine_steps if "schedule" in kw else protocol.fls_refine_steps
-        allocation = "uniform" if method == "FLS-uniform" else "global"
-        update, init = (
-            ("diagonal", "diagonal") if method == "FLS-diagonal" else (protocol.fls_update, protocol.fls_init)
-        )
-        return fls.FishLegPruner(
-            model,
-            relative_damping=relative_damping,
-            refine_steps=refine,
-            allocation=allocation,
-            update=update,
-            init=init,
-            **common,
-        )
-    if method == "SparseGPT":
-        return fls.SparseGPTPruner(model, dampening=0.01 * relative_damping, **kw)
-    if method == "Wanda":
-        return fls.WandaPruner(model, **kw)
-    if method == "OBD":
-        return fls.OBDPruner(model, relative_damping=relative_damping, **common)
-    if method == "oBERT":
-        return fls.OBERTPruner(model, relative_damping=relative_damping, num_grads=protocol.obert_grads, **common)
-    if method == "K-FAC":
-        return fls.KFACPruner(model, relative_damping=relative_damping, **common)
-    if method == "coreset":
-        return fls.CoresetPruner(model, **common)
-    return fls.MagnitudePruner(model, **{k: v for k, v in kw.items()})
+    """The pruner of row ``method`` (:data:`STUDY`, or a registered method by its name; ValueError otherwise), with
+    the seed and ``relative_damping`` where the method has them; ``kw``: pruner arguments (a schedule: gradual)."""
+    shared = dict(seed=seed, relative_damping=relative_damping)
+    context = dict(protocol=protocol, relative_damping=relative_damping, gradual="schedule" in kw)
+    return methods.build(STUDY, method, model, shared, context, **kw)
 
 
 def fit(pruner: fls.Pruner, data: Split, protocol: Protocol) -> None:

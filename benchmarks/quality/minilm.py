@@ -24,17 +24,61 @@ import dataclasses
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import fls_kernels as fls
+from benchmarks.quality import methods
 from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
-METHODS = ("FLS", "FLS-uniform", "SparseGPT", "Wanda", "magnitude", "OBD", "oBERT", "K-FAC")
-LAYERWISE = ("SparseGPT", "Wanda")  # one-shot in one pass, as published
+
+def _fls(allocation: str) -> Callable[..., dict]:
+    def options(config: Config, stats: int, pattern: str) -> dict:
+        return dict(
+            init=config.fls_init,
+            init_batches=stats,
+            refine_steps=config.fls_refine_steps,
+            allocation=allocation,
+            update=config.fls_update,
+            aux_fisher=config.fls_aux_fisher,
+            aux_batches=config.fls_aux_batches,
+            relative_damping=config.fls_damping,
+            **({"nm_select": config.fls_nm_select} if pattern != "unstructured" else {}),
+        )
+
+    return options
+
+
+def _sparsegpt(config: Config, stats: int, pattern: str) -> dict:
+    select = {"nm_select": config.sparsegpt_nm_select} if pattern != "unstructured" else {}
+    return dict(dampening=config.sparsegpt_dampening, **select)
+
+
+#: the study's rows (label → registry method, options from (config, statistics batches, pattern)); every other
+#: registered method runs with its defaults under its registry name
+STUDY: methods.Study = {
+    "FLS": ("fls", _fls("global")),
+    "FLS-uniform": ("fls", _fls("uniform")),
+    "SparseGPT": ("sparsegpt", _sparsegpt),
+    "Wanda": ("wanda", None),
+    "magnitude": ("magnitude", None),
+    "OBD": ("obd", lambda config, stats, pattern: dict(stat_batches=stats)),
+    "oBERT": (
+        "obert",
+        lambda config, stats, pattern: dict(fisher="sampled", num_grads=config.obert_grads, grad_chunk=8),
+    ),
+    "K-FAC": (
+        "kfac",
+        lambda config, stats, pattern: dict(
+            stat_batches=stats, update=config.kfac_update, allocation=config.kfac_allocation
+        ),
+    ),
+}
+METHODS = methods.labels(STUDY)
+LAYERWISE = tuple(m for m in METHODS if methods.layerwise(STUDY, m))  # one-shot in one pass
 
 
 @dataclass
@@ -159,39 +203,12 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def make(method: str, model, config: Config, pattern: str, num_batches: int):
-    """The pruner of ``method``; statistics over ``config.stat_batches`` batches (0: all ``num_batches``)."""
-    common = dict(include=ENCODER_LAYERS, pattern=pattern, seed=config.seed)
-    curv = dict(likelihood="gaussian", relative_damping=config.relative_damping, **common)
+    """The pruner of row ``method`` (:data:`STUDY`, or a registered method by its name; ValueError otherwise) on
+    the encoder's Linear layers; statistics over ``config.stat_batches`` batches (0: all ``num_batches``)."""
     stats = config.stat_batches or num_batches
-    if method in ("FLS", "FLS-uniform"):
-        return fls.FishLegPruner(
-            model,
-            init=config.fls_init,
-            init_batches=stats,
-            refine_steps=config.fls_refine_steps,
-            allocation="uniform" if method == "FLS-uniform" else "global",
-            update=config.fls_update,
-            aux_fisher=config.fls_aux_fisher,
-            aux_batches=config.fls_aux_batches,
-            **({"nm_select": config.fls_nm_select} if pattern != "unstructured" else {}),
-            **{**curv, "relative_damping": config.fls_damping},
-        )
-    if method == "SparseGPT":
-        select = {"nm_select": config.sparsegpt_nm_select} if pattern != "unstructured" else {}
-        return fls.SparseGPTPruner(
-            model, dampening=config.sparsegpt_dampening, include=ENCODER_LAYERS, pattern=pattern, **select
-        )
-    if method == "Wanda":
-        return fls.WandaPruner(model, include=ENCODER_LAYERS, pattern=pattern)
-    if method == "OBD":
-        return fls.OBDPruner(model, stat_batches=stats, **curv)
-    if method == "oBERT":
-        return fls.OBERTPruner(model, fisher="sampled", num_grads=config.obert_grads, grad_chunk=8, **curv)
-    if method == "K-FAC":
-        return fls.KFACPruner(
-            model, stat_batches=stats, update=config.kfac_update, allocation=config.kfac_allocation, **curv
-        )
-    return fls.MagnitudePruner(model, include=ENCODER_LAYERS, pattern=pattern)
+    shared = dict(likelihood="gaussian", relative_damping=config.relative_damping, seed=config.seed)
+    context = dict(config=config, stats=stats, pattern=pattern)
+    return methods.build(STUDY, method, model, shared, context, include=ENCODER_LAYERS, pattern=pattern)
 
 
 def run(config: Config | None = None, log=print) -> list[dict]:

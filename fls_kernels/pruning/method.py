@@ -51,6 +51,9 @@ class Method:
     layerwise: ClassVar[bool] = False
     #: options of a base class that this method sets itself (not passed by users, e.g. FLS's stat_batches)
     hidden_options: ClassVar[tuple[str, ...]] = ()
+    #: small budgets for a quick run on a toy model (smoke studies, parametrised tests); merged under the caller's
+    #: options, never used by a pruner on its own
+    quick_options: ClassVar[dict[str, object]] = {}
 
     ctx: Context
 

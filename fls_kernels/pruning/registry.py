@@ -1,7 +1,8 @@
 """Every pruning method, one line each: its pruner class, by the method's name.
 
-``fls_kernels`` exports each class under its own name, and the benchmarks' quality studies pick methods from
-here. A new method is one module in :mod:`fls_kernels.pruning.methods` and one line below.
+``fls_kernels`` exports each class under its own name; the benchmarks' quality studies build their pruners from
+here (every method listed runs in them) and the parametrised tests run every one. A new method is one module in
+:mod:`fls_kernels.pruning.methods` (with its ``quick_options`` for smoke runs) and one line below.
 """
 
 from __future__ import annotations

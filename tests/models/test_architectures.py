@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
+from tests.pruning.helpers import KINDS, LAYERWISE, build, takes
 
-PRUNERS = ["fls", "obd", "kfac", "obert", "sparsegpt", "wanda", "coreset", "magnitude"]
+#: options over the methods' quick options where these models need them (a new method runs with its own)
+OPTIONS = {"fls": dict(refine_steps=3, relative_damping=0.01), "obert": dict(fisher="sampled", num_grads=16)}
 
 
 class Basic(nn.Module):
@@ -151,17 +153,9 @@ def _distortion(model, dense_outputs, batches):
 
 
 def _pruner(kind, model, likelihood, **kw):
-    common = dict(likelihood=likelihood, **kw) if kind in ("fls", "obd", "kfac", "obert") else kw
-    return {
-        "fls": lambda: fls.FishLegPruner(model, init_batches=2, refine_steps=3, relative_damping=0.01, **common),
-        "obd": lambda: fls.OBDPruner(model, stat_batches=2, **common),
-        "kfac": lambda: fls.KFACPruner(model, stat_batches=2, **common),
-        "obert": lambda: fls.OBERTPruner(model, fisher="sampled", num_grads=16, block_size=16, **common),
-        "sparsegpt": lambda: fls.SparseGPTPruner(model, blocksize=16, **common),
-        "wanda": lambda: fls.WandaPruner(model, **common),
-        "coreset": lambda: fls.CoresetPruner(model, calib_batches=2, **common),
-        "magnitude": lambda: fls.MagnitudePruner(model, **common),
-    }[kind]()
+    """The registry's pruner of ``kind``, given the model's likelihood where it reads the output."""
+    common = dict(likelihood=likelihood, **kw) if takes(kind, "likelihood") else kw
+    return build(kind, model, **OPTIONS.get(kind, {}), **common)
 
 
 def _expected(pruner, s):
@@ -179,12 +173,12 @@ def _prune(name, kind, seed=0):
     with torch.no_grad():
         dense = [_out(model, b) for b in held]
     pruner = _pruner(kind, model, likelihood, **kw)
-    pruner.fit(calib, steps=5 if kind == "fls" else 0)
-    pruner.prune(0.7, substeps=2 if kind not in ("sparsegpt", "wanda") else 1)
+    pruner.fit(calib, steps=5)
+    pruner.prune(0.7, substeps=1 if kind in LAYERWISE else 2)
     return model, pruner, held, dense
 
 
-@pytest.mark.parametrize("kind", PRUNERS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_pruner_on_every_architecture(name, kind):
     model, pruner, held, dense = _prune(name, kind)
@@ -216,12 +210,12 @@ def test_fls_distorts_less_than_magnitude(name):
     assert results["fls"] < results["magnitude"], results
 
 
-@pytest.mark.parametrize("kind", PRUNERS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_bert_heads_are_pruned_where_the_likelihood_reads_them(kind):
     """BertModel's pooler does not reach last_hidden_state: the methods that read the output leave it out (and
     keep it dense); the others prune it. In BertForSequenceClassification it feeds the logits: every method
     prunes it and the classifier."""
-    reads_output = kind in ("fls", "obd", "kfac", "obert")
+    reads_output = takes(kind, "likelihood")
     model, pruner, _, _ = _prune("bert_pooler", kind)
     assert ("pooler.dense" in pruner.layer_names) is not reads_output
     assert bool((model.pooler.dense.weight != 0).all()) is reads_output

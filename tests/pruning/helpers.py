@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-import fls_kernels as fls
+from fls_kernels.pruning.method import method_parameters
+from fls_kernels.pruning.registry import PRUNERS
 
 
 class SmallNet(nn.Module):
@@ -46,9 +47,10 @@ def loader(batches=3, size=16, seed=0):
     ]
 
 
-KINDS = ["fls", "magnitude", "obd", "obert", "kfac", "coreset", "sparsegpt", "wanda"]
+#: every registered method: a new one is parametrised into the tests by its registry line alone
+KINDS = list(PRUNERS)
 #: methods that prune each layer to its own budget (uniform allocation by default)
-LAYERWISE = ("sparsegpt", "wanda")
+LAYERWISE = tuple(k for k, cls in PRUNERS.items() if cls.method_class.layerwise)
 
 
 def make(kind: str, model: nn.Module, **kwargs):
@@ -59,17 +61,16 @@ def make(kind: str, model: nn.Module, **kwargs):
 
 
 def build(kind: str, model: nn.Module, **kwargs):
-    """A pruner of ``kind`` (see KINDS) with the small options of :func:`make`, not fitted."""
-    return {
-        "fls": lambda: fls.FishLegPruner(model, "categorical", refine_steps=2, init_batches=2, **kwargs),
-        "magnitude": lambda: fls.MagnitudePruner(model, **kwargs),
-        "obd": lambda: fls.OBDPruner(model, stat_batches=2, **kwargs),
-        "obert": lambda: fls.OBERTPruner(model, num_grads=24, block_size=16, **kwargs),
-        "kfac": lambda: fls.KFACPruner(model, stat_batches=2, **kwargs),
-        "coreset": lambda: fls.CoresetPruner(model, calib_batches=2, **kwargs),
-        "sparsegpt": lambda: fls.SparseGPTPruner(model, blocksize=16, **kwargs),
-        "wanda": lambda: fls.WandaPruner(model, **kwargs),
-    }[kind]()
+    """A pruner of ``kind`` (see KINDS) with its method's quick options (small budgets) under ``kwargs``, not
+    fitted."""
+    cls = PRUNERS[kind]
+    return cls(model, **{**cls.method_class.quick_options, **kwargs})
+
+
+def takes(kind: str, option: str) -> bool:
+    """Whether the pruner of ``kind`` has the option ``option`` (e.g. a likelihood: it reads the model's output)."""
+    positional, keywords = method_parameters(PRUNERS[kind].method_class)
+    return any(p.name == option for p in positional + keywords)
 
 
 def expected_zeros(pruner, sparsity: float) -> int:

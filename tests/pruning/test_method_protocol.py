@@ -11,6 +11,7 @@ import torch
 import fls_kernels as fls
 from fls_kernels.pruning import Method, Pruner, targets
 from fls_kernels.pruning.maskstate import MaskState
+from fls_kernels.pruning.method import method_parameters
 from fls_kernels.pruning.patterns import parse_pattern
 from fls_kernels.pruning.registry import PRUNERS
 from tests.pruning.helpers import PatternNet, SmallNet, loader
@@ -122,12 +123,39 @@ def test_method_options_are_checked_before_any_hook_and_show_in_the_signature():
     assert {"likelihood", "damping", "init", "refine_steps", "precision", "seed", "pattern"} <= set(fls_params)
 
 
+def _defined_pruners() -> set[type[Pruner]]:
+    """Every Pruner subclass defined in a module of fls_kernels.pruning.methods."""
+    import importlib
+    import pkgutil
+
+    import fls_kernels.pruning.methods as package
+
+    found = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Pruner) and value.__module__ == module.__name__:
+                found.add(value)
+    return found
+
+
 def test_registry_lists_every_pruner_and_fls_kernels_exports_them():
-    assert set(PRUNERS) == {"fls", "magnitude", "obd", "obert", "kfac", "coreset", "sparsegpt", "wanda"}
+    defined = _defined_pruners()
+    assert set(PRUNERS.values()) == defined and len(defined) >= 8  # a method left out of the registry fails here
+    assert {"fls", "magnitude", "obd", "obert", "kfac", "coreset", "sparsegpt", "wanda"} <= set(PRUNERS)
     for name, cls in PRUNERS.items():
         assert issubclass(cls, Pruner) and cls.method_class.name == name
         assert getattr(fls, cls.__name__) is cls and cls.__name__ in fls.__all__
     assert fls.Pruner is Pruner and fls.Method is Method
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_quick_options_are_options_of_their_method(name):
+    """A method's quick options (small budgets for smoke runs and tests) name its own options: a typo fails."""
+    method = PRUNERS[name].method_class
+    positional, keywords = method_parameters(method)
+    assert set(method.quick_options) <= {p.name for p in positional + keywords}, name
+    PRUNERS[name](SmallNet(), **method.quick_options).finalize()
 
 
 @pytest.mark.parametrize("substeps", [1, 3, 16])

@@ -10,32 +10,20 @@ from torch import nn
 
 import fls_kernels as fls
 from fls_reference.dense import kron_matrix
-from tests.pruning.helpers import LAYERWISE, PatternNet, assert_identical, pattern_data, snapshot
+from tests.pruning.helpers import KINDS, LAYERWISE, PatternNet, assert_identical, build, pattern_data, snapshot
 
 
 def data():
     return pattern_data(seed=0)
 
 
-PRUNERS = {
-    "fls": lambda m, **kw: fls.FishLegPruner(m, init_batches=1, refine_steps=2, **kw),
-    "magnitude": lambda m, **kw: fls.MagnitudePruner(m, **kw),
-    "obd": lambda m, **kw: fls.OBDPruner(m, stat_batches=1, **kw),
-    "obert": lambda m, **kw: fls.OBERTPruner(m, num_grads=16, block_size=10, **kw),
-    "kfac": lambda m, **kw: fls.KFACPruner(m, stat_batches=1, **kw),
-    "coreset": lambda m, **kw: fls.CoresetPruner(m, calib_batches=1, **kw),
-    "sparsegpt": lambda m, **kw: fls.SparseGPTPruner(m, blocksize=8, **kw),
-    "wanda": lambda m, **kw: fls.WandaPruner(m, **kw),
-}
-
-
 def fitted(kind, model, **kw):
-    pruner = PRUNERS[kind](model, **kw)
+    pruner = build(kind, model, **kw)
     pruner.fit(data(), steps=3)
     return pruner
 
 
-@pytest.mark.parametrize("kind", list(PRUNERS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_two_four_every_group_has_exactly_two_zeros(kind):
     model = PatternNet()
     pruner = fitted(kind, model, pattern="2:4")
@@ -65,7 +53,7 @@ def test_n_m_in_whole_zeros_per_group(kind):
     assert_identical(model, before)
 
 
-@pytest.mark.parametrize("kind", [k for k in PRUNERS if k not in LAYERWISE])  # they refuse blocks
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in LAYERWISE])  # they refuse blocks
 @pytest.mark.parametrize("pattern,rows,cols", [("block4x4", 4, 4), ("block1x4", 1, 4)])
 def test_blocks_are_removed_whole_with_exact_counts(kind, pattern, rows, cols):
     model = PatternNet()
@@ -130,7 +118,7 @@ def test_a_dense_state_loads_across_patterns_but_a_pruned_one_does_not():
     dense_state = unstructured.state_dict()
     unstructured.prune(0.5)
     pruned_state = unstructured.state_dict()
-    other = PRUNERS["fls"](PatternNet(), pattern="2:4")
+    other = build("fls", PatternNet(), pattern="2:4")
     other.load_state_dict(dense_state)
     for a, b in zip(other.method.blocks.parameters(), unstructured.method.blocks.parameters()):
         assert a.shape == b.shape

@@ -39,6 +39,7 @@ class Coreset(Recomputing, Method):
     """
 
     name = "coreset"
+    quick_options = {"calib_batches": 2}
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ class FishLeg(KronOBS):
     """
 
     name = "fls"
+    quick_options = {"init_batches": 2, "refine_steps": 2}
     hidden_options = ("stat_batches",)  # set from init_batches
 
     def __init__(

@@ -15,6 +15,7 @@ class KFAC(Recomputing, KronOBS):
     pruning sub-step on the current (masked, possibly fine-tuned) model."""
 
     name = "kfac"
+    quick_options = {"stat_batches": 2}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -14,6 +14,7 @@ class OBD(Recomputing, FisherMethod):
     """Diagonal-Fisher saliency from ``stat_batches`` batches per estimate."""
 
     name = "obd"
+    quick_options = {"stat_batches": 2}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

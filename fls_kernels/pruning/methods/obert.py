@@ -47,6 +47,7 @@ class OBERT(Recomputing, FisherMethod):
     """
 
     name = "obert"
+    quick_options = {"num_grads": 24, "block_size": 16}
 
     def __init__(
         self,

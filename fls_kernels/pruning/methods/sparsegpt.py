@@ -48,6 +48,7 @@ class SparseGPT(Layerwise):
     """
 
     name = "sparsegpt"
+    quick_options = {"blocksize": 16}
 
     def __init__(self, *, dampening: float = 0.01, blocksize: int = 128, nm_select: str = "greedy", **kwargs) -> None:
         self.dampening = positive("dampening", dampening)
