@@ -253,7 +253,6 @@ _GEMM_TILES = [
     (256, 128, 32, 8, 3),
     (128, 128, 32, 8, 3),
     (128, 128, 32, 8, 4),
-    (128, 128, 64, 8, 3),
     (128, 64, 32, 4, 4),
     (64, 128, 32, 4, 4),
     (64, 64, 32, 4, 4),
@@ -280,6 +279,8 @@ def gemm_configs() -> list[triton.Config]:
     The large tiles are H100 choices: 128×128×32 fp32 operand tiles take 32 KiB of shared memory per stage,
     so 3–4 stages fit next to each other; 256-wide tiles for the big square/LLM layers; 64-deep K steps only
     for bf16, whose tiles are cast after loading. Small tiles keep 1-row and narrow layers from wasting work.
+    Those that need more shared memory than the device has (on an A100: 128×128×32 in 4 stages and the
+    256-wide tiles) are pruned at launch (:func:`prune_gemm_configs`).
     """
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
@@ -289,10 +290,40 @@ def gemm_configs() -> list[triton.Config]:
     ]
 
 
+def gemm_shared_bytes(block_m: int, block_n: int, block_k: int, num_stages: int) -> int:
+    """Shared memory of one GEMM program with this tile config, an upper bound for every GEMM kernel here:
+
+        (num_stages − 1) · (9·BM·BK + 4·BK·BN + 4·BK)  +  4·(BM·BK + BK·BN)  bytes
+
+    — the K loop's loads of the stages in flight (at most two fp32 [BM, BK] operands and a byte mask on the left,
+    as surgeon_update's W, A and prune; one fp32 [BK, BN] on the right; its [BK] slice of l), plus the fp32
+    operand tiles the MMA reads from shared memory (Hopper's wgmma; Ampere's mma.sync needs less). It is exact
+    for the largest kernel compiled for sm_90 in tf32 mode, and bounds every compiled config (``make
+    gpu-compile`` checks it).
+    """
+    stage = 9 * block_m * block_k + 4 * block_k * block_n + 4 * block_k
+    return (num_stages - 1) * stage + 4 * (block_m * block_k + block_k * block_n)
+
+
+def shared_memory_limit() -> int:
+    """Bytes of shared memory one program may use on the current device, as Triton checks at launch (A100:
+    163 KiB, H100/H200: 227 KiB)."""
+    from triton.runtime import driver
+
+    active = driver.active
+    return active.utils.get_device_properties(active.get_current_device())["max_shared_mem"]
+
+
 def prune_gemm_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop configs whose tiles overhang the problem (``M``, ``N``, ``K`` or, for grouped launches, ``MAX_M``
-    and ``MAX_N``) in any dimension, and 64-deep K steps outside bf16 mode; keeps at least the smallest tile."""
-    args = {**named_args, **kwargs}
+    and ``MAX_N``) in any dimension, 64-deep K steps outside bf16 mode, and configs that need more shared memory
+    than the current device has (:func:`gemm_shared_bytes`, :func:`shared_memory_limit`); keeps at least the
+    smallest tile."""
+    return keep_gemm_configs(configs, {**named_args, **kwargs}, shared_memory_limit())
+
+
+def keep_gemm_configs(configs: list[triton.Config], args: dict, shared_limit: int) -> list[triton.Config]:
+    """:func:`prune_gemm_configs` for a device with ``shared_limit`` bytes of shared memory per program."""
     m = args.get("M", args.get("MAX_M"))
     n = args.get("N", args.get("MAX_N"))
     k = args.get("K", max(m, n))
@@ -307,6 +338,8 @@ def prune_gemm_configs(configs: list[triton.Config], named_args: dict, **kwargs)
         and c.kwargs["BLOCK_N"] <= max(floor_n, triton.next_power_of_2(n))
         and c.kwargs["BLOCK_K"] <= max(floor_k, triton.next_power_of_2(k))
         and (c.kwargs["BLOCK_K"] == floor_k or precision == "bf16")
+        and gemm_shared_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages)
+        <= shared_limit
     ]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
 
