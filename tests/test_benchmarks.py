@@ -110,4 +110,16 @@ def test_readme_keeps_measured_sections_whose_output_is_absent(tmp_path):
     previous = f"# Benchmarks\n\n## {title}\n\nold H200 table\n\n## {readme.SECTIONS[3][0]}\n\nold cpu table\n"
     text = readme.build(tmp_path / "bench", previous)
     assert "old H200 table" in text and "fresh table" in text and "old cpu table" not in text
-    assert text.count("_Not measured yet._") == len(readme.SECTIONS) + len(readme.QUALITY) - 2
+    assert text.count("_Not measured yet._") == len(readme.SECTIONS) + len(readme.COMPILED) + len(readme.QUALITY) - 2
+
+
+def test_readme_takes_the_compile_summary_from_out_gpu_compile(tmp_path):
+    from benchmarks import readme
+
+    (tmp_path / "gpu-compile").mkdir()
+    (tmp_path / "gpu-compile" / "gpu-compile.md").write_text("compiled table\n")
+    title = readme.COMPILED[0][0]
+    assert title == "Kernels compiled for sm_90 and sm_80 (no GPU)"
+    assert f"## {title}\n\ncompiled table\n" in readme.build(tmp_path / "bench")
+    kept = readme.build(tmp_path / "elsewhere" / "bench", f"# Benchmarks\n\n## {title}\n\nold compile table\n")
+    assert f"## {title}\n\nold compile table\n" in kept
