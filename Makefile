@@ -62,7 +62,7 @@ $(CUDA_STAMP): $(STAMP)
 # out/gpu-compile, then the compile tests on it (`python -m benchmarks readme` puts its summary in
 # benchmarks/README.md).
 gpu-compile: $(CUDA_STAMP)
-	$(VPY) -m benchmarks.gpu_compile --out out/gpu-compile $(if $(JOBS),--jobs $(JOBS))
+	env -u TRITON_INTERPRET $(VPY) -m benchmarks.gpu_compile --out out/gpu-compile $(if $(JOBS),--jobs $(JOBS))
 	FLS_GPU_COMPILE_OUT=out/gpu-compile FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q tests/triton/test_gpu_compile.py
 
 # On the GPU machine (no package registry), in one call of at most 7 minutes: install into its system python

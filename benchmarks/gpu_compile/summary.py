@@ -39,7 +39,8 @@ def markdown(rows: Sequence[Row], meta: dict[str, str], subset: str, seconds: fl
         f"torch {meta['torch']}, triton {meta['triton']} (its bundled ptxas), nvcc {meta['nvcc']} from the PyPI "
         f"wheels, commit {meta['commit']}, {meta['timestamp']}. Limits per SM: 64K registers, 2048 threads, 32 "
         "programs, 227 KiB of shared memory per program on sm_90 and 163 KiB on sm_80 (+1 KiB reserved each). "
-        "Every row: `out/gpu-compile/rows.csv`, `table.md`.",
+        "Every row: `out/gpu-compile/rows.csv`, `table.md`; the tiles allowed to spill, how much and why: "
+        "`SPILLS_ALLOWED` in tests/triton/test_gpu_compile.py.",
         "",
     ]
     for target in sorted({r.target for r in rows if r.target != "host"}, reverse=True):
@@ -70,16 +71,21 @@ def markdown(rows: Sequence[Row], meta: dict[str, str], subset: str, seconds: fl
         "cores | programs/SM |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    # A Triton kernel per line; the CUDA kernels per source file (every kernel of it is a line of table.md).
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in ok:
-        if r.family != "c++":
-            groups[(r.family, r.kernel, r.target)].append(r)
+        if r.family == "triton":
+            groups[(r.family, f"`{r.kernel}`", r.target)].append(r)
+        elif r.family == "cuda":
+            groups[(r.family, f"csrc/cuda/{r.case}", r.target)].append(r)
     for (family, kernel, target), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "triton", kv[0])):
+        if family == "cuda":
+            kernel += f" ({len({r.kernel for r in group})} kernels)"
         spills = [r.spills for r in group if r.spills]
         fits = [r.programs_per_sm for r in group if r.warps]
         kinds = "/".join(sorted({r.tensor_cores for r in group}))
         lines.append(
-            f"| `{kernel}` | {target} | {len(group)} | {len({r.config for r in group}) if family == 'triton' else ''} "
+            f"| {kernel} | {target} | {len(group)} | {len({r.config for r in group}) if family == 'triton' else ''} "
             f"| {_span([r.registers for r in group])} | {f'{len(spills)}, {max(spills)}' if spills else '0'} "
             f"| {_kib(min(r.shared for r in group))}–{_kib(max(r.shared for r in group))} | {kinds} "
             f"| {_span(fits) if fits else ''} |"
