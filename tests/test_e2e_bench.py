@@ -50,8 +50,10 @@ def test_q_products_reach_every_lambda():
     for b in blocks:
         b.init_identity(0.7)
     fitter = AuxFitter(blocks, lambda batch, vs: vs, 1e-2, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in fitter.params]
     end_to_end.q_products(fitter)()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for b in blocks for p in b.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(fitter.params, before))  # λ itself does not move
 
 
 def test_defaults_are_cpu_sized_and_study_sized_on_cuda():

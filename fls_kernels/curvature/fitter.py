@@ -166,6 +166,21 @@ class AuxFitter:
         self.optimizer.step()
         return torch.as_tensor(loss)
 
+    def q_work(self, masks: list[Tensor] | None = None) -> None:
+        """The λ side of one step with no FVP, as a step runs it: probes u, v = M ⊙ Q u with its graph to λ
+        (grouped, or through the factors where cheaper), Q applied to a residual (here v, no graph), and the
+        backward of Σ ⟨Q v, v⟩ into λ's gradients — what a step costs beside its pass through the model, for
+        timing. λ and its optimizer do not move; the gradients are overwritten; the probe RNG advances."""
+        owned = [b for b, o in zip(self.blocks, self.owned) if o]
+        for p in self.params:
+            p.grad = None
+        _, vs, grams = self._probe(masks)
+        vs = [v for v in vs if v is not None]
+        with torch.no_grad():
+            detached = [None if g is None else (g[0].detach(), g[1].detach()) for g, o in zip(grams, self.owned) if o]
+            rs = self._qv([v.detach() for v in vs], owned, detached)
+        sum((r * v).sum() for r, v in zip(rs, vs)).backward()
+
     def _probe(self, masks: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor | None], list]:
         """u ∼ 𝒩(0, I) (masked) for every block, drawn in one call; v = M ⊙ Q u with its graph to λ for the owned
         ones (:meth:`_q_products`: one grouped product, wide blocks through their factors)."""
