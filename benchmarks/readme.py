@@ -110,6 +110,12 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_speed/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, the fit with probes focused on the candidates (`probe_focus`) against the isotropic fit "
+        "and FLS's K-FAC start, 64 calibration sentences (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set sparsities=0.7,0.8 'variants=K-FAC start,fit,fit (focused)' --out out/lambda_focus`)",
+        "lambda_focus/lambda.md",
+    ),
+    (
         "digits CNN, does the learned λ help? (`python -m benchmarks quality --model digits --lambda-study "
         "--seed-list …`: one process per core, then `--merge`)",
         "digits_lambda/digits_lambda.md",
