@@ -6,7 +6,7 @@ per-weight measurements) · ``selection`` (which layers a pruner prunes: unwrapp
 patterns, and which weights stay dense, with the reason).
 """
 
-from fls_kernels.layers.selection import Unpruned, select_layers, unpruned, unwrap
+from fls_kernels.layers.selection import Unpruned, kept_dense, select_layers, unpruned, unwrap
 from fls_kernels.layers.views import SUPPORTED_LAYERS, GPT2Conv1D, LayerView, find_layers, is_gpt2_conv1d
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Unpruned",
     "find_layers",
     "is_gpt2_conv1d",
+    "kept_dense",
     "select_layers",
     "unpruned",
     "unwrap",

@@ -51,8 +51,9 @@ def select_layers(
         except (re.error, TypeError) as exc:
             raise ValueError(f"include/ignore: invalid regex {pattern!r}: {exc}") from None
     _check_patterns(model, include, ignore)
+    heads = tuple(re.escape(path) for path in _default_heads(model, include))
     views = find_layers(
-        model, layer_types=tuple(layer_types), include=include, ignore=ignore, include_bias=include_bias
+        model, layer_types=tuple(layer_types), include=include, ignore=ignore + heads, include_bias=include_bias
     )
     if not views:
         raise ValueError(
@@ -65,6 +66,32 @@ def select_layers(
         where = ", ".join(f"{v.name}: {v.weight.device}" for v in views)
         raise ValueError(f"model: prunable layers are on several devices ({where})")
     return views
+
+
+def kept_dense(model: nn.Module) -> dict[str, str]:
+    """Module path → what it is, of the modules a transformers-style model (one with ``get_input_embeddings``) keeps
+    dense by default: its embedding tables and its output head (``get_output_embeddings``: an LM head, tied to
+    the input embedding or not). Other models: none."""
+    if not callable(getattr(model, "get_input_embeddings", None)):
+        return {}
+    found = {path: "embedding" for path, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        head = None
+    if isinstance(head, nn.Module):
+        found.update({path: "output head" for path, m in model.named_modules() if m is head})
+    return found
+
+
+def _default_heads(model: nn.Module, include: str | None) -> list[str]:
+    """The output heads left out by default: all of :func:`kept_dense`'s, but one that ``include`` names."""
+    return [
+        path
+        for path, what in kept_dense(model).items()
+        if what == "output head" and not (include is not None and re.fullmatch(include, path))
+    ]
 
 
 def _names(model: nn.Module) -> list[str]:
@@ -129,13 +156,16 @@ class Unpruned:
 
     Attributes:
         name: its qualified name; shape: its shape; reason: why it is not pruned;
-        explicit: whether the user's ``include`` / ``ignore`` / ``layer_types`` left it out (else: unsupported).
+        explicit: whether it is left out on purpose — by the user's ``include`` / ``ignore`` / ``layer_types``, or
+            by default (``by_default``) — rather than because its type cannot be pruned;
+        by_default: an embedding or the output head of a transformers-style model (:func:`kept_dense`).
     """
 
     name: str
     shape: tuple[int, ...]
     reason: str
     explicit: bool
+    by_default: bool = False
 
 
 def unpruned(
@@ -149,6 +179,8 @@ def unpruned(
     """Every weight of ``model`` (each shared tensor once) that ``views`` do not cover, in module order."""
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     seen = {id(p) for v in views for p in v.parameters().values()}
+    dense = kept_dense(model)
+    heads = {id(p): path for path, module, key, p in _holdings(model) if dense.get(path) == "output head"}
     out = []
     for path, module, key, p in _holdings(model):
         if p.dim() < 2 or id(p) in seen:
@@ -159,6 +191,12 @@ def unpruned(
             reason, explicit = f"{path or 'the model'!r} does not match include={include!r}", True
         elif any(re.fullmatch(pattern, path) for pattern in ignore):
             reason, explicit = f"{path!r} matches ignore", True
+        elif path in dense:
+            how = ", include= a pattern naming it prunes it" if dense[path] == "output head" else ""
+            tied = f", tied to the output head {heads[id(p)]!r}" if id(p) in heads and heads[id(p)] != path else ""
+            reason = f"the model's {dense[path]}{tied}: dense by default{how}"
+            out.append(Unpruned(f"{path}.{key}" if path else key, tuple(p.shape), reason, True, by_default=True))
+            continue
         elif isinstance(module, SUPPORTED_LAYERS) and key in ("weight", "in_proj_weight"):
             reason, explicit = f"{kind} is not in layer_types", True
         else:

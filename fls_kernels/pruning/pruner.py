@@ -107,6 +107,15 @@ class Pruner:
         self.unpruned: list[Unpruned] = left
         self._left_out: list[str] = []  # layers the first fit found out of the method's reach
         self._probed = False
+        what = {u.name: u.reason.split(":")[0].removeprefix("the model's ") for u in left if u.by_default}
+        kept = [f"{name} ({kind})" for name, kind in what.items()]
+        if kept:
+            log.info(
+                "%s keeps the model's embeddings and output head dense: %s (include= a pattern naming the head prunes "
+                "it)",
+                name,
+                ", ".join(kept),
+            )
         unsupported = [u for u in left if not u.explicit]
         if unsupported:
             names = ", ".join(f"{u.name} ({u.reason.split(':')[0]})" for u in unsupported[:8])

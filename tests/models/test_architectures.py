@@ -136,7 +136,7 @@ MODELS = {
     "bert": (_bert, _tokens, "gaussian", {}),
     "bert_pooler": (lambda: _bert(pooler=True), _tokens, "gaussian", {}),
     "bert_classifier": (_bert_classifier, _tokens, "categorical", {}),
-    "gpt2": (_gpt2, _tokens, "categorical", {"ignore": ("lm_head",)}),  # lm_head is tied to the embedding
+    "gpt2": (_gpt2, _tokens, "categorical", {}),  # lm_head, tied to the embedding, stays dense by default
 }
 
 
