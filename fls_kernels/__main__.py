@@ -1,4 +1,4 @@
-"""Command line: ``python -m fls_kernels info | demo | compare``."""
+"""Command line: ``python -m fls_kernels info | demo | compare | prune``."""
 
 from __future__ import annotations
 
@@ -222,10 +222,65 @@ def main(argv: list[str] | None = None) -> int:
         help="restrict to these backends; the reference is always included (default: every backend available on "
         "the device; `python -m fls_kernels info` lists them and why any is unavailable)",
     )
+    r = sub.add_parser(
+        "prune",
+        help="prune a causal LM from a local Hugging Face folder; perplexity before and after; save_pretrained",
+        formatter_class=_HelpFormatter,
+    )
+    r.add_argument("model_dir", metavar="MODEL_DIR", help="local folder of a causal LM and its tokenizer (no network)")
+    r.add_argument("--method", required=True, help="a registered method: " + ", ".join(_methods()))
+    r.add_argument("--sparsity", type=_sparsity, required=True, help="target sparsity in [0, 1) (N:M: j/M)")
+    r.add_argument("--pattern", default="unstructured", help='"unstructured", "2:4" or any "N:M"')
+    r.add_argument("--calib", required=True, metavar="TEXT_FILE", help="calibration text")
+    r.add_argument("--samples", type=_count, default=128, help="calibration windows")
+    r.add_argument("--seq-len", type=_count, default=512, help="tokens per window")
+    r.add_argument("--eval", metavar="TEXT_FILE", help="text for perplexity before and after (default: none)")
+    r.add_argument("--eval-windows", type=_count, help="evaluation windows (default: all the text holds)")
+    r.add_argument("--batch-size", type=_count, default=8, help="windows per forward")
+    r.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to prune")
+    r.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the pruned model and fls_report.json")
     args = parser.parse_args(argv)
     if args.command == "compare":
         _check_compare(c, args)
+    if args.command == "prune":
+        return _prune(r, args)
     return {"info": _info, "demo": _demo, "compare": _compare}[args.command](args)
+
+
+def _methods() -> list[str]:
+    from fls_kernels.pruning.registry import PRUNERS
+
+    return sorted(PRUNERS)
+
+
+def _prune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``prune``: a bad input is one line naming the argument, exit status 2."""
+    import torch
+
+    from fls_kernels import llm
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda requested but no CUDA device is available")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        llm.prune(
+            args.model_dir,
+            method=args.method,
+            sparsity=args.sparsity,
+            calib=args.calib,
+            out=args.out,
+            pattern=args.pattern,
+            samples=args.samples,
+            seq_len=args.seq_len,
+            eval_text=args.eval,
+            eval_windows=args.eval_windows,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=sys.stderr.isatty(),
+        )
+    except llm.InputError as exc:
+        parser.error(str(exc))
+    return 0
 
 
 if __name__ == "__main__":
