@@ -1,6 +1,6 @@
 // Native kernels of the fls op contracts. Each writes into outputs allocated by the caller (so tests can
-// poison them) or updates W in place. Registered in registration.cpp as the CPU and CUDA kernels of one
-// internal op each, torch.ops.fls._<op>.
+// poison them) or updates W in place. Registered in registration.cpp, from FLS_NATIVE_OPS, as the CPU and
+// CUDA kernels of one internal op each, torch.ops.fls._<op>.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,32 +28,42 @@ void check_surgeon_args(const at::Tensor& W, const at::Tensor& A, const at::Tens
 void check_select_lists(at::TensorList scores, at::TensorList outs, c10::DeviceType device);
 void check_select_nm(const at::Tensor& scores, int64_t n, int64_t m, const at::Tensor& out, c10::DeviceType device);
 
-// The kernels of the op contracts, declared once and expanded below in namespace cpu (csrc/cpu, always built)
-// and namespace cuda (csrc/cuda, built with FLS_WITH_CUDA):
+// The native ops, each listed once: X(stem, schema of its internal op fls::_<stem>, parameters of its kernels).
+// The kernels are declared from it below in namespace cpu (csrc/cpu, always built) and namespace cuda
+// (csrc/cuda, built with FLS_WITH_CUDA), and registration.cpp defines and implements every op from it:
 //   select_smallest: outs[t] = the scores of scores[t] among the k smallest of all of them (ties: lower
 //                    (t, flat index) first);
 //   select_nm:       out = the n smallest of every group of m consecutive entries of each row (ties: lower
 //                    column first);
 //   precision picks the GEMM mode of kron_qv and surgeon_update on CUDA: fp32 (IEEE), tf32, or bf16 operands
 //   with fp32 accumulation (no effect on the CPU: fp32 BLAS).
-#define FLS_KERNEL_PROTOTYPES                                                                                 \
-  void kron_diag(const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out);             \
-  void obs_scores(const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l,         \
-                  const at::Tensor& mask, at::Tensor& out);                                                   \
-  void kron_qv(const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,        \
-               const std::string& precision, at::Tensor& out);                                                \
-  void surgeon_update(at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,       \
-                      const at::Tensor& r, const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep, \
-                      const std::string& precision);                                                          \
-  void select_smallest(at::TensorList scores, int64_t k, at::TensorList outs);                                \
-  void select_nm(const at::Tensor& scores, int64_t n, int64_t m, at::Tensor& out);
+#define FLS_NATIVE_OPS(X)                                                                                       \
+  X(kron_diag, "(Tensor A, Tensor r, Tensor l, Tensor(a!) out) -> ()",                                         \
+    (const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, at::Tensor& out))                          \
+  X(obs_scores, "(Tensor W, Tensor A, Tensor r, Tensor l, Tensor mask, Tensor(a!) out) -> ()",                 \
+    (const at::Tensor& W, const at::Tensor& A, const at::Tensor& r, const at::Tensor& l, const at::Tensor& mask, \
+     at::Tensor& out))                                                                                         \
+  X(kron_qv, "(Tensor V, Tensor A, Tensor G_R, Tensor G_L, str precision, Tensor(a!) out) -> ()",              \
+    (const at::Tensor& V, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L,                   \
+     const std::string& precision, at::Tensor& out))                                                           \
+  X(surgeon_update,                                                                                            \
+    "(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, Tensor keep, "          \
+    "str precision) -> ()",                                                                                    \
+    (at::Tensor& W, const at::Tensor& A, const at::Tensor& G_R, const at::Tensor& G_L, const at::Tensor& r,    \
+     const at::Tensor& l, const at::Tensor& prune, const at::Tensor& keep, const std::string& precision))      \
+  X(select_smallest, "(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()",                                      \
+    (at::TensorList scores, int64_t k, at::TensorList outs))                                                   \
+  X(select_nm, "(Tensor scores, int n, int m, Tensor(a!) out) -> ()",                                          \
+    (const at::Tensor& scores, int64_t n, int64_t m, at::Tensor& out))
+
+#define FLS_KERNEL_PROTOTYPE(stem, schema, params) void stem params;
 
 namespace cpu {
-FLS_KERNEL_PROTOTYPES
+FLS_NATIVE_OPS(FLS_KERNEL_PROTOTYPE)
 }  // namespace cpu
 
 namespace cuda {
-FLS_KERNEL_PROTOTYPES
+FLS_NATIVE_OPS(FLS_KERNEL_PROTOTYPE)
 }  // namespace cuda
 
 }  // namespace fls

@@ -46,30 +46,21 @@ struct Native<Kernel> {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fls, m) {
-  m.def("_kron_diag(Tensor A, Tensor r, Tensor l, Tensor(a!) out) -> ()");
-  m.def("_obs_scores(Tensor W, Tensor A, Tensor r, Tensor l, Tensor mask, Tensor(a!) out) -> ()");
-  m.def("_kron_qv(Tensor V, Tensor A, Tensor G_R, Tensor G_L, str precision, Tensor(a!) out) -> ()");
-  m.def(
-      "_surgeon_update(Tensor(a!) W, Tensor A, Tensor G_R, Tensor G_L, Tensor r, Tensor l, Tensor prune, "
-      "Tensor keep, str precision) -> ()");
-  m.def("_select_smallest(Tensor[] scores, int k, Tensor(a!)[] outs) -> ()");
-  m.def("_select_nm(Tensor scores, int n, int m, Tensor(a!) out) -> ()");
-}
+// Every op of FLS_NATIVE_OPS (ops.h) declared, then given the kernels of namespace fls::<ns> (cpu or cuda) for
+// the dispatch key of the enclosing TORCH_LIBRARY_IMPL.
+#define FLS_DEF(stem, schema, params) m.def("_" #stem schema);
+#define FLS_IMPL(stem, schema, params) m.impl("_" #stem, &Native<&fls::FLS_NS::stem>::call);
 
-// The kernels of namespace fls::<ns> (cpu or cuda) for the dispatch key of the enclosing TORCH_LIBRARY_IMPL.
-#define FLS_IMPL_KERNELS(ns)                                                \
-  m.impl("_kron_diag", &Native<&fls::ns::kron_diag>::call);                 \
-  m.impl("_obs_scores", &Native<&fls::ns::obs_scores>::call);               \
-  m.impl("_kron_qv", &Native<&fls::ns::kron_qv>::call);                     \
-  m.impl("_surgeon_update", &Native<&fls::ns::surgeon_update>::call);       \
-  m.impl("_select_smallest", &Native<&fls::ns::select_smallest>::call);     \
-  m.impl("_select_nm", &Native<&fls::ns::select_nm>::call);
+TORCH_LIBRARY_FRAGMENT(fls, m) { FLS_NATIVE_OPS(FLS_DEF) }
 
-TORCH_LIBRARY_IMPL(fls, CPU, m) { FLS_IMPL_KERNELS(cpu) }
+#define FLS_NS cpu
+TORCH_LIBRARY_IMPL(fls, CPU, m) { FLS_NATIVE_OPS(FLS_IMPL) }
+#undef FLS_NS
 
 #ifdef FLS_WITH_CUDA
-TORCH_LIBRARY_IMPL(fls, CUDA, m) { FLS_IMPL_KERNELS(cuda) }
+#define FLS_NS cuda
+TORCH_LIBRARY_IMPL(fls, CUDA, m) { FLS_NATIVE_OPS(FLS_IMPL) }
+#undef FLS_NS
 #endif
 
 #ifdef FLS_PYTHON_MODULE
