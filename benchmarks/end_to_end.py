@@ -29,7 +29,7 @@ import torch
 import fls_kernels as fls
 from benchmarks import fvp, models
 from benchmarks.runner import stamp
-from benchmarks.timer import peak_mib, reset_peak, sync
+from benchmarks.timer import Deadline, peak_mib, reset_peak, sync
 from fls_kernels import timing
 from fls_kernels.curvature import AuxFitter
 
@@ -172,7 +172,7 @@ def run(
     """The yardstick and the FVP alone once per model, then per backend the aux-step split and the one-shot prune.
     With ``seconds``, no backend starts after that many seconds (its rows say so); ``checkpoint(result)`` is
     called after every backend (e.g. to write the tables so far)."""
-    deadline = None if seconds is None else time.perf_counter() + seconds
+    deadline = Deadline(seconds)
     views = fvp.layer_views(model)
     batch, vectors = model.batches[0], fvp.probe_vectors(views, device)
     curvature = fvp.curvature(model, views)
@@ -182,9 +182,7 @@ def run(
     shared = dict(fvp_alone_ms=fvp_ms, fwd_bwd_ms=fwd_bwd_ms, fvp_over_fwd_bwd=fvp_ms / fwd_bwd_ms)
     result = Result(model, settings, [], [])
     for name in backends:
-        why = unavailable(name, device)
-        if why is None and deadline is not None and time.perf_counter() > deadline:
-            why = f"not timed: the run's {seconds:.0f} s were spent"
+        why = unavailable(name, device) or deadline.note()
         if why is not None:
             result.prune.append(dict(backend=name, note=why))
             result.aux.append(dict(backend=name, note=why))

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from benchmarks import models
 from benchmarks.runner import stamp
-from benchmarks.timer import median_ms, peak_mib, reset_peak, sync
+from benchmarks.timer import Deadline, median_ms, peak_mib, reset_peak, sync
 from fls_kernels.curvature import ModelCurvature, get_likelihood
 from fls_kernels.data import model_output, split_batch
 from fls_kernels.layers import LayerView, find_layers
@@ -175,7 +175,7 @@ def run(
     are listed as not timed). Variants are verified against a fresh ``jvp`` run before they are timed.
     ``checkpoint(rows, descriptions)`` is called after every row (e.g. to write the tables so far).
     """
-    deadline = None if seconds is None else time.perf_counter() + seconds
+    deadline = Deadline(seconds)
     names = [spec.name if isinstance(spec, models.Model) else spec for spec in specs]
     columns = [YARDSTICK] + [v.name for v in variants]
     rows: list[Row] = []
@@ -214,8 +214,8 @@ def run(
                     emit(
                         Row(model.name, REFERENCE, model.batch_size, None, None, None, None, f"failed: {failure(exc)}")
                     )
-                if _spent(deadline):
-                    emit(_not_timed(model, YARDSTICK, seconds))
+                if deadline.spent():
+                    emit(_not_timed(model, YARDSTICK, deadline))
                 else:
                     try:
                         ms, peak = measure(forward_backward(model, s["batch"]), device, min_run_time)
@@ -239,10 +239,9 @@ def run(
                 continue
             for variant in variants:
                 if variant.deferred == deferred:
-                    spent = _spent(deadline)
                     emit(
-                        _not_timed(model, variant.name, seconds)
-                        if spent
+                        _not_timed(model, variant.name, deadline)
+                        if deadline.spent()
                         else _one(model, variant, s, device, min_run_time)
                     )
     state.clear()
@@ -250,13 +249,8 @@ def run(
     return rows, descriptions
 
 
-def _spent(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() > deadline
-
-
-def _not_timed(model: models.Model, variant: str, seconds: float | None) -> Row:
-    note = f"not timed: the run's {seconds:.0f} s were spent"
-    return Row(model.name, variant, model.batch_size, None, None, None, None, note)
+def _not_timed(model: models.Model, variant: str, deadline: Deadline) -> Row:
+    return Row(model.name, variant, model.batch_size, None, None, None, None, deadline.note())
 
 
 def _one(model: models.Model, variant: Variant, s: dict, device: str, min_run_time: float) -> Row:

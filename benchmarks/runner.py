@@ -6,7 +6,6 @@ import csv
 import datetime
 import platform
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from benchmarks import registry
 from benchmarks.peaks import Peaks
-from benchmarks.timer import median_ms
+from benchmarks.timer import Deadline, median_ms
 from fls_kernels.testing import poison_outputs, rel_error, tolerance
 
 
@@ -94,14 +93,12 @@ def run(
     """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``. With
     ``seconds``, cases not started by then are listed as not timed (so a time-limited run still tabulates)."""
     rows = []
-    deadline = None if seconds is None else time.perf_counter() + seconds
+    deadline = Deadline(seconds)
     for op in ops:
         for case in registry.cases(op, shapes, list(groups), precision):
             name = case.shape
             for provider in providers:
-                why = registry.unavailable(op, provider, device)
-                if why is None and deadline is not None and time.perf_counter() > deadline:
-                    why = f"not timed: the run's {seconds:.0f} s were spent"
+                why = registry.unavailable(op, provider, device) or deadline.note()
                 if why is not None:
                     rows.append(Row(op, name, provider, precision, device, None, None, why))
                     continue

@@ -16,7 +16,6 @@ The native result is verified against the reference (fls_reference.select_smalle
 from __future__ import annotations
 
 import csv
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import fls_kernels as fls
 import fls_reference as ref
 from benchmarks.runner import stamp
-from benchmarks.timer import median_ms
+from benchmarks.timer import Deadline, median_ms
 
 #: N per device: 10⁷ on the 2-core CPU; 1.1·10⁸ (a ResNet-50-sized model is 2.5·10⁷) and 10⁹ on a GPU.
 SIZES = {"cpu": [10**7], "cuda": [110_000_000, 1_000_000_000]}
@@ -96,10 +95,10 @@ def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
 
 def run(device: str, sizes: list[int], providers: list[str], seconds: float | None = None) -> list[Row]:
     """Rows for every N of ``sizes``; with ``seconds``, sizes not started by then are listed as not timed."""
-    rows, start = [], time.perf_counter()
+    rows, deadline = [], Deadline(seconds)
     for n in sizes:
-        if seconds is not None and time.perf_counter() - start > seconds:
-            rows += [Row(n, p, None, f"not timed: the run's {seconds:.0f} s were spent") for p in providers]
+        if deadline.spent():
+            rows += [Row(n, p, None, deadline.note()) for p in providers]
             continue
         rows += run_one(n, device, providers)
     return rows

@@ -123,3 +123,22 @@ def test_readme_takes_the_compile_summary_from_out_gpu_compile(tmp_path):
     assert f"## {title}\n\ncompiled table\n" in readme.build(tmp_path / "bench")
     kept = readme.build(tmp_path / "elsewhere" / "bench", f"# Benchmarks\n\n## {title}\n\nold compile table\n")
     assert f"## {title}\n\nold compile table\n" in kept
+
+
+def test_a_spent_deadline_leaves_every_row_not_timed_in_each_front_end():
+    """One time limit for the kernel runner, the selection benchmark, and (tests/test_fvp_bench.py) the FVP one:
+    nothing starts once it is spent, and every row says so."""
+    import time
+
+    from benchmarks import select
+    from benchmarks.timer import Deadline
+
+    assert not Deadline(None).spent() and Deadline(None).note() is None and Deadline(60).note() is None
+    spent = Deadline(0)
+    time.sleep(1e-3)
+    assert spent.spent() and spent.note() == "not timed: the run's 0 s were spent"
+    op = registry.OPS[0]
+    rows = runner.run([op], ["reference"], registry.CPU_SHAPES, "cpu", seconds=0)
+    assert rows and all(r.ms is None and r.note == spent.note() for r in rows)
+    rows = select.run("cpu", [10, 20], ["fls"], seconds=0)
+    assert [(r.n, r.note) for r in rows] == [(10, spent.note()), (20, spent.note())]
