@@ -17,7 +17,6 @@ Per model (:mod:`benchmarks.models`) and backend:
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 
 import fls_kernels as fls
 from benchmarks import fvp, models
-from benchmarks.runner import stamp
+from benchmarks.runner import stamp, write_tables
 from benchmarks.timer import Deadline, peak_mib, reset_peak, sync
 from fls_kernels import timing
 from fls_kernels.curvature import AuxFitter
@@ -213,19 +212,15 @@ def _cell(value: object, fmt: str = ".2f") -> str:
 def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]:
     """``e2e-<model>-<device>.csv`` (both tables' rows, a ``table`` column telling them apart, stamped) and
     ``e2e-<model>-<device>.md`` (the one-shot prune table, then the aux-step table)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device)
     name = result.model.name
-    csv_path, md_path = out / f"e2e-{name}-{device}.csv", out / f"e2e-{name}-{device}.md"
     prune_fields = ["total", *SECTIONS, "other", "peak_mib"]
     fields = ["table", "model", "backend", *prune_fields, *AUX_COLUMNS, "note"]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*fields, *meta])
-        w.writeheader()
-        for table, rows in (("prune", result.prune), ("aux", result.aux)):
-            for r in rows:
-                w.writerow({**{k: r.get(k, "") for k in fields}, "table": table, "model": name, **meta})
+    table = [
+        [{"table": kind, "model": name}.get(k, r.get(k)) for k in fields]
+        for kind, rows in (("prune", result.prune), ("aux", result.aux))
+        for r in rows
+    ]
     s, threads = result.settings, torch.get_num_threads()
     lines = [
         f"Model {result.model.description}; {s.describe()}. Device {meta['gpu_or_cpu']}"
@@ -259,5 +254,4 @@ def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]
             continue
         cells = [_cell(r.get(k), ".0f" if k.startswith("peak") else ".2f") for k in AUX_COLUMNS]
         lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return write_tables(out_dir, f"e2e-{name}-{device}", fields, table, lines, meta)

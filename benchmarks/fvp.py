@@ -19,7 +19,6 @@ with the peak memory of one more product.
 
 from __future__ import annotations
 
-import csv
 import gc
 import re
 import time
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import models
-from benchmarks.runner import stamp
+from benchmarks.runner import stamp, write_tables
 from benchmarks.timer import Deadline, median_ms, peak_mib, reset_peak, sync
 from fls_kernels.curvature import ModelCurvature, get_likelihood
 from fls_kernels.data import model_output, split_batch
@@ -278,19 +277,10 @@ def _one(model: models.Model, variant: Variant, s: dict, device: str, min_run_ti
 def write(rows: list[Row], out_dir: str | Path, device: str, descriptions: dict[str, str]) -> tuple[Path, Path]:
     """``fvp-<device>.csv`` (one stamped row per measurement) and ``fvp-<device>.md`` (the table, with what each
     model is and how it was measured)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device)
-    csv_path, md_path = out / f"fvp-{device}.csv", out / f"fvp-{device}.md"
     fields = ["model", "variant", "batch", "ms", "ratio", "error", "peak_mib", "note"]
     header = ["model", "variant", "batch", "ms", "x_forward_backward", "max_rel_error", "peak_mib", "note"]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*header, *meta])
-        for r in rows:
-            values = [getattr(r, k) for k in fields]
-            cells = ["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in values]
-            w.writerow([*cells, *meta.values()])
+    table = [[f"{v:.6g}" if isinstance(v, float) else v for v in (getattr(r, k) for k in fields)] for r in rows]
     threads = torch.get_num_threads()
     timer = (
         "triton.testing.do_bench medians"
@@ -322,5 +312,4 @@ def write(rows: list[Row], out_dir: str | Path, device: str, descriptions: dict[
             r.note.replace("|", "/"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return write_tables(out_dir, f"fvp-{device}", header, table, lines, meta)

@@ -165,18 +165,14 @@ def write(
     """CSV (one row per measurement, stamped) and a markdown table with speed-ups, the time over the two GEMMs'
     (where the ``gemms`` yardstick ran) and % of the roofline at ``peaks`` (measured in the same run), named by
     :func:`stem`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device)
     name = stem(device, precision)
-    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["op", "shape", "provider", "precision", "device", "ms", "rel_error", "note", *meta])
-        for r in rows:
-            ms = "" if r.ms is None else f"{r.ms:.4f}"
-            err = "" if r.error is None else f"{r.error:.2e}"
-            w.writerow([r.op, r.shape, r.provider, r.precision, r.device, ms, err, r.note, *meta.values()])
+    header = ["op", "shape", "provider", "precision", "device", "ms", "rel_error", "note"]
+    table = [
+        [r.op, r.shape, r.provider, r.precision, r.device]
+        + ["" if r.ms is None else f"{r.ms:.4f}", "" if r.error is None else f"{r.error:.2e}", r.note]
+        for r in rows
+    ]
     lines = [
         f"Device {meta['gpu_or_cpu']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}, "
         f"{meta['timestamp']}" + (f"; {peaks.describe()}." if peaks is not None else "."),
@@ -200,8 +196,8 @@ def write(
     skipped = sorted({f"{r.provider}: {r.note}" for r in rows if r.ms is None})
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]
-    md_path.write_text("\n".join(lines) + "\n")
-    plot(rows, out / f"{name}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
+    csv_path, md_path = write_tables(out_dir, name, header, table, lines, meta)
+    plot(rows, Path(out_dir) / f"{name}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
     return csv_path, md_path
 
 
@@ -268,6 +264,24 @@ def run_at(ref: str, argv: list[str], out_dir: Path) -> Path:
     finally:
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
     return out_dir
+
+
+def write_tables(
+    out_dir: str | Path, name: str, header: list[str], rows: list[list[object]], markdown: list[str], meta: dict
+) -> tuple[Path, Path]:
+    """The two outputs of a timing benchmark in ``out_dir`` (created if needed): ``<name>.csv`` — ``header``, then
+    each row of ``rows`` (None as an empty cell) with the stamp ``meta`` (:func:`stamp`) appended to every one —
+    and ``<name>.md``, the lines of ``markdown``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*header, *meta])
+        for row in rows:
+            w.writerow(["" if v is None else v for v in row] + list(meta.values()))
+    md_path.write_text("\n".join(markdown) + "\n")
+    return csv_path, md_path
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:

@@ -15,7 +15,6 @@ The native result is verified against the reference (fls_reference.select_smalle
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from benchmarks.runner import stamp
+from benchmarks.runner import stamp, write_tables
 from benchmarks.timer import Deadline, median_ms
 
 #: N per device: 10⁷ on the 2-core CPU; 1.1·10⁸ (a ResNet-50-sized model is 2.5·10⁷) and 10⁹ on a GPU.
@@ -106,16 +105,9 @@ def run(device: str, sizes: list[int], providers: list[str], seconds: float | No
 
 def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path]:
     """CSV (stamped with device, versions, commit, time, threads) and a markdown table of ratios."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = stamp(device) | {"cpu_threads": str(torch.get_num_threads())}
-    csv_path, md_path = out / f"select-{device}.csv", out / f"select-{device}.md"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["op", "n", "provider", "ms", "note", *meta])
-        for r in rows:
-            ms = "" if r.ms is None else f"{r.ms:.4f}"
-            w.writerow(["select_smallest", r.n, r.provider, ms, r.note, *meta.values()])
+    header = ["op", "n", "provider", "ms", "note"]
+    table = [["select_smallest", r.n, r.provider, "" if r.ms is None else f"{r.ms:.4f}", r.note] for r in rows]
     lines = [
         f"select_smallest, k = half of the scores below +inf. Device {meta['gpu_or_cpu']} "
         f"({meta['cpu_threads']} CPU threads), torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}.",
@@ -132,5 +124,4 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
         ratio = f"{r.ms / ours[r.n]:.1f}×" if r.n in ours else "—"
         over_copy = f"{r.ms / copy[r.n]:.2f}" if r.n in copy else "—"
         lines.append(f"| {r.n:,} | {r.provider} | {r.ms:.2f} | {ratio} | {over_copy} |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return write_tables(out_dir, f"select-{device}", header, table, lines, meta)

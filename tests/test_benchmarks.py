@@ -142,3 +142,23 @@ def test_a_spent_deadline_leaves_every_row_not_timed_in_each_front_end():
     assert rows and all(r.ms is None and r.note == spent.note() for r in rows)
     rows = select.run("cpu", [10, 20], ["fls"], seconds=0)
     assert [(r.n, r.note) for r in rows] == [(10, spent.note()), (20, spent.note())]
+
+
+def test_every_front_end_writes_its_tables_through_one_stamped_writer(tmp_path):
+    """write_tables: the header, each row with None as an empty cell and the stamp on every row; the markdown."""
+    import csv
+
+    from benchmarks import select
+
+    meta = {"gpu_or_cpu": "cpu", "commit": "abc"}
+    c, m = runner.write_tables(tmp_path / "t", "x", ["a", "b"], [[1, None], ["s", 2.5]], ["# t", "| a |"], meta)
+    assert list(csv.reader(open(c))) == [["a", "b", "gpu_or_cpu", "commit"], ["1", "", "cpu", "abc"],
+                                          ["s", "2.5", "cpu", "abc"]]  # fmt: skip
+    assert m.read_text() == "# t\n| a |\n"
+    rows = [select.Row(10, "fls", 0.5), select.Row(10, "copy", 0.1), select.Row(20, "fls", None, "not timed")]
+    c, m = select.write(rows, tmp_path, "cpu")
+    table = list(csv.DictReader(open(c)))
+    assert [(r["n"], r["ms"], r["note"]) for r in table] == [("10", "0.5000", ""), ("10", "0.1000", ""),
+                                                             ("20", "", "not timed")]  # fmt: skip
+    assert all(r["commit"] and r["cpu_threads"] for r in table)
+    assert "| 10 | copy | 0.10 | 0.2× | 1.00 |" in m.read_text()
