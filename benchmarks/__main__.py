@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         help="digits: a subset of the rows (default: the study's rows and every registered method)",
     )
     q.add_argument("--fls-gradual-refine", type=int, help="digits: FLS aux steps before each gradual sub-step")
-    q.add_argument("--model", choices=["digits", "minilm"], default="digits")
+    q.add_argument("--model", choices=["digits", "minilm", "gpt"], default="digits")
     q.add_argument("--reduced", action="store_true", help="minilm: CPU-sized budgets (< 20 minutes on 2 cores)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="minilm: where to run")
     q.add_argument("--ablation", action="store_true", help="minilm: the ablation of FLS's options (70%%)")
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = "out/minilm_ablation" if args.ablation else args.out
         args.out = "out/minilm_lambda" + ("_quick" if args.quick else "") if args.lambda_study else args.out
         args.out = "out/digits_lambda" if args.lambda_study and args.model == "digits" else args.out
+        args.out = "out/gpt" + ("_quick" if args.quick else "") if args.model == "gpt" else args.out
     if args.command == "quality" and args.lambda_study and args.model == "digits":
         from benchmarks.quality import digits, digits_lambda
 
@@ -105,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
             rows = digits_lambda.run(config)
         print(digits_lambda.table(rows, config))
         print("wrote", ", ".join(str(p) for p in digits_lambda.write(rows, config, args.out, stamp)))
+        return 0
+    if args.command == "quality" and args.model == "gpt":
+        from benchmarks.quality import gpt, minilm
+
+        try:
+            overrides = minilm.parse_overrides(args.set, gpt.Config)
+        except ValueError as exc:
+            parser.error(f"--set: {exc}")
+        config = gpt.Config(**{**(gpt.SMOKE if args.quick else {}), **overrides})
+        stamp = runner.stamp_line("cpu")
+        rows = gpt.run(config)
+        print(gpt.table(rows, config))
+        print("wrote", ", ".join(str(p) for p in gpt.write(rows, config, args.out, stamp)))
         return 0
     if args.command == "quality" and args.lambda_study:
         from benchmarks.quality import lambda_study, minilm

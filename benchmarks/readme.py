@@ -116,6 +116,11 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_focus/lambda.md",
     ),
     (
+        "a small GPT trained on CPython's documentation, perplexity after pruning (`python -m benchmarks quality "
+        "--model gpt`)",
+        "gpt/gpt.md",
+    ),
+    (
         "digits CNN, does the learned λ help? (`python -m benchmarks quality --model digits --lambda-study "
         "--seed-list …`: one process per core, then `--merge`)",
         "digits_lambda/digits_lambda.md",

@@ -118,17 +118,22 @@ def batches(ids: torch.Tensor, size: int, device: str) -> list[dict[str, torch.T
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> float:
-    """exp of the mean next-token negative log-likelihood over the windows ``ids`` [n, L] (float64 accumulation)."""
-    total, count = torch.zeros((), dtype=torch.float64), 0
+def window_nll(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """[n] float64: each window's mean next-token negative log-likelihood (the L − 1 predicted tokens of ``ids``
+    [n, L])."""
     device = next(model.parameters()).device
+    out = []
     for batch in batches(ids, batch_size, str(device)):
         x = batch["input_ids"]
         logits = model(input_ids=x).logits[:, :-1].float()
-        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-        total += nll.double().cpu()
-        count += x[:, 1:].numel()
-    return math.exp(float(total) / count)
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # [b, L − 1]
+        out.append(nll.double().mean(1).cpu())
+    return torch.cat(out)
+
+
+def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> float:
+    """exp of the mean next-token negative log-likelihood over the windows ``ids`` [n, L] (float64 accumulation)."""
+    return math.exp(float(window_nll(model, ids, batch_size).mean()))
 
 
 def prune(
@@ -204,4 +209,14 @@ def prune(
     return report
 
 
-__all__: Sequence[str] = ("METHODS", "RECIPES", "InputError", "Report", "load", "perplexity", "prune", "windows")
+__all__: Sequence[str] = (
+    "METHODS",
+    "RECIPES",
+    "InputError",
+    "Report",
+    "load",
+    "perplexity",
+    "prune",
+    "window_nll",
+    "windows",
+)
