@@ -51,14 +51,19 @@ def select_layers(
         except (re.error, TypeError) as exc:
             raise ValueError(f"include/ignore: invalid regex {pattern!r}: {exc}") from None
     _check_patterns(model, include, ignore)
-    heads = tuple(re.escape(path) for path in _default_heads(model, include))
+    heads = _default_heads(model, include)
     views = find_layers(
-        model, layer_types=tuple(layer_types), include=include, ignore=ignore + heads, include_bias=include_bias
+        model,
+        layer_types=tuple(layer_types),
+        include=include,
+        ignore=ignore + tuple(re.escape(path) for path in heads),
+        include_bias=include_bias,
     )
     if not views:
+        dense = f", the output head {heads[0]!r} dense by default (include= it)" if heads else ""
         raise ValueError(
             f"model: no prunable layers (types {[t.__name__ for t in layer_types]}, include={include!r}, "
-            f"ignore={list(ignore)!r}); {_some_layers(model)}"
+            f"ignore={list(ignore)!r}{dense}); {_some_layers(model)}"
         )
     _check_sharing(model, views)
     devices = {v.weight.device for v in views}

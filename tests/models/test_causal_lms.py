@@ -124,3 +124,23 @@ def test_other_models_keep_their_embedding_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="fls_kernels.pruning"):
         pruner = fls.MagnitudePruner(Bag())
     assert "emb.weight" in caplog.text and not any(u.by_default for u in pruner.unpruned)
+
+
+def test_a_model_whose_only_layer_is_its_head_names_the_default_when_refusing():
+    class HeadOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(10, 4), nn.Linear(4, 10)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.embed(x))
+
+    with pytest.raises(ValueError, match=r"no prunable layers .*the output head 'head' dense by default"):
+        fls.MagnitudePruner(HeadOnly())
+    assert fls.MagnitudePruner(HeadOnly(), include="head").layer_names == ["head"]
