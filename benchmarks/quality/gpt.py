@@ -47,7 +47,7 @@ class Config:
     lr: float = 1e-3
     samples: int = 64  # calibration windows
     val_windows: int = 32
-    eval_windows: int = 128
+    eval_windows: int | None = None  # None: every window the evaluation segment holds
     batch_size: int = 8
     methods: tuple[str, ...] = ("fls", "kfac", "obd", "sparsegpt", "wanda", "magnitude")
     cells: tuple[str, ...] = CELLS
@@ -233,10 +233,11 @@ def paired(row: dict, rows: list[dict], reference: str = REFERENCE) -> tuple[flo
 
 def table(rows: list[dict], config: Config) -> str:
     c = config
+    evaluated = len(rows[0]["window_nll"]) if rows else c.eval_windows
     lines = [
         f"GPT-2-architecture model, {c.layers} blocks of width {c.width} ({c.heads} heads), BPE vocabulary {c.vocab}, "
         f"trained here for {c.train_steps} steps of {c.train_batch} × {c.seq_len} tokens on CPython's documentation; "
-        f"{c.samples} calibration / {c.val_windows} validation / {c.eval_windows} evaluation windows of {c.seq_len} "
+        f"{c.samples} calibration / {c.val_windows} validation / {evaluated} evaluation windows of {c.seq_len} "
         "tokens from held-out segments. Methods through the registry (FLS and K-FAC: the transformer recipe — K-FAC "
         "start, adaptive update, uniform allocation, γ = 1e-3 × mean diag F̂, 4 sub-steps; the others: their defaults, "
         "SparseGPT and Wanda one pass). Perplexity on the validation and evaluation windows; per-window NLL minus "
