@@ -61,19 +61,24 @@ class Report:
     versions: dict = field(default_factory=dict)
 
 
-def _check_pattern(pattern: str, sparsity: float) -> None:
-    """:class:`InputError` naming --pattern (unknown) or --sparsity (not j/M of an N:M pattern, j ≤ N)."""
+def _check_target(pattern: str, sparsity: object) -> None:
+    """:class:`InputError` naming --pattern (unknown) or --sparsity (outside [0, 1), or not j/M of an N:M pattern)
+    — the pruner's own checks, made before the model is loaded."""
+    from fls_kernels.pruning import checks
     from fls_kernels.pruning.patterns import NMPattern, parse_pattern
+    from fls_kernels.pruning.targets import nm_zeros
 
     try:
         parsed = parse_pattern(pattern)
     except (ValueError, TypeError) as exc:
         raise InputError("--pattern", str(exc)) from None
-    if isinstance(parsed, NMPattern):
-        zeros = sparsity * parsed.m
-        if abs(zeros - round(zeros)) > 1e-9 or round(zeros) > parsed.n:
-            allowed = ", ".join(f"{j}/{parsed.m}" for j in range(parsed.n + 1))
-            raise InputError("--sparsity", f"{pattern} takes j/{parsed.m} zeros per group ({allowed}), got {sparsity}")
+    try:
+        if isinstance(parsed, NMPattern):
+            nm_zeros(sparsity, parsed, "--sparsity")
+        else:
+            checks.sparsity("--sparsity", sparsity)
+    except (ValueError, TypeError) as exc:
+        raise InputError("--sparsity", str(exc).removeprefix("--sparsity: ")) from None
 
 
 def load(model_dir: str | Path, device: str = "cpu"):
@@ -157,9 +162,7 @@ def prune(
     model is touched (:class:`InputError`)."""
     if method not in METHODS:
         raise InputError("--method", f"unknown {method!r}; choose from {list(METHODS)}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise InputError("--sparsity", f"must be in [0, 1), got {sparsity!r}")
-    _check_pattern(pattern, sparsity)
+    _check_target(pattern, sparsity)
     texts = {"--calib": calib, "--eval": eval_text}
     for argument, path in texts.items():
         if path is not None and not Path(path).is_file():

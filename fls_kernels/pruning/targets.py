@@ -213,16 +213,24 @@ def parse(sparsity: object, masks: MaskState, allocation: str) -> Target:
     return LayerTargets(tuple(counts))
 
 
+def nm_zeros(sparsity: object, pattern: NMPattern, name: str = "sparsity") -> int:
+    """The zeros per group of M that ``sparsity`` = j/M asks of an N:M ``pattern`` (j ≤ N); ValueError / TypeError
+    naming ``name`` otherwise."""
+    s = checks.sparsity(name, sparsity)
+    zeros = round(s * pattern.m)
+    if abs(s * pattern.m - zeros) > 1e-9 or zeros > pattern.n:
+        raise ValueError(f"{name}: with pattern {pattern} use j/{pattern.m} for j ≤ {pattern.n}, got {s}")
+    return zeros
+
+
 def _parse_nm(sparsity: object, masks: MaskState) -> NMTarget:
     pattern = masks.pattern
     if sparsity is None:
         sparsity = pattern.n / pattern.m
     if isinstance(sparsity, Mapping):
         raise ValueError("sparsity: an N:M pattern prunes every layer alike; pass one number")
-    s = checks.sparsity("sparsity", sparsity)
-    zeros = round(s * pattern.m)
-    if abs(s * pattern.m - zeros) > 1e-9 or zeros > pattern.n:
-        raise ValueError(f"sparsity: with pattern {pattern} use j/{pattern.m} for j ≤ {pattern.n}, got {s}")
+    zeros = nm_zeros(sparsity, pattern)
+    s = float(sparsity)
     if zeros < masks.num_pruned() // masks.groups():
         raise ValueError(f"sparsity: {s} is below the current sparsity {masks.sparsity():.6f}")
     return NMTarget(zeros)
