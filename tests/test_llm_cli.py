@@ -12,24 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.quality import gpt
 from fls_kernels.__main__ import main
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-
-def _text() -> str:
-    from pydoc_data.topics import topics
-
-    return re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics)))
-
-
-def _tokenizer(text: str, vocab: int = 96):
-    model = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>"], show_progress=False)
-    model.train_from_iterator([text[:20000]], trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token="<unk>")
+pytest.importorskip("tokenizers")
 
 
 CONFIGS = {
@@ -52,12 +39,12 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    text = _text()
+    text = gpt.text()
     root = tmp_path_factory.mktemp("text")
     (root / "calib.txt").write_text(text[:30000])
     (root / "eval.txt").write_text(text[30000:45000])
     (root / "short.txt").write_text("too little text here")
-    return root, _tokenizer(text)
+    return root, gpt.bpe_tokenizer(text[:20000], 96)
 
 
 def _folder(root, name: str, tokenizer):

@@ -114,18 +114,26 @@ def trained(config: Config, log: Callable[[str], None] = print):
     return model, tokenizer
 
 
-def train(config: Config, log: Callable[[str], None] = print):
-    """A GPT-2-architecture model and a byte-level BPE tokenizer trained on the training segment: AdamW, linear
-    warm-up over 5% of the steps then cosine decay, random windows of ``seq_len`` tokens."""
+def bpe_tokenizer(text: str, vocab: int):
+    """A BPE tokenizer (whitespace pre-splitting, ``<unk>``) of ``vocab`` entries trained on ``text``, as a
+    transformers tokenizer (``save_pretrained`` / ``AutoTokenizer`` round trip)."""
     import tokenizers
     import transformers
 
-    train_text = segments(config)["train"]
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=config.vocab, special_tokens=["<unk>"], show_progress=False)
-    bpe.train_from_iterator([train_text], trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>"], show_progress=False)
+    bpe.train_from_iterator([text], trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+
+
+def train(config: Config, log: Callable[[str], None] = print):
+    """A GPT-2-architecture model and a BPE tokenizer (:func:`bpe_tokenizer`) trained on the training segment:
+    AdamW, linear warm-up over 5% of the steps then cosine decay, random windows of ``seq_len`` tokens."""
+    import transformers
+
+    train_text = segments(config)["train"]
+    tokenizer = bpe_tokenizer(train_text, config.vocab)
     ids = tokenizer(train_text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     torch.manual_seed(config.seed)
     gpt = transformers.GPT2Config(
@@ -274,4 +282,17 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     return [out / "gpt.csv", out / "gpt_windows.csv", md]
 
 
-__all__ = ["CELLS", "SMOKE", "Config", "paired", "run", "segments", "table", "train", "trained", "write"]
+__all__ = [
+    "CELLS",
+    "SMOKE",
+    "Config",
+    "bpe_tokenizer",
+    "paired",
+    "run",
+    "segments",
+    "table",
+    "text",
+    "train",
+    "trained",
+    "write",
+]

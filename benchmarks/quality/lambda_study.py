@@ -45,6 +45,7 @@ from pathlib import Path
 import fls_kernels as fls
 from benchmarks.quality import minilm
 from benchmarks.runner import stamp_line, write_csv
+from fls_kernels import llm
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
 VARIANTS = (
@@ -63,7 +64,7 @@ REFERENCE = "K-FAC"
 RECIPE_CALL = (
     'FishLegPruner(model, init="kfac", update="adaptive", relative_damping=1e-3, allocation="uniform", refine_steps=0)'
 )
-RECIPE_FIT_STEPS, RECIPE_SUBSTEPS = 0, 4
+RECIPE_FIT_STEPS, RECIPE_SUBSTEPS = 0, llm.SUBSTEPS  # the prune command (fls_kernels.llm) runs the same recipe
 
 
 def recipe() -> dict:

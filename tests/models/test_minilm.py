@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
+from fls_kernels import llm
 from fls_kernels.curvature import Gaussian, ModelCurvature
 from fls_kernels.layers import find_layers
 from fls_kernels.models import ENCODER_LAYERS, SentenceEncoder, minilm_path
@@ -426,6 +427,7 @@ def test_the_readme_recommends_the_recipe_the_lambda_study_measures():
     assert f"substeps={lambda_study.RECIPE_SUBSTEPS}" in readme
     config = lambda_study.Config()
     options = lambda_study.recipe()
+    assert options == llm.RECIPES["fls"]  # the prune command runs the README's recipe
     assert config.damping == options["relative_damping"] and config.substeps == lambda_study.RECIPE_SUBSTEPS
     model, _ = fls.models.load_minilm("cpu")
     pruner = lambda_study.make("K-FAC start", model, config, "unstructured", 3, [])
