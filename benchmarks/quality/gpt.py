@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import fls_kernels as fls
-from benchmarks.quality import digits
+from benchmarks.quality import digits, minilm
 from benchmarks.runner import stamp_line, write_csv
 from fls_kernels import llm
 
@@ -235,8 +235,7 @@ def paired(row: dict, rows: list[dict], reference: str = REFERENCE) -> tuple[flo
     ref = next((r for r in rows if r["method"] == reference and r["cell"] == row["cell"]), None)
     if ref is None or ref is row or len(row["window_nll"]) < 2:
         return None
-    d = torch.tensor(row["window_nll"], dtype=torch.float64) - torch.tensor(ref["window_nll"], dtype=torch.float64)
-    return d.mean().item(), (d.std() / len(d) ** 0.5).item()
+    return minilm.paired(row["window_nll"], ref["window_nll"])
 
 
 def table(rows: list[dict], config: Config) -> str:

@@ -107,8 +107,7 @@ class Pruner:
         self.unpruned: list[Unpruned] = left
         self._left_out: list[str] = []  # layers the first fit found out of the method's reach
         self._probed = False
-        what = {u.name: u.reason.split(":")[0].removeprefix("the model's ") for u in left if u.by_default}
-        kept = [f"{name} ({kind})" for name, kind in what.items()]
+        kept = [f"{u.name} ({u.reason.split(':')[0]})" for u in left if u.by_default]
         if kept:
             log.info(
                 "%s keeps the model's embeddings and output head dense: %s (include= a pattern naming the head prunes "
