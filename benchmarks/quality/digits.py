@@ -37,6 +37,7 @@ import fls_kernels as fls
 from benchmarks.quality import methods
 from benchmarks.runner import stamp_line
 from fls_kernels import demo
+from fls_kernels.pruning.method import has_option
 
 
 def _fls(allocation: str, update: str | None = None, init: str | None = None) -> Callable[..., dict]:
@@ -73,7 +74,7 @@ METHODS = methods.labels(STUDY)
 #: the damping options a study tunes on its grid (relative to the mean Fisher diagonal; SparseGPT's dampening)
 DAMPINGS = ("relative_damping", "dampening")
 # methods with a damping to tune: those with a damping option
-CURVATURE = {m for m in METHODS if any(methods.takes(methods.resolve(STUDY, m)[0], o) for o in DAMPINGS)}
+CURVATURE = {m for m in METHODS if any(has_option(methods.resolve(STUDY, m)[0].method_class, o) for o in DAMPINGS)}
 LAYERWISE = {m for m in METHODS if methods.layerwise(STUDY, m)}
 
 

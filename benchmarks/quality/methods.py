@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import fls_kernels as fls
-from fls_kernels.pruning.method import method_parameters
+from fls_kernels.pruning.method import has_option
 
 #: label → (registry name, options from the study's context); ``None`` options: the method's defaults
 Study = Mapping[str, tuple[str, Callable[..., dict] | None]]
@@ -34,19 +34,13 @@ def resolve(study: Study, label: str) -> tuple[type[fls.Pruner], Callable[..., d
     raise ValueError(f"method: unknown {label!r}; choose from {list(labels(study))}")
 
 
-def takes(pruner: type[fls.Pruner], option: str) -> bool:
-    """Whether ``pruner``'s method has the option ``option``."""
-    positional, keywords = method_parameters(pruner.method_class)
-    return any(p.name == option for p in (*positional, *keywords))
-
-
 def build(
     study: Study, label: str, model, shared: Mapping[str, object], context: Mapping[str, object], **pruner_args
 ) -> fls.Pruner:
     """The pruner of ``label`` on ``model``: the study's options (called with ``context``), over the ``shared``
     method options that the method has, with ``pruner_args`` (pattern, schedule, include, … : every pruner's)."""
     cls, options = resolve(study, label)
-    chosen = {k: v for k, v in shared.items() if takes(cls, k)}
+    chosen = {k: v for k, v in shared.items() if has_option(cls.method_class, k)}
     chosen.update(options(**context) if options is not None else {})
     return cls(model, **chosen, **pruner_args)
 
@@ -56,4 +50,4 @@ def layerwise(study: Study, label: str) -> bool:
     return resolve(study, label)[0].method_class.layerwise
 
 
-__all__ = ["Study", "build", "labels", "layerwise", "resolve", "takes"]
+__all__ = ["Study", "build", "labels", "layerwise", "resolve"]

@@ -163,6 +163,11 @@ def method_parameters(method_class: type[Method]) -> tuple[list[inspect.Paramete
     return [p for p in positional if p.name not in hidden], [p for p in keywords.values() if p.name not in hidden]
 
 
+def has_option(method_class: type[Method], option: str) -> bool:
+    """Whether ``option`` is one of ``method_class``'s options (:func:`method_parameters`)."""
+    return any(p.name == option for group in method_parameters(method_class) for p in group)
+
+
 def accepts_any_option(method_class: type[Method]) -> bool:
     """Whether the method's ``__init__`` chain ends in a ``**kwargs`` it keeps (any keyword is its own)."""
     chain = _init_chain(method_class)

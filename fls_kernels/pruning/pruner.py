@@ -22,7 +22,7 @@ from fls_kernels.layers.views import SUPPORTED_LAYERS, LayerView
 from fls_kernels.pruning import checkpoint, checks, execution
 from fls_kernels.pruning.context import Context, DataFeed
 from fls_kernels.pruning.maskstate import MaskState
-from fls_kernels.pruning.method import Method, accepts_any_option, method_parameters
+from fls_kernels.pruning.method import Method, accepts_any_option, has_option, method_parameters
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
 from fls_kernels.pruning.schedules import Schedule, as_schedule
 from fls_kernels.pruning.step import prune_substep
@@ -456,11 +456,7 @@ def _check_options(cls: type[Pruner], args: tuple, options: Mapping[str, object]
     for key in options:
         if key in accepted:
             continue
-        others = sorted(
-            other.__name__
-            for other in _pruner_classes()
-            if key in {p.name for group in method_parameters(other.method_class) for p in group}
-        )
+        others = sorted(other.__name__ for other in _pruner_classes() if has_option(other.method_class, key))
         hint = f" ({key}= is an option of {', '.join(others)}; {cls.__name__} does not use it)" if others else ""
         raise TypeError(
             f"{cls.__name__}: unexpected argument {key!r}{hint}; it accepts {', '.join(accepted) or 'no options'} "

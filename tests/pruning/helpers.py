@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fls_kernels.pruning.method import method_parameters
+from fls_kernels.pruning.method import has_option
 from fls_kernels.pruning.registry import PRUNERS
 
 
@@ -69,8 +69,7 @@ def build(kind: str, model: nn.Module, **kwargs):
 
 def takes(kind: str, option: str) -> bool:
     """Whether the pruner of ``kind`` has the option ``option`` (e.g. a likelihood: it reads the model's output)."""
-    positional, keywords = method_parameters(PRUNERS[kind].method_class)
-    return any(p.name == option for p in positional + keywords)
+    return has_option(PRUNERS[kind].method_class, option)
 
 
 def expected_zeros(pruner, sparsity: float) -> int:
