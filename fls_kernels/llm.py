@@ -141,6 +141,27 @@ def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> floa
     return math.exp(float(window_nll(model, ids, batch_size).mean()))
 
 
+def prune_model(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    calib_ids: torch.Tensor,
+    *,
+    pattern: str = "unstructured",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> fls.Pruner:
+    """The registry's pruner of ``method`` on ``model`` with its transformer options (:data:`RECIPES`), fitted on
+    the calibration windows ``calib_ids`` [n, L] (no aux steps) and pruned to ``sparsity`` — in :data:`SUBSTEPS`
+    sub-steps, or one pass for a layer-by-layer method; not finalized."""
+    cls = fls.PRUNERS[method]
+    pruner = cls(model, pattern=pattern, progress=progress, **RECIPES.get(method, {}))
+    device = str(next(model.parameters()).device)
+    pruner.fit(batches(calib_ids, batch_size, device), steps=0)
+    pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else SUBSTEPS)
+    return pruner
+
+
 def prune(
     model_dir: str | Path,
     *,
@@ -174,11 +195,9 @@ def prune(
     before = perplexity(model, eval_ids, batch_size) if eval_ids is not None else None
     if before is not None:
         log(f"perplexity before: {before:.3f} ({len(eval_ids)} windows of {seq_len} tokens)")
-    cls = fls.PRUNERS[method]
-    pruner = cls(model, pattern=pattern, progress=progress, **RECIPES.get(method, {}))
-    log(f"{cls.__name__}: {len(pruner.layer_names)} layers, {pruner.num_prunable()} prunable weights")
-    pruner.fit(batches(calib_ids, batch_size, device), steps=0)
-    reached = pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else SUBSTEPS)
+    pruner = prune_model(model, method, sparsity, calib_ids, pattern=pattern, batch_size=batch_size, progress=progress)
+    reached = pruner.sparsity()
+    log(f"{type(pruner).__name__}: {len(pruner.layer_names)} layers, {pruner.num_prunable()} prunable weights")
     model_sparsity = pruner.model_sparsity()
     layers = len(pruner.layer_names)
     pruner.finalize()
@@ -220,6 +239,7 @@ __all__: Sequence[str] = (
     "load",
     "perplexity",
     "prune",
+    "prune_model",
     "window_nll",
     "windows",
 )

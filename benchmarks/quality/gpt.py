@@ -217,11 +217,8 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
         pattern, sparsity = _cell(cell)
         for method in config.methods:
             model.load_state_dict(weights)
-            cls = fls.PRUNERS[method]
             start = time.perf_counter()
-            pruner = cls(model, pattern=pattern, **llm.RECIPES.get(method, {}))
-            pruner.fit(llm.batches(calib, config.batch_size, "cpu"), steps=0)
-            pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else llm.SUBSTEPS)
+            pruner = llm.prune_model(model, method, sparsity, calib, pattern=pattern, batch_size=config.batch_size)
             seconds = time.perf_counter() - start
             held = pruner.memory_usage()["total"]
             pruner.finalize()
