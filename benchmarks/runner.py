@@ -6,6 +6,7 @@ import csv
 import datetime
 import platform
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,13 +276,20 @@ def write_tables(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    with open(csv_path, "w", newline="") as f:
+    write_stamped_csv(csv_path, header, rows, meta)
+    md_path.write_text("\n".join(markdown) + "\n")
+    return csv_path, md_path
+
+
+def write_stamped_csv(path: Path, header: list[str], rows: Iterable[Sequence[object]], meta: dict) -> Path:
+    """``header`` and each row (None as an empty cell) with the stamp ``meta`` (:func:`stamp`) appended to every
+    one; returns ``path``."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*header, *meta])
         for row in rows:
             w.writerow(["" if v is None else v for v in row] + list(meta.values()))
-    md_path.write_text("\n".join(markdown) + "\n")
-    return csv_path, md_path
+    return path
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.runner import write_stamped_csv
+
 
 @dataclass
 class Row:
@@ -43,11 +45,8 @@ FIELDS = [f.name for f in dataclasses.fields(Row)]
 
 def write_csv(rows: Sequence[Row], path: Path, stamp: dict[str, str]) -> None:
     """Every row, each carrying ``stamp`` (versions, commit, timestamp)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS + list(stamp))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**dataclasses.asdict(row), "seconds": f"{row.seconds:.2f}", **stamp})
+    values = ({**dataclasses.asdict(row), "seconds": f"{row.seconds:.2f}"} for row in rows)
+    write_stamped_csv(path, FIELDS, ([v[k] for k in FIELDS] for v in values), stamp)
 
 
 def read_csv(path: Path) -> list[Row]:
