@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-windows", type=_count, help="evaluation windows (default: all the text holds)")
     r.add_argument("--batch-size", type=_count, default=8, help="windows per forward")
     r.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to prune")
+    r.add_argument(
+        "--sequential",
+        choices=["blocks"],
+        help="prune decoder block by decoder block, each on the pruned blocks' outputs (default: whole model)",
+    )
     r.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the pruned model and fls_report.json")
     args = parser.parse_args(argv)
     if args.command == "compare":
@@ -277,6 +282,7 @@ def _prune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             progress=sys.stderr.isatty(),
+            sequential=args.sequential,
         )
     except llm.InputError as exc:
         parser.error(str(exc))

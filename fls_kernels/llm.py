@@ -49,6 +49,7 @@ class Report:
     method: str
     sparsity: float
     pattern: str
+    sequential: str | None
     samples: int
     seq_len: int
     layers: int
@@ -150,12 +151,14 @@ def prune_model(
     pattern: str = "unstructured",
     batch_size: int = 8,
     progress: bool = False,
+    sequential: str | None = None,
 ) -> fls.Pruner:
     """The registry's pruner of ``method`` on ``model`` with its transformer options (:data:`RECIPES`), fitted on
     the calibration windows ``calib_ids`` [n, L] (no aux steps) and pruned to ``sparsity`` — in :data:`SUBSTEPS`
-    sub-steps, or one pass for a layer-by-layer method; not finalized."""
+    sub-steps, or one pass for a layer-by-layer method; not finalized. ``sequential="blocks"``: decoder block by
+    decoder block (:mod:`fls_kernels.pruning.sequential`)."""
     cls = fls.PRUNERS[method]
-    pruner = cls(model, pattern=pattern, progress=progress, **RECIPES.get(method, {}))
+    pruner = cls(model, pattern=pattern, progress=progress, sequential=sequential, **RECIPES.get(method, {}))
     device = str(next(model.parameters()).device)
     pruner.fit(batches(calib_ids, batch_size, device), steps=0)
     pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else SUBSTEPS)
@@ -177,6 +180,7 @@ def prune(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = False,
+    sequential: str | None = None,
     log=print,
 ) -> Report:
     """Load, measure, prune, save and report: see the module docstring. Every input is checked before the
@@ -195,7 +199,16 @@ def prune(
     before = perplexity(model, eval_ids, batch_size) if eval_ids is not None else None
     if before is not None:
         log(f"perplexity before: {before:.3f} ({len(eval_ids)} windows of {seq_len} tokens)")
-    pruner = prune_model(model, method, sparsity, calib_ids, pattern=pattern, batch_size=batch_size, progress=progress)
+    pruner = prune_model(
+        model,
+        method,
+        sparsity,
+        calib_ids,
+        pattern=pattern,
+        batch_size=batch_size,
+        progress=progress,
+        sequential=sequential,
+    )
     reached = pruner.sparsity()
     log(f"{type(pruner).__name__}: {len(pruner.layer_names)} layers, {pruner.num_prunable()} prunable weights")
     model_sparsity = pruner.model_sparsity()
@@ -215,6 +228,7 @@ def prune(
         method=method,
         sparsity=float(sparsity),
         pattern=pattern,
+        sequential=sequential,
         samples=len(calib_ids),
         seq_len=seq_len,
         layers=layers,

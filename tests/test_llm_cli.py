@@ -63,16 +63,22 @@ def _block_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize(("name", "method"), [("gpt2", "fls"), ("opt", "sparsegpt"), ("llama", "fls")])
-def test_the_command_prunes_saves_and_reports(tmp_path, texts, name, method, capsys):
+@pytest.mark.parametrize(
+    ("name", "method", "sequential"),
+    [("gpt2", "fls", None), ("opt", "sparsegpt", None), ("llama", "fls", None), ("opt", "fls", "blocks"),
+     ("llama", "sparsegpt", "blocks")],
+)  # fmt: skip
+def test_the_command_prunes_saves_and_reports(tmp_path, texts, name, method, sequential, capsys):
     root, tokenizer = texts
     folder = _folder(tmp_path, name, tokenizer)
     out = tmp_path / "out"
     args = ["prune", str(folder), "--method", method, "--sparsity", "0.5", "--calib", str(root / "calib.txt")]
     args += ["--samples", "6", "--seq-len", "16", "--eval", str(root / "eval.txt"), "--eval-windows", "5"]
+    args += ["--sequential", sequential] if sequential else []
     assert main([*args, "--batch-size", "4", "--out", str(out)]) == 0
     report = json.loads((out / "fls_report.json").read_text())
     assert report["method"] == method and report["samples"] == 6 and report["seq_len"] == 16
+    assert report["sequential"] == sequential
     assert report["eval_windows"] == 5 and report["layers"] == len(_block_matrices(CONFIGS[name]()))
     assert math.isfinite(report["perplexity_before"]) and math.isfinite(report["perplexity_after"])
     assert report["perplexity_before"] != report["perplexity_after"]
@@ -122,6 +128,7 @@ def _bad(tmp_path, texts, **change):
         ({"--calib": "nowhere.txt"}, "--calib"),
         ({"--samples": "4000"}, "--calib"),
         ({"--eval": "nowhere.txt"}, "--eval"),
+        ({"--sequential": "layers"}, "--sequential"),
     ],
 )
 def test_a_bad_input_is_one_line_naming_it_and_exit_two(tmp_path, texts, capsys, change, argument):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from fls_kernels.data import eval_mode, split_batch
 from fls_kernels.layers.attention import unfused
+from fls_kernels.layers.blocks import TOKEN_WEIGHTS
 from fls_kernels.layers.views import LayerView
 
 
@@ -44,11 +45,12 @@ class InputMoments:
 
 
 def token_weights(batch: object, x: Tensor) -> Tensor | None:
-    """[B, T] 0/1 weights of the tokens of a Linear's input ``x`` ([B, T, n]): the batch's ``attention_mask``
-    when it is a mapping holding one of that shape, else None (every token counts)."""
+    """[B, T] 0/1 weights of the tokens of a Linear's input ``x`` ([B, T, n]): those of a mapping batch of that
+    shape — a captured block batch's :data:`~fls_kernels.layers.blocks.TOKEN_WEIGHTS`, else its ``attention_mask``
+    — or None (every token counts)."""
     if not isinstance(batch, Mapping) or x.dim() != 3:
         return None
-    mask = batch.get("attention_mask")
+    mask = batch.get(TOKEN_WEIGHTS, batch.get("attention_mask"))
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(x.shape[:2]):
         return None
     return mask.to(torch.float64)

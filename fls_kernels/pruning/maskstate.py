@@ -24,12 +24,22 @@ class MaskState(Mapping[str, Tensor]):
         model: the pruned network.
         views: its prunable layers.
         pattern: the sparsity pattern (its unit size and groups count pruned weights).
+        masks: layer name → the mask tensor to hold (shared, written in place: a block's part of a whole model's
+            masks); None: new masks, all alive.
     """
 
-    def __init__(self, model: nn.Module, views: list[LayerView], pattern: Pattern | NMPattern) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        views: list[LayerView],
+        pattern: Pattern | NMPattern,
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> None:
         self.views = views
         self.pattern = pattern
-        self._masks = {v.name: torch.ones_like(v.weight, dtype=torch.bool) for v in views}
+        if masks is None:
+            masks = {v.name: torch.ones_like(v.weight, dtype=torch.bool) for v in views}
+        self._masks = dict(masks)
         self.keeper = MaskKeeper(model, {v.weight: self._masks[v.name] for v in views})
 
     # ------------------------------------------------------------------------------------------ mapping

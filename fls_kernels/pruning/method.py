@@ -54,6 +54,9 @@ class Method:
     #: small budgets for a quick run on a toy model (smoke studies, parametrised tests); merged under the caller's
     #: options, never used by a pruner on its own
     quick_options: ClassVar[dict[str, object]] = {}
+    #: options the method takes on each block with ``sequential="blocks"`` (e.g. a Gaussian likelihood on the
+    #: block's output); a user's different value for one of them is refused
+    block_options: ClassVar[dict[str, object]] = {}
 
     ctx: Context
 

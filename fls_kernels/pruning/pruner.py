@@ -25,6 +25,7 @@ from fls_kernels.pruning.maskstate import MaskState
 from fls_kernels.pruning.method import Method, accepts_any_option, has_option, method_parameters
 from fls_kernels.pruning.patterns import NMPattern, parse_pattern
 from fls_kernels.pruning.schedules import Schedule, as_schedule
+from fls_kernels.pruning.sequential import SEQUENTIAL, BlockSequential
 from fls_kernels.pruning.step import prune_substep
 from fls_kernels.pruning.targets import ALLOCATIONS, parse
 
@@ -61,6 +62,14 @@ class Pruner:
             True / "replicated" (data-parallel), "sharded" (per-layer owners; FLS and K-FAC-OBS) or a
             :class:`~fls_kernels.distributed.Distributed`. Every rank ends each step with the same masks and
             weights; a step failing on any rank raises on every rank with no model changed.
+        sequential: None (whole model, default) or "blocks": the model's repeated blocks pruned one after another,
+            each on the inputs of the already-pruned blocks before it, with the Fisher of its output distortion
+            and one block's method state resident (:mod:`~fls_kernels.pruning.sequential`); ``fit`` then attaches
+            the data and sets the aux steps per block, and :meth:`prune` fits and prunes block by block. One-shot
+            (no ``schedule``), one process.
+        blocks: with ``sequential="blocks"``, a regex of the blocks' module paths (None: the children of the
+            model's repeated ``nn.ModuleList`` s, e.g. transformers' decoder layers).
+        offload: with ``sequential="blocks"``, keep the captured block inputs on the CPU between uses.
     """
 
     #: the method this pruner runs (set by each subclass)
@@ -83,10 +92,14 @@ class Pruner:
         backend: str | None = None,
         progress: bool = False,
         distributed: object = None,
+        sequential: str | None = None,
+        blocks: str | None = None,
+        offload: bool = False,
         **method_options: object,
     ) -> None:
         _check_options(type(self), method_args, method_options)
         method = self.method_class(*method_args, **method_options)  # the method's own checks come first
+        _check_sequential(sequential, blocks, offload, schedule, distributed)
         model = unwrap(model)
         allocation = method.allocations[0] if allocation is None else allocation
         checks.choice("allocation", allocation, ALLOCATIONS)
@@ -102,7 +115,16 @@ class Pruner:
         name = type(self).__name__
         left = unpruned(model, views, layer_types=layer_types, include=include, ignore=ignore)
         self.model, self.method, self._distributed = model, method, distributed
+        self._sequential: BlockSequential | None = None
+        if sequential is not None:
+            positional, _ = method_parameters(self.method_class)
+            options = {**dict(zip((p.name for p in positional), method_args)), **method_options}
+            self._sequential = BlockSequential(
+                model, views, self.method_class, options, blocks=blocks, offload=offload, inputs=options.get("inputs")
+            )
         self._bind(views, Context(name, model, [], self.pattern, allocation, None, None, None, backend, progress))
+        if self._sequential is not None:
+            self._sequential.check(self.ctx)
         self.masks.attach()  # last: a bad argument above leaves the model without hooks
         self.unpruned: list[Unpruned] = left
         self._left_out: list[str] = []  # layers the first fit found out of the method's reach
@@ -139,7 +161,8 @@ class Pruner:
         masks = MaskState(self.model, views, self.pattern)
         data = like.data if like.data is not None else DataFeed(like.owner, device)
         ctx = dataclasses.replace(like, views=views, masks=masks, mode=mode, data=data)
-        self.method.bind(ctx)
+        if self._sequential is None:  # block-sequential: a method per block, bound as the prune reaches it
+            self.method.bind(ctx)
         self.ctx, self.masks = ctx, masks
 
     def _rebuild(self, views: list[LayerView]) -> None:
@@ -218,6 +241,9 @@ class Pruner:
 
     def _missing(self) -> str | None:
         """What :meth:`prune` lacks, as the fix to apply (None: nothing)."""
+        if self._sequential is not None:
+            attached = not self.method.needs_data or self.ctx.data.stream is not None
+            return None if attached else "call fit(loader) first"
         if not self.method.fitted:
             return "call fit(loader) first"
         if self.method.needs_data and self.ctx.data.stream is None:
@@ -260,9 +286,11 @@ class Pruner:
         return "\n".join(lines)
 
     def memory_usage(self) -> dict[str, int]:
-        """Bytes held by the pruner beside the model: masks plus what the method keeps (λ, optimizer state…)."""
+        """Bytes held by the pruner beside the model: masks plus what the method keeps (λ, optimizer state…). With
+        ``sequential="blocks"``, the method's high-water mark over the blocks of the last prune (one block's state
+        at a time) and that of the captured block ``inputs`` ("total" adds them, a bound on the peak)."""
         usage = {"masks": sum(m.numel() * m.element_size() for m in self.masks.values())}
-        usage.update(self.method.memory())
+        usage.update(self.method.memory() if self._sequential is None else self._sequential.peak)
         usage["total"] = sum(usage.values())
         return usage
 
@@ -286,6 +314,9 @@ class Pruner:
         steps = checks.integer("steps", steps)
         self.masks.check_finite("nothing was fitted")
         self.ctx.data.attach(loader)
+        if self._sequential is not None:  # each block is fitted when the prune reaches it
+            self._sequential.steps = steps
+            return []
         first = not self.method.fitted
         if first and not self._probed:
             self._probe()
@@ -323,6 +354,11 @@ class Pruner:
         self.masks.check_finite()
         snapshot = self._snapshot()
         try:
+            if self._sequential is not None:
+                self._sequential.run(self.ctx, sparsity, substeps)
+                self.masks.apply()
+                log.info("block-sequential: sparsity %.4f", self.sparsity())
+                return self.sparsity()
             for step, increment in target.substeps(self.masks, substeps):
                 self.method.before_substep(step)
                 prune_substep(self.ctx, self.method, increment)
@@ -372,12 +408,17 @@ class Pruner:
         if self._finalized:
             raise RuntimeError("this pruner was finalized; create a new one to prune again")
 
+    def _method_state(self) -> dict:
+        """The method's state (block-sequential: none outlives a prune)."""
+        return copy.deepcopy(self.method.state_dict()) if self._sequential is None else {}
+
     def _snapshot(self) -> dict:
-        return {"masks": self.masks.snapshot(), "method": copy.deepcopy(self.method.state_dict())}
+        return {"masks": self.masks.snapshot(), "method": self._method_state()}
 
     def _restore(self, snap: dict) -> None:
         self.masks.restore(snap["masks"])
-        self.method.load_state_dict(snap["method"])
+        if self._sequential is None:
+            self.method.load_state_dict(snap["method"])
 
     # ------------------------------------------------------------------------------------------ life cycle
     def finalize(self) -> nn.Module:
@@ -401,7 +442,7 @@ class Pruner:
             "data_position": self.ctx.data.position,
             "shard": self.ctx.mode.shard(),
             "left_out": list(self._left_out),
-            "state": copy.deepcopy(self.method.state_dict()),
+            "state": self._method_state(),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -427,7 +468,8 @@ class Pruner:
             raise
         snapshot = self._snapshot()
         try:
-            self.method.load_state_dict(state.get("state", {}))
+            if self._sequential is None:
+                self.method.load_state_dict(state.get("state", {}))
             self.masks.load(masks)
         except BaseException:
             self._restore(snapshot)
@@ -435,6 +477,21 @@ class Pruner:
         self._step = int(state.get("step", 0))
         self.ctx.data.resume_at(int(state.get("data_position", 0)))
         self.masks.apply()
+
+
+def _check_sequential(
+    sequential: str | None, blocks: str | None, offload: bool, schedule: object, distributed: object
+) -> None:
+    """ValueError naming the argument that ``sequential`` rules out (or that needs it)."""
+    if sequential is None:
+        if blocks is not None or offload:
+            raise ValueError(f"{'blocks' if blocks is not None else 'offload'}: only with sequential='blocks'")
+        return
+    checks.choice("sequential", sequential, SEQUENTIAL)
+    if schedule is not None:
+        raise ValueError("schedule: sequential='blocks' prunes one-shot with prune(); gradual pruning is whole-model")
+    if distributed is not None:
+        raise ValueError("distributed: sequential='blocks' runs in one process")
 
 
 def _check_options(cls: type[Pruner], args: tuple, options: Mapping[str, object]) -> None:

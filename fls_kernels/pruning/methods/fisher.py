@@ -34,6 +34,9 @@ class FisherMethod(Method):
             activation memory of long sequences (see :class:`~fls_kernels.curvature.fisher.ModelCurvature`).
     """
 
+    #: block-sequential: the Fisher of a Gaussian around each block's output (the block's output distortion)
+    block_options = {"likelihood": "gaussian", "output": None}
+
     def __init__(
         self,
         likelihood: str | Likelihood = "categorical",

@@ -21,7 +21,9 @@ from torch import Tensor, nn
 
 from fls_kernels import ops
 from fls_kernels.curvature.blocks import KronBlock, RemoteBlock
-from fls_kernels.layers.views import SUPPORTED_LAYERS, find_layers
+from fls_kernels.layers.blocks import find_blocks
+from fls_kernels.layers.selection import select_layers
+from fls_kernels.layers.views import SUPPORTED_LAYERS
 from fls_kernels.ops import PRECISIONS
 from fls_kernels.pruning.checks import choice
 from fls_kernels.pruning.columns import NM_SELECT, check_nm_select, eliminate_columns_
@@ -204,18 +206,55 @@ def estimate_memory(
     include_bias: bool = True,
     bytes_per_value: int = 4,
     optimizer: bool = True,
+    sequential: str | None = None,
+    blocks: str | None = None,
+    tokens: int = 0,
+    hidden: int | None = None,
+    offload: bool = False,
 ) -> dict[str, int]:
-    """Dry run, nothing allocated: bytes of λ = (R, L, A) (m² + n² + mn per layer), Adam's two moments when
-    ``optimizer``, and the masks, for the layers these selection arguments pick."""
-    views = find_layers(
-        model, layer_types=tuple(layer_types), include=include, ignore=tuple(ignore), include_bias=include_bias
-    )
-    lam = sum(v.m * v.m + v.n * v.n + v.m * v.n for v in views) * bytes_per_value
+    """Dry run, nothing allocated (a model on the meta device will do): the bytes a prune holds on the model's
+    device — λ = (R, L, A) (m² + n² + mn values per layer), Adam's two moments when ``optimizer``, the masks and
+    the model's parameters — for the layers a pruner with these selection arguments prunes.
+
+    With ``sequential="blocks"`` (:mod:`~fls_kernels.pruning.sequential`), λ and its optimizer state are those of
+    the largest block only (one is resident at a time), plus the captured block ``inputs``: the hidden states of
+    ``tokens`` calibration tokens, twice (a block's inputs and the next block's, while propagated), at the model's
+    dtype and width ``hidden`` (None: the config's ``hidden_size`` / ``n_embd`` / ``d_model``) — 0 on the device
+    when ``offload`` (they are then on the CPU, under ``inputs_cpu``)."""
+    views = select_layers(model, layer_types=layer_types, include=include, ignore=ignore, include_bias=include_bias)
+    groups = [tuple(range(len(views)))]
+    if sequential is not None:
+        choice("sequential", sequential, ("blocks",))
+        groups = [b.layers for b in find_blocks(model, views, blocks)]
+
+    def state(layers: tuple[int, ...]) -> tuple[int, int]:
+        lam = sum(views[i].m ** 2 + views[i].n ** 2 + views[i].m * views[i].n for i in layers) * bytes_per_value
+        return lam, (2 * lam + 3 * len(layers) * 4 if optimizer else 0)  # Adam: 2 moments, a step per R, L, A
+
+    lam, opt = max((state(g) for g in groups), key=sum)
     usage = {"lambda": lam, "masks": sum(v.m * v.n_weight for v in views)}
-    if optimizer:  # Adam: two moments per value and a scalar step per tensor (R, L, A)
-        usage["optimizer"] = 2 * lam + 3 * len(views) * 4
-    usage["total"] = sum(usage.values())
+    if optimizer:
+        usage["optimizer"] = opt
+    usage["model"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    if sequential is not None:
+        width = hidden if hidden is not None else _hidden_size(model)
+        dtype = next(model.parameters()).dtype
+        captured = 2 * tokens * width * torch.empty((), dtype=dtype).element_size()
+        usage["inputs"] = 0 if offload else captured
+        if offload:
+            usage["inputs_cpu"] = captured
+    usage["total"] = sum(v for k, v in usage.items() if k != "inputs_cpu")
     return usage
+
+
+def _hidden_size(model: nn.Module) -> int:
+    """The width of a block's hidden states, from a transformers-style config; ValueError naming ``hidden``."""
+    config = getattr(model, "config", None)
+    for key in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError("hidden: the model has no config.hidden_size; pass the width of its block inputs")
 
 
 def rank_one(A: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:

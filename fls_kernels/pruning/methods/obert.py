@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fls_kernels import timing
 from fls_kernels.data import check_finite, eval_mode
@@ -48,6 +48,8 @@ class OBERT(Recomputing, FisherMethod):
 
     name = "obert"
     quick_options = {"num_grads": 24, "block_size": 16}
+    #: a block's output has no labels: the sampled (true) Fisher of its Gaussian
+    block_options = {**FisherMethod.block_options, "fisher": "sampled"}
 
     def __init__(
         self,
@@ -79,14 +81,20 @@ class OBERT(Recomputing, FisherMethod):
             with torch.no_grad():
                 y = self.likelihood.sample(self.curvature.output(self.ctx.model(*args, **kwargs)), self.generator)
         weights = {v.weight_key: v.weight.detach() for v in self.ctx.views}
+        rows = y.shape[0]
+        # per-sample: the inputs with the batch's leading size (others, e.g. None or broadcast masks, shared)
+        leaves, spec = tree_flatten((args, kwargs))
+        dims = [0 if isinstance(x, Tensor) and x.dim() and x.shape[0] == rows else None for x in leaves]
+        batched = [x for x, d in zip(leaves, dims) if d == 0]
 
-        def loss(params, a, k, t):
-            a, k, t = tree_map(lambda x: x.unsqueeze(0), (a, k, t))
+        def loss(params, rows_of, t):
+            it = iter(rows_of)
+            a, k = tree_unflatten([next(it).unsqueeze(0) if d == 0 else x for x, d in zip(leaves, dims)], spec)
             out = self.curvature.output(functional_call(self.ctx.model, params, a, k, strict=False))
-            return self.likelihood.nll(out, t).sum()
+            return self.likelihood.nll(out, t.unsqueeze(0)).sum()
 
         with torch.no_grad():  # torch.func.grad ignores it; it keeps the other parameters out of autograd
-            per = vmap(grad(loss), in_dims=(None, 0, 0, 0), chunk_size=self.grad_chunk)(weights, args, kwargs, y)
+            per = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=self.grad_chunk)(weights, batched, y)
         out = []
         for v, name in zip(self.ctx.views, weights):
             g = v.weight_matrix(per[name]).flatten(1) * v.weight_matrix(self.ctx.masks[v.name]).reshape(1, -1)
