@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         help="does the learned λ help (FLS vs its 0-aux-step start and K-FAC); minilm or digits",
     )
     q.add_argument(
+        "--blocks-timing",
+        action="store_true",
+        help="minilm: SparseGPT's wall time against depth, whole-model vs block by block vs the authors' flow",
+    )
+    q.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
     )
     args = parser.parse_args(argv)
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = "out/minilm_lambda" + ("_quick" if args.quick else "") if args.lambda_study else args.out
         args.out = "out/digits_lambda" if args.lambda_study and args.model == "digits" else args.out
         args.out = "out/gpt" + ("_quick" if args.quick else "") if args.model == "gpt" else args.out
+        args.out = "out/blocks_timing" + ("_quick" if args.quick else "") if args.blocks_timing else args.out
     if args.command == "quality" and args.lambda_study and args.model == "digits":
         from benchmarks.quality import digits, digits_lambda
 
@@ -108,32 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         print("wrote", ", ".join(str(p) for p in digits_lambda.write(rows, config, args.out, stamp)))
         return 0
     if args.command == "quality" and args.model == "gpt":
-        from benchmarks.quality import gpt, minilm
+        from benchmarks.quality import gpt
 
-        try:
-            overrides = minilm.parse_overrides(args.set, gpt.Config)
-        except ValueError as exc:
-            parser.error(f"--set: {exc}")
-        config = gpt.Config(**{**(gpt.SMOKE if args.quick else {}), **overrides})
-        stamp = runner.stamp_line("cpu")
-        rows = gpt.run(config)
-        print(gpt.table(rows, config))
-        print("wrote", ", ".join(str(p) for p in gpt.write(rows, config, args.out, stamp)))
-        return 0
+        return _study(gpt, args, parser)
+    if args.command == "quality" and args.blocks_timing:
+        from benchmarks.quality import blocks_timing
+
+        return _study(blocks_timing, args, parser)
     if args.command == "quality" and args.lambda_study:
-        from benchmarks.quality import lambda_study, minilm
+        from benchmarks.quality import lambda_study
 
-        try:
-            overrides = minilm.parse_overrides(args.set, lambda_study.Config)
-        except ValueError as exc:
-            parser.error(f"--set: {exc}")
-        base = lambda_study.SMOKE if args.quick else {}
-        config = lambda_study.Config(device=args.device, **{**base, **overrides})
-        stamp = runner.stamp_line(args.device)
-        rows = lambda_study.run(config)
-        print(lambda_study.table(rows, config))
-        print("wrote", ", ".join(str(p) for p in lambda_study.write(rows, config, args.out, stamp)))
-        return 0
+        return _study(lambda_study, args, parser, device=args.device)
     if args.command == "quality" and args.ablation:
         from benchmarks.quality import ablation
 
@@ -272,6 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(table)
         print(table)
         print(f"wrote {path}")
+    return 0
+
+
+def _study(module, args: argparse.Namespace, parser: argparse.ArgumentParser, **fixed: object) -> int:
+    """Run a study module (``Config``, ``SMOKE``, ``run``, ``table``, ``write``) with ``--quick`` / ``--set`` over
+    ``fixed`` fields, print its table and write its outputs under ``--out``."""
+    from benchmarks.quality import minilm
+
+    try:
+        overrides = minilm.parse_overrides(args.set, module.Config)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
+    config = module.Config(**{**(module.SMOKE if args.quick else {}), **fixed, **overrides})
+    stamp = runner.stamp_line(str(fixed.get("device", "cpu")))
+    rows = module.run(config)
+    print(module.table(rows, config))
+    print("wrote", ", ".join(str(p) for p in module.write(rows, config, args.out, stamp)))
     return 0
 
 

@@ -49,7 +49,18 @@ class Config:
     val_windows: int = 32
     eval_windows: int | None = None  # None: every window the evaluation segment holds
     batch_size: int = 8
-    methods: tuple[str, ...] = ("fls", "kfac", "obd", "sparsegpt", "wanda", "magnitude")
+    #: registry names; "<name>@blocks": the same method block by block (``sequential="blocks"``)
+    methods: tuple[str, ...] = (
+        "fls",
+        "fls@blocks",
+        "kfac",
+        "kfac@blocks",
+        "obd",
+        "sparsegpt",
+        "sparsegpt@blocks",
+        "wanda",
+        "magnitude",
+    )
     cells: tuple[str, ...] = CELLS
     cache: str = "out/gpt_model"  # the trained GPT and tokenizer ("": train in memory, cache nothing)
     seed: int = 0
@@ -69,7 +80,7 @@ SMOKE = dict(
     val_windows=4,
     eval_windows=8,
     batch_size=4,
-    methods=("fls", "sparsegpt"),
+    methods=("fls", "fls@blocks", "sparsegpt"),
     cells=("50%", "2:4"),
     cache="",
 )
@@ -181,11 +192,19 @@ def _cell(cell: str) -> tuple[str, float]:
     return "unstructured", float(cell.rstrip("%")) / 100
 
 
+def _method(label: str) -> tuple[str, str | None]:
+    """(registry name, ``sequential``) of a study label: "sparsegpt" → whole model, "sparsegpt@blocks" → block by
+    block; ValueError naming ``methods`` for anything else."""
+    name, _, mode = label.partition("@")
+    if name not in fls.PRUNERS or mode not in ("", "blocks"):
+        raise ValueError(f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks'")
+    return name, mode or None
+
+
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
     config = config or Config()
-    unknown = [m for m in config.methods if m not in fls.PRUNERS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; choose from {sorted(fls.PRUNERS)}")
+    for label in config.methods:
+        _method(label)
     with digits.torch_threads(config.threads):
         return _run(config, log)
 
@@ -218,7 +237,10 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
         for method in config.methods:
             model.load_state_dict(weights)
             start = time.perf_counter()
-            pruner = llm.prune_model(model, method, sparsity, calib, pattern=pattern, batch_size=config.batch_size)
+            name, sequential = _method(method)
+            pruner = llm.prune_model(
+                model, name, sparsity, calib, pattern=pattern, batch_size=config.batch_size, sequential=sequential
+            )
             seconds = time.perf_counter() - start
             held = pruner.memory_usage()["total"]
             pruner.finalize()
@@ -244,9 +266,12 @@ def table(rows: list[dict], config: Config) -> str:
         f"{c.samples} calibration / {c.val_windows} validation / {evaluated} evaluation windows of {c.seq_len} "
         "tokens from held-out segments. Methods through the registry (FLS and K-FAC: the transformer recipe — K-FAC "
         "start, adaptive update, uniform allocation, γ = 1e-3 × mean diag F̂, 4 sub-steps; the others: their defaults, "
-        "SparseGPT and Wanda one pass). Perplexity on the validation and evaluation windows; per-window NLL minus "
-        "SparseGPT's in the same cell (nats/token, mean ± standard error over evaluation windows, negative is "
-        "better); seconds of fit + prune; MiB the method holds beside the model.",
+        "SparseGPT and Wanda one pass; “@blocks”: block by block, each block on the pruned blocks' outputs, "
+        "curvature from a Gaussian on the block's output). Perplexity on the validation and evaluation windows; "
+        "per-window NLL minus SparseGPT's in the same cell (nats/token, mean ± standard error over evaluation "
+        "windows, negative is better); seconds of fit + prune; MiB the method holds beside the model (block by "
+        "block: its high-water mark, "
+        "captured block inputs included).",
         "",
         "| cell | method | validation perplexity | perplexity | NLL − SparseGPT | seconds | state MiB |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -57,6 +57,8 @@ def _sparsegpt(config: Config, stats: int, pattern: str) -> dict:
     return dict(dampening=config.sparsegpt_dampening, **select)
 
 
+_BLOCKS = {"sequential": "blocks"}
+
 #: the study's rows (label → registry method, options from (config, statistics batches, pattern)); every other
 #: registered method runs with its defaults under its registry name
 STUDY: methods.Study = {
@@ -74,6 +76,19 @@ STUDY: methods.Study = {
         "kfac",
         lambda config, stats, pattern: dict(
             stat_batches=stats, update=config.kfac_update, allocation=config.kfac_allocation
+        ),
+    ),
+    # block by block (the aux steps per block); K-FAC with FLS's solver, allocation and damping
+    "FLS-blocks": ("fls", lambda config, stats, pattern: {**_fls("uniform")(config, stats, pattern), **_BLOCKS}),
+    "K-FAC-blocks": (
+        "kfac",
+        lambda config, stats, pattern: dict(
+            stat_batches=stats,
+            update=config.fls_update,
+            allocation="uniform",
+            relative_damping=config.fls_damping,
+            **({"nm_select": config.fls_nm_select} if pattern != "unstructured" else {}),
+            **_BLOCKS,
         ),
     ),
 }
@@ -225,16 +240,17 @@ def run(config: Config | None = None, log=print) -> list[dict]:
     for method in config.methods:
         start = time.perf_counter()
         fitted_state = None
+        steps = config.fls_fit_steps if method.startswith("FLS") else 0
         for pattern in config.patterns:
             targets = [0.5] if pattern == "2:4" else list(config.sparsities)
             base.load_state_dict(weights)
             pruner = make(method, base, config, pattern, len(batches))
             if fitted_state is None:
-                pruner.fit(batches, steps=config.fls_fit_steps if method.startswith("FLS") else 0)
+                pruner.fit(batches, steps=steps)
                 fitted_state = pruner.state_dict()
             else:
                 pruner.load_state_dict(fitted_state)
-                pruner.fit(batches, steps=0)
+                pruner.fit(batches, steps=steps if pruner.sequential else 0)  # block by block: fitted as it prunes
             for s in targets:
                 pruner.load_state_dict(fitted_state)
                 base.load_state_dict(weights)
@@ -297,7 +313,7 @@ def differences(rows: list[dict], config: Config, reference: str = "SparseGPT") 
     without per-sentence values or without both methods)."""
     found = {(r["method"], r["pattern"], r["sparsity"]): r for r in rows if "sentence_cosines" in r}
     present = {m for m, _, _ in found}
-    contenders = [m for m in config.methods if m.startswith("FLS") and m in present]
+    contenders = [m for m in config.methods if (m.startswith("FLS") or m.endswith("-blocks")) and m in present]
     cells = sorted({(p, s) for _, p, s in found}, key=lambda c: (c[0] != "unstructured", c[1]))
     if reference not in present or not contenders:
         return []

@@ -3,7 +3,8 @@
 Rooms: ``views`` (:class:`LayerView`: a prunable layer as W ∈ ℝ^{m×n} with its input patches; :func:`find_layers`)
 · ``attention`` (packed q/k/v in-projections of ``nn.MultiheadAttention`` as layers, unfused attention for
 per-weight measurements) · ``selection`` (which layers a pruner prunes: unwrapping DDP/FSDP, types, include/ignore
-patterns, and which weights stay dense, with the reason).
+patterns, and which weights stay dense, with the reason) · ``blocks`` (a model's repeated blocks, the unit of
+block-sequential pruning, and a block run as a model of its own).
 """
 
 from fls_kernels.layers.selection import Unpruned, kept_dense, select_layers, unpruned, unwrap

@@ -226,6 +226,11 @@ class Pruner:
         return self.ctx.views
 
     @property
+    def sequential(self) -> str | None:
+        """The execution: None (whole model) or "blocks" (block by block, the aux steps of ``fit`` per block)."""
+        return None if self._sequential is None else "blocks"
+
+    @property
     def device(self) -> torch.device:
         return self.ctx.device
 

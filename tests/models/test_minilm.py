@@ -442,3 +442,34 @@ def test_the_readme_recommends_the_recipe_the_lambda_study_measures():
     assert got == options and method.stat_batches == 3, "init_batches: every calibration batch"
     assert lambda_study.fit_steps("K-FAC start", config) == lambda_study.RECIPE_FIT_STEPS
     pruner.finalize()
+
+
+@pytest.mark.slow
+def test_block_by_block_rows_run_in_the_study_and_are_paired(monkeypatch):
+    """FLS-blocks and K-FAC-blocks prune MiniLM (its first two layers) block by block in both patterns, each
+    pattern fitted with its aux steps per block, and appear in the paired table beside SparseGPT."""
+    from benchmarks.quality import minilm
+    from benchmarks.quality.blocks_timing import truncated
+
+    fits = []
+    real = fls.FishLegPruner.fit
+
+    def fit(self, loader=None, steps=0):
+        fits.append((self.sequential, steps))
+        return real(self, loader, steps)
+
+    monkeypatch.setattr(fls.FishLegPruner, "fit", fit)
+    load = minilm.load_minilm
+    monkeypatch.setattr(minilm, "load_minilm", lambda device: (lambda m, t: (truncated(m, 2), t))(*load(device)))
+    config = minilm.Config(
+        **{**minilm.REDUCED, "calib_sentences": 16, "eval_sentences": 16, "max_length": 12, "fls_fit_steps": 2,
+           "fls_refine_steps": 1, "sparsities": (0.5,), "methods": ("FLS-blocks", "K-FAC-blocks", "SparseGPT")}
+    )  # fmt: skip
+    rows = minilm.run(config, log=lambda _: None)
+    assert [(r["method"], r["pattern"]) for r in rows] == [
+        (m, p) for m in config.methods for p in ("unstructured", "2:4")
+    ]
+    assert fits == [("blocks", 2), ("blocks", 2)]
+    assert all(0.0 < r["cosine"] <= 1.0 for r in rows)
+    text = minilm.table(rows, config)
+    assert "FLS-blocks − SparseGPT" in text and "K-FAC-blocks − SparseGPT" in text

@@ -1,0 +1,135 @@
+"""SparseGPT's wall time against depth: the library whole-model (each layer group measured by a forward of the
+model up to it), the library block by block (``sequential="blocks"``) and the authors' flow
+(:mod:`benchmarks.quality.sparsegpt_port`), on all-MiniLM-L6-v2 cut to its first 2, 4 and 6 encoder layers.
+
+Same calibration batches, same layers (every Linear of the kept encoder layers), one process; per cell the mean
+cosine of the pruned to the dense (same-depth) embedding on the evaluation sentences, and the paired difference of
+each row to the port (mean ± standard error over sentences).
+
+``python -m benchmarks quality --model minilm --blocks-timing [--quick]`` writes blocks_timing.csv and
+blocks_timing.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fls_kernels as fls
+from benchmarks.quality import digits, gpt, minilm, sparsegpt_port
+from benchmarks.runner import stamp_line, write_csv
+from fls_kernels.models import load_minilm, tokenize
+
+VARIANTS = ("library, whole model", "library, sequential='blocks'", "authors' flow (port)")
+
+
+@dataclass
+class Config:
+    depths: tuple[int, ...] = (2, 4, 6)
+    cells: tuple[str, ...] = ("70%", "2:4")
+    calib_sentences: int = 256
+    eval_sentences: int = 192
+    batch_size: int = 8
+    max_length: int = 24
+    seed: int = 0
+    threads: int = 2
+
+
+SMOKE = dict(depths=(1, 2), cells=("2:4",), calib_sentences=16, eval_sentences=16, max_length=12)
+
+
+def truncated(base, depth: int):
+    """A copy of the MiniLM ``base`` with its first ``depth`` encoder layers only."""
+    model = copy.deepcopy(base)
+    layers = model.bert.encoder.layer
+    model.bert.encoder.layer = type(layers)(list(layers)[:depth])
+    model.bert.config.num_hidden_layers = depth
+    return model
+
+
+def run(config: Config | None = None, log=print) -> list[dict]:
+    config = config or Config()
+    settings = minilm.Config(
+        calib_sentences=config.calib_sentences,
+        eval_sentences=config.eval_sentences,
+        max_length=config.max_length,
+        seed=config.seed,
+    )
+    calib, evals = minilm.splits(settings)
+    base, tokenizer = load_minilm("cpu")
+    batches = [
+        tokenize(tokenizer, calib[i : i + config.batch_size], config.max_length, "cpu")
+        for i in range(0, len(calib), config.batch_size)
+    ]
+    rows = []
+    with digits.torch_threads(config.threads):
+        for depth in config.depths:
+            dense_model = truncated(base, depth)
+            dense = minilm.embed(dense_model, tokenizer, evals, settings)
+            for cell in config.cells:
+                pattern, sparsity = gpt._cell(cell)
+                for variant in VARIANTS:
+                    model = copy.deepcopy(dense_model).eval()
+                    start = time.perf_counter()
+                    if variant.startswith("authors"):
+                        n, m = (2, 4) if pattern == "2:4" else (0, 0)
+                        sparsegpt_port.prune(model, list(model.bert.encoder.layer), batches, sparsity, n=n, m=m)
+                    else:
+                        sequential = "blocks" if "blocks" in variant else None
+                        pruner = fls.SparseGPTPruner(model, pattern=pattern, sequential=sequential, include=_linears())
+                        pruner.fit(batches)
+                        pruner.prune(sparsity)
+                        pruner.finalize()
+                    seconds = time.perf_counter() - start
+                    cosines, _ = minilm.per_sentence(dense, minilm.embed(model, tokenizer, evals, settings))
+                    rows.append(
+                        dict(depth=depth, cell=cell, variant=variant, seconds=seconds, cosine=cosines.mean().item(),
+                             sentence_cosines=cosines.tolist())
+                    )  # fmt: skip
+                    log(f"depth {depth} {cell:>4} {variant:<30} {seconds:6.1f} s  cosine {rows[-1]['cosine']:.4f}")
+    return rows
+
+
+def _linears() -> str:
+    return r"bert\.encoder\.layer\.\d+\..*"
+
+
+def table(rows: list[dict], config: Config) -> str:
+    c = config
+    lines = [
+        f"all-MiniLM-L6-v2 cut to its first {', '.join(map(str, c.depths))} encoder layers (every Linear of them "
+        f"pruned), {c.calib_sentences} calibration sentences in batches of {c.batch_size} (max {c.max_length} tokens), "
+        f"{c.eval_sentences} evaluation sentences; SparseGPT with its defaults (dampening 0.01, blocks of 128) in "
+        f"each flow, {c.threads} CPU threads. Cosine to the dense embedding of the same depth; paired difference to "
+        "the authors' flow (mean ± standard error over sentences).",
+        "",
+        "| layers | cell | flow | seconds | × the port's | cosine | − port |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        port = next(p for p in rows if (p["depth"], p["cell"], p["variant"]) == (r["depth"], r["cell"], VARIANTS[2]))
+        diff = (
+            "—"
+            if r is port
+            else "{:+.4f} ± {:.4f}".format(*minilm.paired(r["sentence_cosines"], port["sentence_cosines"]))
+        )
+        ratio = r["seconds"] / port["seconds"]
+        lines.append(
+            f"| {r['depth']} | {r['cell']} | {r['variant']} | {r['seconds']:.1f} | {ratio:.2f} | {r['cosine']:.4f} "
+            f"| {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "blocks_timing.csv", ["depth", "cell", "variant", "seconds", "cosine"], rows)
+    md = out / "blocks_timing.md"
+    md.write_text(table(rows, config) + "\n\n" + (stamp or stamp_line("cpu")) + "\n")
+    return [out / "blocks_timing.csv", md]
+
+
+__all__ = ["SMOKE", "VARIANTS", "Config", "run", "table", "truncated", "write"]
