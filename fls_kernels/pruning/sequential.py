@@ -49,7 +49,8 @@ class _Stop(Exception):
 
 class Captured(Sequence[dict]):
     """A block's captured inputs, one mapping of its forward's named arguments per calibration batch (plus
-    :data:`TOKEN_WEIGHTS`), kept on ``store`` and handed out on ``device`` — a re-iterable loader."""
+    :data:`TOKEN_WEIGHTS`), held where they were stored (the CPU when offloaded) and handed out on ``device`` — a
+    re-iterable loader."""
 
     def __init__(self, batches: list[dict], device: torch.device) -> None:
         self.batches = batches

@@ -258,3 +258,11 @@ def test_layers_outside_the_blocks_are_named():
     with pytest.raises(ValueError, match=r"outside the blocks.*pooler\.dense"):
         fls.SparseGPTPruner(model, sequential="blocks")
     fls.SparseGPTPruner(model, sequential="blocks", ignore=[r"pooler\..*"])
+
+
+def test_whole_model_only_options_are_refused_block_by_block():
+    with pytest.raises(ValueError, match="validation"):
+        fls.FishLegPruner(Stack(), sequential="blocks", validation=_data())
+    with pytest.raises(ValueError, match="fisher"):
+        fls.OBERTPruner(Stack(), sequential="blocks", fisher="empirical")
+    fls.OBERTPruner(Stack(), sequential="blocks", fisher="sampled", likelihood="gaussian")  # the block's own values
