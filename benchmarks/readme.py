@@ -121,6 +121,11 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "gpt/gpt.md",
     ),
     (
+        "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
+        "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
+        "blocks_timing/blocks_timing.md",
+    ),
+    (
         "digits CNN, does the learned λ help? (`python -m benchmarks quality --model digits --lambda-study "
         "--seed-list …`: one process per core, then `--merge`)",
         "digits_lambda/digits_lambda.md",

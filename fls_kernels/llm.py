@@ -152,15 +152,16 @@ def prune_model(
     batch_size: int = 8,
     progress: bool = False,
     sequential: str | None = None,
+    steps: int = 0,
 ) -> fls.Pruner:
     """The registry's pruner of ``method`` on ``model`` with its transformer options (:data:`RECIPES`), fitted on
-    the calibration windows ``calib_ids`` [n, L] (no aux steps) and pruned to ``sparsity`` — in :data:`SUBSTEPS`
-    sub-steps, or one pass for a layer-by-layer method; not finalized. ``sequential="blocks"``: decoder block by
-    decoder block (:mod:`fls_kernels.pruning.sequential`)."""
+    the calibration windows ``calib_ids`` [n, L] with ``steps`` aux steps and pruned to ``sparsity`` — in
+    :data:`SUBSTEPS` sub-steps, or one pass for a layer-by-layer method; not finalized. ``sequential="blocks"``:
+    decoder block by decoder block (:mod:`fls_kernels.pruning.sequential`; ``steps`` per block)."""
     cls = fls.PRUNERS[method]
     pruner = cls(model, pattern=pattern, progress=progress, sequential=sequential, **RECIPES.get(method, {}))
     device = str(next(model.parameters()).device)
-    pruner.fit(batches(calib_ids, batch_size, device), steps=0)
+    pruner.fit(batches(calib_ids, batch_size, device), steps=steps)
     pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else SUBSTEPS)
     return pruner
 

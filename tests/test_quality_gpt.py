@@ -24,8 +24,8 @@ def test_the_study_runs_every_method_and_cell_and_caches_its_model(tmp_path, mon
     config = gpt.Config(**{**gpt.SMOKE, "cache": str(tmp_path / "model")})
     rows = gpt.run(config, log=lambda _: None)
     assert [(r["method"], r["cell"]) for r in rows] == [
-        ("dense", "—"), ("fls", "50%"), ("fls@blocks", "50%"), ("sparsegpt", "50%"), ("fls", "2:4"),
-        ("fls@blocks", "2:4"), ("sparsegpt", "2:4"),
+        ("dense", "—"), ("fls", "50%"), ("fls@blocks+2", "50%"), ("sparsegpt", "50%"), ("fls", "2:4"),
+        ("fls@blocks+2", "2:4"), ("sparsegpt", "2:4"),
     ]  # fmt: skip
     assert all(math.isfinite(r["perplexity"]) and len(r["window_nll"]) == config.eval_windows for r in rows)
     d = gpt.paired(rows[1], rows)
@@ -44,6 +44,6 @@ def test_the_study_runs_every_method_and_cell_and_caches_its_model(tmp_path, mon
     monkeypatch.setattr(gpt, "train", no_training)
     again = gpt.run(dataclasses.replace(config, methods=("magnitude",), cells=("50%",)), log=lambda _: None)
     assert again[0]["perplexity"] == pytest.approx(rows[0]["perplexity"], rel=1e-6)
-    for bad in ("nope", "fls@layers"):
+    for bad in ("nope", "fls@layers", "fls+x"):
         with pytest.raises(ValueError, match="methods: unknown"):
             gpt.run(dataclasses.replace(config, methods=(bad,)))

@@ -80,7 +80,7 @@ SMOKE = dict(
     val_windows=4,
     eval_windows=8,
     batch_size=4,
-    methods=("fls", "fls@blocks", "sparsegpt"),
+    methods=("fls", "fls@blocks+2", "sparsegpt"),
     cells=("50%", "2:4"),
     cache="",
 )
@@ -192,13 +192,16 @@ def _cell(cell: str) -> tuple[str, float]:
     return "unstructured", float(cell.rstrip("%")) / 100
 
 
-def _method(label: str) -> tuple[str, str | None]:
-    """(registry name, ``sequential``) of a study label: "sparsegpt" → whole model, "sparsegpt@blocks" → block by
-    block; ValueError naming ``methods`` for anything else."""
-    name, _, mode = label.partition("@")
-    if name not in fls.PRUNERS or mode not in ("", "blocks"):
-        raise ValueError(f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks'")
-    return name, mode or None
+def _method(label: str) -> tuple[str, str | None, int]:
+    """(registry name, ``sequential``, aux steps) of a study label ``name[@blocks][+steps]``: "sparsegpt" → whole
+    model, "sparsegpt@blocks" → block by block, "fls@blocks+200" → with 200 aux steps (per block); ValueError naming
+    ``methods`` for anything else."""
+    match = re.fullmatch(r"([a-z_]+)(@blocks)?(?:\+(\d+))?", label)
+    if match is None or match[1] not in fls.PRUNERS:
+        raise ValueError(
+            f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks' and '+<steps>'"
+        )
+    return match[1], "blocks" if match[2] else None, int(match[3] or 0)
 
 
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
@@ -237,9 +240,16 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
         for method in config.methods:
             model.load_state_dict(weights)
             start = time.perf_counter()
-            name, sequential = _method(method)
+            name, sequential, steps = _method(method)
             pruner = llm.prune_model(
-                model, name, sparsity, calib, pattern=pattern, batch_size=config.batch_size, sequential=sequential
+                model,
+                name,
+                sparsity,
+                calib,
+                pattern=pattern,
+                batch_size=config.batch_size,
+                sequential=sequential,
+                steps=steps,
             )
             seconds = time.perf_counter() - start
             held = pruner.memory_usage()["total"]
