@@ -295,3 +295,23 @@ def test_layers_fed_the_same_tensor_are_measured_in_one_pass():
     x = torch.cat(data)
     h = torch.cat([model.q(x) * model.k(x) + model.v(x), torch.ones(10, 1)], 1).detach().double()
     torch.testing.assert_close(o.total[0], h.T @ h, rtol=1e-5, atol=1e-5)  # h from a float32 forward
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(n):
+    """Uᵀ U (H + δI) = I with U upper triangular and a positive diagonal, a zero-input column given H_jj = 1; an
+    indefinite H is refused naming the layer."""
+    from fls_kernels.pruning.methods.sparsegpt import inverse_factor
+
+    g = torch.Generator().manual_seed(n)
+    X = torch.randn(3 * n, n, generator=g, dtype=torch.float64)
+    X[:, 0] = 0  # a dead input
+    H = X.T @ X
+    U = inverse_factor(H, 0.01, "fc")
+    damped = H.clone()
+    damped[0, 0] = 1
+    damped.diagonal().add_(0.01 * damped.diagonal().mean())
+    torch.testing.assert_close(U.T @ U @ damped, torch.eye(n, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    with pytest.raises(ValueError, match="'fc'"):
+        inverse_factor(-torch.eye(n, dtype=torch.float64) - 1, 0.01, "fc")

@@ -25,15 +25,19 @@ from fls_kernels.pruning.targets import Budget
 
 
 def inverse_factor(H: Tensor, dampening: float, name: str) -> Tensor:
-    """U, upper triangular with Uᵀ U = (H + δ I)⁻¹, δ = dampening · mean diag H (zero-input columns get H_jj = 1)."""
+    """U, upper triangular with Uᵀ U = (H + δ I)⁻¹, δ = dampening · mean diag H (zero-input columns get H_jj = 1).
+
+    With J the reversal of the indices and J H J = L Lᵀ (Cholesky), H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J), so U = J L⁻¹ J: one
+    factorisation and one triangular inverse, without forming H⁻¹."""
     H = H.clone()
     dead = H.diagonal() == 0
     H.diagonal()[dead] = 1
     H.diagonal().add_(dampening * H.diagonal().mean())
-    L, info = torch.linalg.cholesky_ex(H)
+    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
     if info:
         raise ValueError(f"dampening: H + δI of layer {name!r} is not positive definite; increase dampening")
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
 
 
 class SparseGPT(Layerwise):
