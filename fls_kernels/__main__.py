@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["blocks"],
         help="prune decoder block by decoder block, each on the pruned blocks' outputs (default: whole model)",
     )
+    r.add_argument(
+        "--aux-steps", type=_count, default=0, help="fls: aux steps fitting λ (per block with --sequential blocks)"
+    )
     r.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the pruned model and fls_report.json")
     args = parser.parse_args(argv)
     if args.command == "compare":
@@ -283,6 +286,7 @@ def _prune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             device=args.device,
             progress=sys.stderr.isatty(),
             sequential=args.sequential,
+            steps=args.aux_steps,
         )
     except llm.InputError as exc:
         parser.error(str(exc))

@@ -50,6 +50,7 @@ class Report:
     sparsity: float
     pattern: str
     sequential: str | None
+    aux_steps: int
     samples: int
     seq_len: int
     layers: int
@@ -182,6 +183,7 @@ def prune(
     device: str = "cpu",
     progress: bool = False,
     sequential: str | None = None,
+    steps: int = 0,
     log=print,
 ) -> Report:
     """Load, measure, prune, save and report: see the module docstring. Every input is checked before the
@@ -209,6 +211,7 @@ def prune(
         batch_size=batch_size,
         progress=progress,
         sequential=sequential,
+        steps=steps,
     )
     reached = pruner.sparsity()
     log(f"{type(pruner).__name__}: {len(pruner.layer_names)} layers, {pruner.num_prunable()} prunable weights")
@@ -230,6 +233,7 @@ def prune(
         sparsity=float(sparsity),
         pattern=pattern,
         sequential=sequential,
+        aux_steps=steps,
         samples=len(calib_ids),
         seq_len=seq_len,
         layers=layers,

@@ -74,11 +74,11 @@ def test_the_command_prunes_saves_and_reports(tmp_path, texts, name, method, seq
     out = tmp_path / "out"
     args = ["prune", str(folder), "--method", method, "--sparsity", "0.5", "--calib", str(root / "calib.txt")]
     args += ["--samples", "6", "--seq-len", "16", "--eval", str(root / "eval.txt"), "--eval-windows", "5"]
-    args += ["--sequential", sequential] if sequential else []
+    args += ["--sequential", sequential, "--aux-steps", "2"] if sequential else []
     assert main([*args, "--batch-size", "4", "--out", str(out)]) == 0
     report = json.loads((out / "fls_report.json").read_text())
     assert report["method"] == method and report["samples"] == 6 and report["seq_len"] == 16
-    assert report["sequential"] == sequential
+    assert report["sequential"] == sequential and report["aux_steps"] == (2 if sequential else 0)
     assert report["eval_windows"] == 5 and report["layers"] == len(_block_matrices(CONFIGS[name]()))
     assert math.isfinite(report["perplexity_before"]) and math.isfinite(report["perplexity_after"])
     assert report["perplexity_before"] != report["perplexity_after"]
