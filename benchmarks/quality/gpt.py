@@ -53,6 +53,7 @@ class Config:
     methods: tuple[str, ...] = (
         "fls",
         "fls@blocks",
+        "fls@blocks+200",
         "kfac",
         "kfac@blocks",
         "obd",
