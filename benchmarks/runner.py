@@ -292,6 +292,18 @@ def write_stamped_csv(path: Path, header: list[str], rows: Iterable[Sequence[obj
     return path
 
 
+def write_study(
+    out_dir: str | Path, name: str, fields: list[str], rows: list[dict], text: str, stamp: str
+) -> tuple[Path, Path]:
+    """The two outputs of a quality study in ``out_dir`` (created if needed): ``<name>.csv`` (:func:`write_csv` of
+    ``rows`` over ``fields``) and ``<name>.md``, its table ``text`` and then the ``stamp`` line."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{name}.md"
+    md.write_text(f"{text}\n\n{stamp}\n")
+    return write_csv(out / f"{name}.csv", fields, rows), md
+
+
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
     """``rows`` as a CSV with a header of ``fields`` (other keys of a row are left out); returns ``path``."""
     with open(path, "w", newline="") as f:

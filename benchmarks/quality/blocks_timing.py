@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fls_kernels as fls
 from benchmarks.quality import digits, gpt, minilm, sparsegpt_port
-from benchmarks.runner import stamp_line, write_csv
+from benchmarks.runner import stamp_line, write_study
 from fls_kernels.models import load_minilm, tokenize
 
 VARIANTS = ("library, whole model", "library, sequential='blocks'", "authors' flow (port)")
@@ -124,12 +124,9 @@ def table(rows: list[dict], config: Config) -> str:
 
 
 def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "blocks_timing.csv", ["depth", "cell", "variant", "seconds", "cosine"], rows)
-    md = out / "blocks_timing.md"
-    md.write_text(table(rows, config) + "\n\n" + (stamp or stamp_line("cpu")) + "\n")
-    return [out / "blocks_timing.csv", md]
+    """blocks_timing.csv and blocks_timing.md."""
+    fields = ["depth", "cell", "variant", "seconds", "cosine"]
+    return list(write_study(out_dir, "blocks_timing", fields, rows, table(rows, config), stamp or stamp_line("cpu")))
 
 
 __all__ = ["SMOKE", "VARIANTS", "Config", "run", "table", "truncated", "write"]

@@ -28,7 +28,7 @@ import torch
 
 import fls_kernels as fls
 from benchmarks.quality import digits, minilm
-from benchmarks.runner import stamp_line, write_csv
+from benchmarks.runner import stamp_line, write_csv, write_study
 from fls_kernels import llm
 
 CELLS = ("50%", "70%", "2:4")
@@ -299,19 +299,15 @@ def table(rows: list[dict], config: Config) -> str:
 
 def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
     """gpt.csv, gpt_windows.csv (per evaluation window, to pair other runs) and gpt.md."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fields = ["method", "cell", "val_perplexity", "perplexity", "seconds", "state_mib"]
-    write_csv(out / "gpt.csv", fields, rows)
+    csv_path, md = write_study(out_dir, "gpt", fields, rows, table(rows, config), stamp or stamp_line("cpu"))
     windows = [
         dict(method=r["method"], cell=r["cell"], window=i, nll=f"{v:.6f}")
         for r in rows
         for i, v in enumerate(r["window_nll"])
     ]
-    write_csv(out / "gpt_windows.csv", ["method", "cell", "window", "nll"], windows)
-    md = out / "gpt.md"
-    md.write_text(table(rows, config) + "\n\n" + (stamp or stamp_line("cpu")) + "\n")
-    return [out / "gpt.csv", out / "gpt_windows.csv", md]
+    write_csv(Path(out_dir) / "gpt_windows.csv", ["method", "cell", "window", "nll"], windows)
+    return [csv_path, Path(out_dir) / "gpt_windows.csv", md]
 
 
 __all__ = [
