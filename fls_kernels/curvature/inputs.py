@@ -110,20 +110,32 @@ def input_moments(
                 captured.clear()
                 for call, x in enumerate(xs):
                     weights = token_weights(batch, x)
+                    parts: dict[object, Tensor] = {}  # layers reading the same patches (q, k, v) share one product
                     for i in range(measured):
-                        a = views[i].patches(x).to(torch.float64)  # [B, g, T, n]
+                        key = (views[i].has_bias,) if views[i].kind == "linear" else i
+                        a = views[i].patches(x)  # [B, g, T, n]
                         if weights is not None:
-                            a = a * weights[:, None, :, None]
+                            a = a * weights[:, None, :, None].to(a.dtype)
                         counts[i][0] += a.shape[0] if call == 0 else 0  # samples once, tokens of every call
                         counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
-                        part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
-                        totals[i] = part if totals[i] is None else totals[i] + part
+                        if key not in parts:
+                            parts[key] = _products(a, diagonal)
+                        totals[i] = parts[key] if totals[i] is None else totals[i] + parts[key]
     finally:
         for h in handles:
             h.remove()
     if totals[0] is None:
         raise ValueError("loader: no calibration batches")
     return [InputMoments(totals[i], *counts[i]) for i in range(measured)]
+
+
+def _products(a: Tensor, diagonal: bool) -> Tensor:
+    """Σ_b Σ_t a aᵀ ([g, n, n]) or Σ a ⊙ a ([g, n]) of one batch's patches a [B, g, T, n], accumulated in float64: in
+    the patches' precision (float32 at least) over the batch, the batches' sums then added in float64."""
+    if a.dtype not in (torch.float32, torch.float64):
+        a = a.float()
+    part = torch.einsum("bgtn,bgtn->gn", a, a) if diagonal else torch.einsum("bgtn,bgtk->gnk", a, a)
+    return part.to(torch.float64)
 
 
 @torch.no_grad()
