@@ -266,3 +266,14 @@ def test_whole_model_only_options_are_refused_block_by_block():
     with pytest.raises(ValueError, match="fisher"):
         fls.OBERTPruner(Stack(), sequential="blocks", fisher="empirical")
     fls.OBERTPruner(Stack(), sequential="blocks", fisher="sampled", likelihood="gaussian")  # the block's own values
+
+
+def test_an_nn_transformer_encoder_is_found_and_pruned_as_whole_model_mode_does():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    data = _data(d=8)
+    whole = _pruned("sparsegpt", copy.deepcopy(model), data)
+    blocks = _pruned("sparsegpt", model, data, sequential="blocks")
+    assert [b.name for b in blocks._sequential.blocks] == ["layers.0", "layers.1"]
+    assert all(torch.equal(whole.masks[k], blocks.masks[k]) for k in whole.masks)
