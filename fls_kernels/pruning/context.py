@@ -75,6 +75,8 @@ class Context:
         data: the calibration data.
         backend: the preferred ops backend (None: automatic).
         progress: show progress bars.
+        block: the block's name when this is one block of a block-sequential prune (its data: the block's inputs
+            captured from the model's own forward), else None.
     """
 
     owner: str
@@ -87,6 +89,7 @@ class Context:
     data: DataFeed
     backend: str | None = None
     progress: bool = False
+    block: str | None = None
 
     @property
     def device(self) -> torch.device:

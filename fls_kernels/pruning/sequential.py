@@ -159,7 +159,9 @@ class BlockSequential:
         feed = DataFeed(like.owner, like.device)
         if data is not None:
             feed.attach(data)
-        return Context(like.owner, runner, views, like.pattern, like.allocation, masks, mode, feed, like.backend)
+        return Context(
+            like.owner, runner, views, like.pattern, like.allocation, masks, mode, feed, like.backend, block=block.name
+        )
 
     # ------------------------------------------------------------------------------------------ the run
     def run(self, like: Context, sparsity: object, substeps: int) -> None:

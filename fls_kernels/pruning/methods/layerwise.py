@@ -53,7 +53,8 @@ class Layerwise(Method):
 
     def fit(self, steps: int) -> list[float]:
         """Hold ``calib_batches`` batches of the attached data (the whole loader by default), each checked by one
-        forward of the model, so a bad batch is named now rather than met by the prune.
+        forward of the model, so a bad batch is named now rather than met by the prune (a block's captured
+        inputs, made by the model's own forward: the first one only).
 
         Raises:
             ValueError: ``calib_batches`` above the loader's length (batches would repeat), a batch with NaN/Inf,
@@ -79,6 +80,8 @@ class Layerwise(Method):
                 batches.append(next(stream))
                 index = stream.last_index
                 check_finite(batches[-1], index)
+                if first and self.ctx.block is not None:
+                    continue  # a block's captured inputs came from the model's own forward: one check will do
                 try:
                     calls = call_counts(self.ctx.model, self.ctx.views, batches[-1], self.inputs)
                 except Exception as exc:
