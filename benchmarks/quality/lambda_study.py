@@ -97,6 +97,7 @@ class Config:
     damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
     layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
+    sequential: str = ""  # "blocks": every variant block by block (aux steps per block; no early stopping)
     seed: int = 0
     device: str = "cpu"
 
@@ -139,9 +140,11 @@ def make(
 ) -> fls.Pruner:
     """The pruner of ``variant`` (see the module docstring) for a cell of ``sparsity``; every one but SparseGPT
     with the same solver and damping."""
+    mode = dict(sequential=config.sequential) if config.sequential else {}
     if variant == "SparseGPT":
-        return fls.SparseGPTPruner(model, include=config.layers, pattern=pattern)
+        return fls.SparseGPTPruner(model, include=config.layers, pattern=pattern, **mode)
     common = dict(
+        **mode,
         likelihood="gaussian",
         include=config.layers,
         pattern=pattern,
@@ -183,6 +186,9 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     unknown = [v for v in config.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    stopped = [v for v in config.variants if "early-stopped" in v or v.startswith("restart")]
+    if config.sequential and stopped:
+        raise ValueError(f"variants: {stopped} stop early on model-level batches, not with sequential='blocks'")
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
     other = dataclasses.replace(config, max_length=config.other_length) if config.other_length else None
@@ -215,8 +221,8 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                     t1 = time.perf_counter()
                     held = (  # measured outside the variant's wall time
                         pruner.aux_loss(validation, probes=config.probes, seed=config.seed + 1)
-                        if isinstance(pruner, fls.FishLegPruner)
-                        else float("nan")
+                        if isinstance(pruner, fls.FishLegPruner) and not pruner.sequential
+                        else float("nan")  # block by block: each block's λ lives only while it is pruned
                     )
                     t2 = time.perf_counter()
                     pruner.prune(s, substeps=substeps(variant, config))
@@ -296,7 +302,14 @@ def table(rows: list[dict], config: Config) -> str:
         f"{'/'.join(str(n) for n in sizes(config))} calibration / {config.val_sentences} "
         f"validation / {config.eval_sentences} evaluation sentences (max {config.max_length} tokens, batches of "
         f"{config.batch_size}); uniform allocation, adaptive update, γ = {config.damping} × mean diag F̂, K-FAC "
-        f"start, {config.substeps} sub-steps; FLS {config.fit_steps} aux steps (lr {config.lr}), "
+        f"start, {config.substeps} sub-steps"
+        + (
+            ", every variant block by block (each block on the pruned blocks' outputs, curvature from a Gaussian on "
+            "its output; aux steps per block; no held-out aux loss)"
+            if config.sequential
+            else ""
+        )
+        + f"; FLS {config.fit_steps} aux steps (lr {config.lr}), "
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
         f"validation batches; SparseGPT with its own defaults, one shot. Cosine to the dense embedding on the "
         f"validation sentences (to choose options by) and on the evaluation sentences; paired differences to "

@@ -3,6 +3,7 @@ FLS on a small BERT."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import sys
@@ -393,6 +394,29 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
     assert all(0.0 < r["val_cosine"] <= 1.0 for r in rows)
     paths = lambda_study.write(rows, config, tmp_path)
     assert all(p.exists() for p in paths)
+
+
+def test_lambda_study_runs_block_by_block():
+    """``sequential="blocks"``: the variants prune block by block (no held-out aux loss: each block's λ lives only
+    while it is pruned); the early-stopped variants, validated on model-level batches, are refused."""
+    from benchmarks.quality import lambda_study
+
+    config = _lambda_config(
+        variants=("K-FAC start", "fit", "K-FAC"),
+        calib_sentences=4,
+        val_sentences=4,
+        eval_sentences=4,
+        max_length=8,
+        sequential="blocks",
+        layers=r"bert\.encoder\.layer\.0\.attention\..*",
+    )
+    rows = lambda_study.run(config, log=lambda _: None)
+    assert [r["variant"] for r in rows] == list(config.variants)
+    assert all(0.0 < r["cosine"] <= 1.0 and math.isnan(r["held_out_aux"]) for r in rows)
+    assert rows[0]["cosine"] != rows[1]["cosine"]  # the fit moved λ
+    assert "block by block" in lambda_study.table(rows, config)
+    with pytest.raises(ValueError, match="early"):
+        lambda_study.run(dataclasses.replace(config, variants=("restart + refine",)))
 
 
 @pytest.mark.slow
