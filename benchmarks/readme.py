@@ -121,6 +121,18 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "gpt/gpt.md",
     ),
     (
+        "all-MiniLM-L6-v2, 256 calibration sentences, block by block: FLS and K-FAC with FLS's solver beside "
+        "FLS-uniform and SparseGPT (`python -m benchmarks quality --model minilm --reduced --set calib_sentences=256 "
+        "methods=FLS-uniform,SparseGPT,FLS-blocks,K-FAC-blocks --out out/minilm_256_blocks`)",
+        "minilm_256_blocks/minilm.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, does the learned λ help block by block? (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set sequential=blocks 'variants=K-FAC start,fit,fit + refine,K-FAC,SparseGPT' "
+        "sparsities=0.7,0.8 patterns=unstructured,2:4 --out out/lambda_blocks`)",
+        "lambda_blocks/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
