@@ -97,7 +97,7 @@ class Config:
     damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
     layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
-    sequential: str = ""  # "blocks": every variant block by block (aux steps per block; no early stopping)
+    sequential: str = ""  # "blocks": every variant block by block (aux steps and early stopping per block)
     seed: int = 0
     device: str = "cpu"
 
@@ -186,9 +186,6 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     unknown = [v for v in config.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    stopped = [v for v in config.variants if "early-stopped" in v or v.startswith("restart")]
-    if config.sequential and stopped:
-        raise ValueError(f"variants: {stopped} stop early on model-level batches, not with sequential='blocks'")
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
     other = dataclasses.replace(config, max_length=config.other_length) if config.other_length else None
@@ -259,12 +256,21 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
 
 def _validation(pruner: fls.Pruner) -> str:
     """The early-stopping record of an FLS pruner: per run (fit, each refinement), the validated step that won and
-    the held-out aux loss at the run's start and at its end ("" without validation)."""
+    the held-out aux loss at the run's start and at its end ("" without validation); block by block, per block
+    ("<block>: …")."""
+    if pruner.sequential:
+        records = [(name, block["validation"]) for name, block in pruner.block_report().items()]
+        return " | ".join(f"{name}: {_runs(checks)}" for name, checks in records if checks)
     fitter = getattr(pruner.method, "fitter", None)
-    checks = fitter.validation if fitter is not None else []
+    return _runs(fitter.validation if fitter is not None else [])
+
+
+def _runs(checks: list[tuple[int, float]]) -> str:
+    """(step, held-out aux loss) checks, split into runs (a run starts where the last one ended), each as
+    "start → end, kept step k/n"."""
     runs, current = [], []
     for step, value in checks:
-        if current and step == current[-1][0]:  # a run starts where the last one ended
+        if current and step == current[-1][0]:
             runs.append(current)
             current = []
         current.append((step, value))
@@ -305,7 +311,8 @@ def table(rows: list[dict], config: Config) -> str:
         f"start, {config.substeps} sub-steps"
         + (
             ", every variant block by block (each block on the pruned blocks' outputs, curvature from a Gaussian on "
-            "its output; aux steps per block; no held-out aux loss)"
+            "its output; aux steps, early stopping and its record per block, the validation batches captured "
+            "block by block; no whole-model held-out aux loss)"
             if config.sequential
             else ""
         )

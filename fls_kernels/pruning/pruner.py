@@ -299,6 +299,13 @@ class Pruner:
         usage["total"] = sum(usage.values())
         return usage
 
+    def block_report(self) -> dict[str, dict]:
+        """Block by block (``sequential="blocks"``), per block of the last prune in order: its ``layers``, the bytes
+        its method held (``memory``) and, for FLS with ``validation=``, the (step, held-out aux loss) of every
+        validation of its fit (``validation``: the held-out batches are captured block by block too). Whole-model
+        mode: {}."""
+        return copy.deepcopy(self._sequential.report) if self._sequential is not None else {}
+
     # ------------------------------------------------------------------------------------------ data
     def fit(self, loader: object = None, steps: int = 0) -> list[float]:
         """Attach the calibration ``loader`` and learn what the method needs (``steps`` of it, if iterative).

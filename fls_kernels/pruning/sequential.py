@@ -133,20 +133,27 @@ class BlockSequential:
         self.model = model
         self.blocks: list[Block] = find_blocks(model, views, blocks)
         self.method_class = method_class
-        self.options = {k: v for k, v in options.items() if k != "inputs"}
+        self.options = {k: v for k, v in options.items() if k not in ("inputs", "validation")}
         self.options.update(method_class.block_options)
+        #: held-out model inputs (the method's ``validation=``), captured and propagated block by block like the
+        #: calibration batches and handed to each block's method as its own held-out batches
+        self.validation = options.get("validation")
         self.offload = offload
         self.inputs = inputs or split_batch
         self.steps = 0
         #: high-water mark per kind of the bytes held while pruning (method state of one block, captured inputs)
         self.peak: dict[str, int] = {}
+        #: per block of the last prune: its layers, the bytes its method held and, for a method validating its fit on
+        #: held-out batches, the (step, held-out aux loss) of every validation
+        self.report: dict[str, dict] = {}
 
     def check(self, like: Context) -> None:
         """Bind a method to the first block, as a prune will (its option and pattern checks), and drop it."""
         self._method(self._context(like, self.blocks[0], None))
 
-    def _method(self, ctx: Context) -> Method:
-        method = self.method_class(**self.options)
+    def _method(self, ctx: Context, validation: Captured | None = None) -> Method:
+        extra = {"validation": list(validation)} if validation is not None else {}
+        method = self.method_class(**self.options, **extra)
         method.bind(ctx)
         return method
 
@@ -168,27 +175,34 @@ class BlockSequential:
         """Prune every block in turn to its part of ``sparsity`` in ``substeps`` sub-steps (see the module
         docstring); ``like`` is the pruner's context, with its calibration data attached unless the method needs
         none."""
-        self.peak = {}
+        self.peak, self.report = {}, {}
         needs_data = self.method_class.needs_data
         loader = like.data.require("prune").loader if needs_data else None
+        sets = [loader] + ([self.validation] if needs_data and self.validation is not None else [])
         bar = _progress(like.progress, len(self.blocks))
         with _no_cache(self.model), eval_mode(self.model), unfused(self.model, math_sdpa=False):
             key = self._chain(loader) if needs_data and len(self.blocks) > 1 else None
-            captured = None
+            captured: list[Captured] = []  # the calibration batches' inputs, then the held-out ones'
             for b, block in enumerate(self.blocks):
                 if needs_data and (b == 0 or key is None):
-                    captured = self._capture(loader, block, like.device)
-                ctx = self._context(like, block, captured)
-                method = self._method(ctx)
+                    captured = [self._capture(batches, block, like.device) for batches in sets]
+                ctx = self._context(like, block, captured[0] if captured else None)
+                method = self._method(ctx, captured[1] if len(captured) > 1 else None)
                 method.fit(self.steps)
                 target = parse(_part(sparsity, ctx.views), ctx.masks, ctx.allocation)
                 for step, increment in target.substeps(ctx.masks, substeps):
                     method.before_substep(step)
                     prune_substep(ctx, method, increment)
-                self._record(method.memory(), captured)
-                del method, ctx  # only one block's state is ever held
+                self._record(method.memory(), captured[0] if captured else None)
+                fitter = getattr(method, "fitter", None)
+                self.report[block.name] = dict(
+                    layers=[v.name for v in ctx.views],
+                    memory=method.memory(),
+                    validation=list(fitter.validation) if fitter is not None else [],
+                )
+                del method, ctx, fitter  # only one block's state is ever held
                 if key is not None and b + 1 < len(self.blocks):
-                    captured = self._propagate(captured, block, key)
+                    captured = [self._propagate(c, block, key) for c in captured]
                 if bar is not None:
                     bar.update(1)
                 log.info("block %s pruned (%d layers)", block.name, len(block.layers))

@@ -260,9 +260,24 @@ def test_layers_outside_the_blocks_are_named():
     fls.SparseGPTPruner(model, sequential="blocks", ignore=[r"pooler\..*"])
 
 
+def test_held_out_batches_are_captured_block_by_block_for_early_stopping():
+    """FLS's ``validation=`` batches (model inputs) reach each block as that block's inputs: every block's fit is
+    validated on them from its start (step 0, the K-FAC start) and ends at its best held-out aux loss."""
+    model = Stack(widths=(6, 6, 6))
+    pruner = build("fls", model, sequential="blocks", validation=_data(seed=1), validate_every=1, lr=1e-2)
+    pruner.fit(_data(), steps=4)
+    pruner.prune(0.5)
+    report = pruner.block_report()
+    assert list(report) == ["layers.0", "layers.1"]
+    for name, block in report.items():
+        assert block["layers"] == [f"{name}.fc1", f"{name}.fc2"] and block["memory"]["lambda"] > 0
+        steps = [step for step, _ in block["validation"]]
+        assert steps[0] == 0 and len(steps) >= 2, block["validation"]
+        assert all(math.isfinite(loss) for _, loss in block["validation"])
+    assert fls.FishLegPruner(Stack()).block_report() == {}
+
+
 def test_whole_model_only_options_are_refused_block_by_block():
-    with pytest.raises(ValueError, match="validation"):
-        fls.FishLegPruner(Stack(), sequential="blocks", validation=_data())
     with pytest.raises(ValueError, match="fisher"):
         fls.OBERTPruner(Stack(), sequential="blocks", fisher="empirical")
     fls.OBERTPruner(Stack(), sequential="blocks", fisher="sampled", likelihood="gaussian")  # the block's own values

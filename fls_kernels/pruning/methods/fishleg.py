@@ -41,8 +41,6 @@ class FishLeg(KronOBS):
     name = "fls"
     quick_options = {"init_batches": 2, "refine_steps": 2}
     hidden_options = ("stat_batches",)  # set from init_batches
-    #: block by block, held-out batches would be model inputs, not a block's: early stopping is whole-model only
-    block_options = {**KronOBS.block_options, "validation": None}
 
     def __init__(
         self,
