@@ -128,8 +128,7 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
     ),
     (
         "all-MiniLM-L6-v2, does the learned λ help block by block? (`python -m benchmarks quality --model minilm "
-        "--lambda-study --set sequential=blocks 'variants=K-FAC start,fit,fit + refine,fit + refine (early-stopped),"
-        "K-FAC,SparseGPT' "
+        "--lambda-study --set sequential=blocks 'variants=K-FAC start,fit,K-FAC,SparseGPT' "
         "sparsities=0.7,0.8 patterns=unstructured,2:4 --out out/lambda_blocks`)",
         "lambda_blocks/lambda.md",
     ),
