@@ -80,8 +80,11 @@ def _pruned(kind, model, data, steps=2, sparsity=0.5, **kwargs):
     return pruner
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
-@pytest.mark.parametrize("kind", KINDS)
+#: every method on GPT-2; FLS and SparseGPT (the two executors' paths) on OPT and Llama as well
+CASES = [(kind, "gpt2") for kind in KINDS] + [(k, a) for k in ("fls", "sparsegpt") for a in ("opt", "llama")]
+
+
+@pytest.mark.parametrize(("kind", "arch"), CASES)
 def test_every_method_prunes_a_causal_lm_block_by_block(kind, arch):
     torch.manual_seed(0)
     model = MODELS[arch]().eval()
