@@ -22,6 +22,8 @@ from benchmarks.quality import digits, gpt, minilm, sparsegpt_port
 from benchmarks.runner import stamp_line, write_study
 from fls_kernels.models import load_minilm, tokenize
 
+#: the layers every flow prunes: each Linear of the kept encoder layers
+LINEARS = r"bert\.encoder\.layer\.\d+\..*"
 VARIANTS = ("library, whole model", "library, sequential='blocks'", "authors' flow (port)")
 
 
@@ -78,7 +80,7 @@ def run(config: Config | None = None, log=print) -> list[dict]:
                         sparsegpt_port.prune(model, list(model.bert.encoder.layer), batches, sparsity, n=n, m=m)
                     else:
                         sequential = "blocks" if "blocks" in variant else None
-                        pruner = fls.SparseGPTPruner(model, pattern=pattern, sequential=sequential, include=_linears())
+                        pruner = fls.SparseGPTPruner(model, pattern=pattern, sequential=sequential, include=LINEARS)
                         pruner.fit(batches)
                         pruner.prune(sparsity)
                         pruner.finalize()
@@ -90,10 +92,6 @@ def run(config: Config | None = None, log=print) -> list[dict]:
                     )  # fmt: skip
                     log(f"depth {depth} {cell:>4} {variant:<30} {seconds:6.1f} s  cosine {rows[-1]['cosine']:.4f}")
     return rows
-
-
-def _linears() -> str:
-    return r"bert\.encoder\.layer\.\d+\..*"
 
 
 def table(rows: list[dict], config: Config) -> str:

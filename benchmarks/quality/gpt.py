@@ -306,8 +306,8 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
         for r in rows
         for i, v in enumerate(r["window_nll"])
     ]
-    write_csv(Path(out_dir) / "gpt_windows.csv", ["method", "cell", "window", "nll"], windows)
-    return [csv_path, Path(out_dir) / "gpt_windows.csv", md]
+    windows_path = write_csv(Path(out_dir) / "gpt_windows.csv", ["method", "cell", "window", "nll"], windows)
+    return [csv_path, windows_path, md]
 
 
 __all__ = [

@@ -119,9 +119,7 @@ class Pruner:
         if sequential is not None:
             positional, _ = method_parameters(self.method_class)
             options = {**dict(zip((p.name for p in positional), method_args)), **method_options}
-            self._sequential = BlockSequential(
-                model, views, self.method_class, options, blocks=blocks, offload=offload, inputs=options.get("inputs")
-            )
+            self._sequential = BlockSequential(model, views, self.method_class, options, blocks=blocks, offload=offload)
         self._bind(views, Context(name, model, [], self.pattern, allocation, None, None, None, backend, progress))
         if self._sequential is not None:
             self._sequential.check(self.ctx)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from fls_kernels.curvature.inputs import token_weights
 from fls_kernels.data import eval_mode, split_batch
 from fls_kernels.layers.attention import unfused
 from fls_kernels.layers.blocks import TOKEN_WEIGHTS, Block, BlockRunner, block_output, find_blocks
@@ -108,7 +109,9 @@ class BlockSequential:
         options: the method's options as the user gave them (by name).
         blocks: regex of the blocks' module paths (None: found automatically, :func:`find_blocks`).
         offload: keep captured inputs on the CPU between uses.
-        inputs: batch → (args, kwargs) of the whole model (the user's ``inputs=``, default :func:`split_batch`).
+
+    The model's own batches are read by the user's ``inputs=`` option (default :func:`split_batch`), its
+    ``validation=`` batches captured like the calibration ones; each block's method reads the captured inputs.
     """
 
     def __init__(
@@ -120,7 +123,6 @@ class BlockSequential:
         *,
         blocks: str | None = None,
         offload: bool = False,
-        inputs: Callable[[object], tuple[tuple, dict]] | None = None,
     ) -> None:
         for key, value in method_class.block_options.items():
             if key in options and options[key] is not value and options[key] != value:
@@ -139,7 +141,7 @@ class BlockSequential:
         #: calibration batches and handed to each block's method as its own held-out batches
         self.validation = options.get("validation")
         self.offload = offload
-        self.inputs = inputs or split_batch
+        self.inputs: Callable[[object], tuple[tuple, dict]] = options.get("inputs") or split_batch
         self.steps = 0
         #: high-water mark per kind of the bytes held while pruning (method state of one block, captured inputs)
         self.peak: dict[str, int] = {}
@@ -193,11 +195,12 @@ class BlockSequential:
                 for step, increment in target.substeps(ctx.masks, substeps):
                     method.before_substep(step)
                     prune_substep(ctx, method, increment)
-                self._record(method.memory(), captured[0] if captured else None)
+                memory = method.memory()
+                self._record(memory, captured[0].nbytes() if captured else 0)
                 fitter = getattr(method, "fitter", None)
                 self.report[block.name] = dict(
                     layers=[v.name for v in ctx.views],
-                    memory=method.memory(),
+                    memory=memory,
                     validation=list(fitter.validation) if fitter is not None else [],
                 )
                 del method, ctx, fitter  # only one block's state is ever held
@@ -234,7 +237,8 @@ class BlockSequential:
                 if not seen:
                     raise RuntimeError(f"blocks: block {block.name!r} was not called by the model's forward")
                 named = seen.pop()
-                named[TOKEN_WEIGHTS] = _weights(batch, named)
+                first = next((v for v in named.values() if isinstance(v, Tensor)), None)
+                named[TOKEN_WEIGHTS] = token_weights(batch, first) if first is not None else None
                 batches.append({k: self._store(v) for k, v in named.items()})
         finally:
             handle.remove()
@@ -290,12 +294,14 @@ class BlockSequential:
             inputs.pop(TOKEN_WEIGHTS)
             out = block_output(runner(**inputs))
             batches.append({**captured.batches[index], key: self._store(out)})
-        self._record({}, Captured(captured.batches + batches, captured.device))
-        return Captured(batches, captured.device)
+        propagated = Captured(batches, captured.device)
+        self._record({}, captured.nbytes() + propagated.nbytes())  # both sets are held until this returns
+        return propagated
 
-    def _record(self, usage: Mapping[str, int], captured: Captured | None) -> None:
-        """Raise :attr:`peak` to ``usage`` (a method's :meth:`~Method.memory`) and the captured inputs' bytes."""
-        usage = {**usage, "inputs": captured.nbytes() if captured is not None else 0}
+    def _record(self, usage: Mapping[str, int], inputs: int) -> None:
+        """Raise :attr:`peak` to ``usage`` (a method's :meth:`~Method.memory`) and ``inputs``, the bytes of the
+        captured inputs held."""
+        usage = {**usage, "inputs": inputs}
         for kind, value in usage.items():
             self.peak[kind] = max(self.peak.get(kind, 0), int(value))
 
@@ -314,16 +320,6 @@ def _named(signature: inspect.Signature, args: tuple, kwargs: dict, name: str) -
         else:
             named[key] = value
     return named
-
-
-def _weights(batch: object, named: Mapping[str, object]) -> Tensor | None:
-    """The batch's ``attention_mask`` [B, T] as 0/1 token weights when it matches the block's first tensor input
-    [B, T, d] (None: every token counts)."""
-    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-    first = next((v for v in named.values() if isinstance(v, Tensor)), None)
-    if not isinstance(mask, Tensor) or first is None or first.dim() != 3 or tuple(mask.shape) != tuple(first.shape[:2]):
-        return None
-    return mask
 
 
 def _part(sparsity: object, views: list[LayerView]) -> object:

@@ -238,8 +238,7 @@ def estimate_memory(
     usage["model"] = sum(p.numel() * p.element_size() for p in model.parameters())
     if sequential is not None:
         width = hidden if hidden is not None else _hidden_size(model)
-        dtype = next(model.parameters()).dtype
-        captured = 2 * tokens * width * torch.empty((), dtype=dtype).element_size()
+        captured = 2 * tokens * width * next(model.parameters()).element_size()
         usage["inputs"] = 0 if offload else captured
         if offload:
             usage["inputs_cpu"] = captured
