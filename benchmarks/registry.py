@@ -14,7 +14,7 @@ import torch
 import fls_kernels as fls
 import fls_reference as ref
 from fls_kernels.backends import table
-from fls_kernels.testing import cast, random_problem
+from fls_kernels.testing import bind, cast, random_problem
 
 #: (name, m, n): weight matrices of real layers.
 SHAPES: list[tuple[str, int, int]] = [
@@ -44,16 +44,12 @@ PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton", *YARDSTI
 GEMM_OPS = ("kron_qv", "surgeon_update_", "kron_qv_grouped", "surgeon_update_grouped_")
 
 
-#: Per-layer op → its positional arguments from the inputs of ``make_inputs``, for the reference and every backend
-#: alike (``precision`` is added for the ops that take it); a grouped op takes its layer op's, as lists.
-_ARGS: dict[str, Callable[[dict], tuple]] = {
-    "kron_qv": lambda t: (t["W"], t["A"], t["G_R"], t["G_L"]),
-    "obs_scores": lambda t: (t["W"], t["A"], t["r"], t["l"], t["alive"]),
-    "select_smallest": lambda t: ([t["W"]], t["W"].numel() // 2),
-    "surgeon_update_": lambda t: (t["W"], t["A"], t["G_R"], t["G_L"], t["r"], t["l"], t["prune"], t["keep"]),
-}
-#: The benchmarked ops (those with arguments above, and their grouped forms), in the op table's order.
-OPS = tuple(op.name for op in table.TABLE if (op.layer_op or op.name) in _ARGS)
+#: The benchmarked per-layer ops; each with its grouped form, its arguments bound from the inputs of
+#: ``make_inputs`` by the op table (:func:`fls_kernels.backends.problems.bind`), for the reference and every backend
+#: alike (``precision`` is added for the ops that take it).
+LAYER_OPS = ("kron_qv", "obs_scores", "select_smallest", "surgeon_update_")
+#: The benchmarked ops, in the op table's order.
+OPS = tuple(op.name for op in table.TABLE if (op.layer_op or op.name) in LAYER_OPS)
 #: Ops that take lists of layers (only run on GROUPS); ops that can also run a group as a per-layer loop.
 GROUPED_OPS = tuple(op.name for op in table.TABLE if op.grouped and op.name in OPS)
 LOOPED_OPS = tuple(op.layer_op for op in table.TABLE if op.grouped and op.name in OPS)
@@ -97,13 +93,15 @@ class Case:
 
 
 def make_inputs(case: Case, device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """Random, well-conditioned inputs of the op (10% of the alive weights pruned).
+    """Random, well-conditioned inputs of the op (10% of the alive weights pruned; a single layer's selection: the
+    half of W with the lowest values).
 
     For a group, a dict of lists, one entry per layer: layers of one shape share their random values but
     not their storage (each is its own tensor, as in a model).
     """
     if case.layers is None:
-        return cast(random_problem(case.m, case.n, seed=seed, prune_fraction=0.1), dtype, device)
+        inputs = cast(random_problem(case.m, case.n, seed=seed, prune_fraction=0.1), dtype, device)
+        return dict(inputs, scores=inputs["W"], k=case.m * case.n // 2)  # select half of the weights by value
     base = {shape: cast(random_problem(*shape, seed=seed, prune_fraction=0.1), dtype, device) for shape in case._each()}
     layers = [{k: v.clone() for k, v in base[shape].items()} for shape in case._each()]
     return {k: [layer[k] for layer in layers] for k in layers[0]}
@@ -121,10 +119,9 @@ def _looped(call: Callable[[dict, str], object]) -> Callable[[dict, str], object
 def _call(op: str, fn: Callable, **fixed) -> Callable[[dict, str], object]:
     """(inputs, precision) → ``fn`` (the reference's or the public op ``op``) on ``op``'s arguments."""
     spec = table.get(op)
-    args, takes_precision = _ARGS[spec.layer_op or spec.name], spec.precision
 
     def call(t: dict, p: str):
-        return fn(*args(t), **fixed, **({"precision": p} if takes_precision else {}))
+        return fn(*bind(spec, t, fresh=False), **fixed, **({"precision": p} if spec.precision else {}))
 
     return call
 

@@ -43,7 +43,7 @@ def _outputs(out) -> list[torch.Tensor]:
 def _float64(value):
     if isinstance(value, list):
         return [_float64(v) for v in value]
-    return value.double() if value.is_floating_point() else value
+    return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def verify(case: registry.Case, provider: str, device: str) -> float:

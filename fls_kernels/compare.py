@@ -16,8 +16,12 @@ from torch import nn
 
 import fls_reference as ref
 from fls_kernels import backends, ops
+from fls_kernels.backends import table
+from fls_kernels.backends.problems import bind
 from fls_kernels.pruning import FishLegPruner, checks
 from fls_kernels.tolerances import rel_error, tolerance
+
+_TOL = tolerance(torch.float32, "fp32")
 
 
 @dataclass
@@ -168,69 +172,47 @@ def _candidates(device: torch.device) -> list[str]:
     return [b.name for b in backends.backends() if backend_problem(b.name, device) is None]
 
 
-def _op_errors(pruner: FishLegPruner, name: str, device: torch.device) -> list[OpRow]:
-    rows = []
-    layers = []
+def _layer_problems(pruner: FishLegPruner) -> tuple[list[dict], list[dict]]:
+    """Each layer's problem (float32) from the fitted Q and the model's weights, and its float64 copy: the
+    selection scores are the OBS scores (taken once, so both copies select from equal values) and ``prune`` the
+    lower-scored half of the alive weights."""
+    layers, exact = [], []
     for i, view in enumerate(pruner.views):
         block = pruner.method.blocks[i]
         G_R, G_L = (g.detach() for g in block.grams())
         r, l = block.factor_diags()
-        alive = pruner.masks.full(i)
-        layers.append(dict(W=view.matrix(torch.float32), A=block.A.detach(), G_R=G_R, G_L=G_L, r=r, l=l, alive=alive))
-    exact = [{k: v.double() if v.is_floating_point() else v for k, v in t.items()} for t in layers]
+        t = dict(W=view.matrix(torch.float32), A=block.A.detach(), G_R=G_R, G_L=G_L, r=r, l=l)
+        t["alive"] = alive = pruner.masks.full(i)
+        scores = ref.obs_scores(t["W"], t["A"], t["r"], t["l"], alive)
+        prune = (scores <= scores[alive].median()) & alive
+        t.update(scores=scores, prune=prune, keep=alive & ~prune)
+        layers.append(t)
+        exact.append({k: v.double() if v.is_floating_point() else v for k, v in t.items()})
+    return layers, exact
 
-    def check(op: str, run: Callable[[dict], torch.Tensor], want: Callable[[dict], torch.Tensor], precision="fp32"):
-        why = backends.get_backend(name).reason(op, device, torch.float32)
+
+def _op_errors(pruner: FishLegPruner, name: str, device: torch.device) -> list[OpRow]:
+    """Every op of the table on backend ``name`` against the reference in float64, its arguments bound from the
+    model's layers: a per-layer op on each layer (its worst error), a grouped op on all of them at once."""
+    layers, exact = _layer_problems(pruner)
+    rows = []
+    for op in table.TABLE:
+        why = backends.get_backend(name).reason(op.name, device, torch.float32)
         if why is not None:
-            rows.append(OpRow(name, op, None, 0.0, why))
-            return
-        worst = max(rel_error(run(t).double(), want(e)) for t, e in zip(layers, exact))
-        rows.append(OpRow(name, op, worst, tolerance(torch.float32, precision)))
-
-    check(
-        "kron_qv",
-        lambda t: ops.kron_qv(t["W"], t["A"], t["G_R"], t["G_L"], backend=name),
-        lambda e: ref.kron_qv(e["W"], e["A"], e["G_R"], e["G_L"]),
-    )
-    check(
-        "kron_diag",
-        lambda t: ops.kron_diag(t["A"], t["r"], t["l"], backend=name),
-        lambda e: ref.kron_diag(e["A"], e["r"], e["l"]),
-    )
-    check(
-        "obs_scores",
-        lambda t: ops.obs_scores(t["W"], t["A"], t["r"], t["l"], t["alive"], backend=name),
-        lambda e: ref.obs_scores(e["W"], e["A"], e["r"], e["l"], e["alive"]),
-    )
-
-    def halves(t):  # prune the lower-scored half of each layer's alive weights
-        s = ref.obs_scores(t["W"], t["A"], t["r"], t["l"], t["alive"])
-        prune = s <= s[t["alive"]].median()
-        return prune & t["alive"], t["alive"] & ~prune
-
-    def update(t, reference):
-        prune, keep = halves(t)
-        W = t["W"].clone()
-        if reference:
-            return ref.surgeon_update_(W, t["A"], t["G_R"], t["G_L"], t["r"], t["l"], prune, keep)
-        return ops.surgeon_update_(W, t["A"], t["G_R"], t["G_L"], t["r"], t["l"], prune, keep, backend=name)
-
-    check("surgeon_update_", lambda t: update(t, False), lambda e: update(e, True))
-    for op in ("select_smallest", "select_nm"):
-        why = backends.get_backend(name).reason(op, device, torch.float32)
-        if why is not None:
-            rows.append(OpRow(name, op, None, 0.0, why))
+            rows.append(OpRow(name, op.name, None, 0.0, why))
             continue
-        scores = [ref.obs_scores(t["W"], t["A"], t["r"], t["l"], t["alive"]) for t in layers]
-        if op == "select_smallest":
-            k = sum(int(s.isfinite().sum()) for s in scores) // 2
-            got, want = ops.select_smallest(scores, k, backend=name), ref.select_smallest(scores, k)
-        else:
-            scores = [s[:, : s.shape[1] // 4 * 4] for s in scores if s.shape[1] >= 4]
-            got = [ops.select_nm(s, 2, 4, backend=name) for s in scores]
-            want = [ref.select_nm(s, 2, 4) for s in scores]
-        differ = sum(int((g.cpu() != w.cpu()).sum()) for g, w in zip(got, want))
-        rows.append(OpRow(name, op, differ / sum(w.numel() for w in want), 0.0))
+        masks = op.output in (table.Output.MASK_LIKE_FIRST, table.Output.MASKS_LIKE_EACH)
+        pairs = [(layers, exact)] if op.grouped else list(zip(layers, exact))
+        worst, differ, total = 0.0, 0, 0
+        for problem, reference in pairs:
+            got = getattr(ops, op.name)(*bind(op, problem), backend=name)
+            want = getattr(ref, op.name)(*bind(op, reference))
+            for g, w in zip(*(o if isinstance(o, list) else [o] for o in (got, want))):
+                if masks:
+                    differ, total = differ + int((g.cpu() != w.cpu()).sum()), total + w.numel()
+                else:
+                    worst = max(worst, rel_error(g.double(), w))
+        rows.append(OpRow(name, op.name, differ / total if masks else worst, 0.0 if masks else _TOL))
     return rows
 
 

@@ -1,7 +1,8 @@
 """Shared test and benchmark helpers: the tolerance table, awkward shapes, poisoned outputs, error checks.
 
 Imported by the tests and the benchmarks, never by the library. The tolerance table and ``rel_error`` live in
-:mod:`fls_kernels.tolerances` (``compare`` uses them too) and are re-exported here.
+:mod:`fls_kernels.tolerances`, and the layer problems and the op table's argument binding in
+:mod:`fls_kernels.backends.problems` (``compare`` uses them too); both are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from fls_kernels.backends import alloc
+from fls_kernels.backends.problems import bind, cast, example, random_problem
 from fls_kernels.tolerances import TOLERANCES, rel_error, tolerance
 
 #: (id, m, n) matrix shapes that stress tiling: a single row or column, primes, block sizes ± 1, tall, wide.
@@ -81,42 +83,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, tol: float, na
     assert err <= tol, f"{name}: relative error {err:.3e} > tolerance {tol:.1e}"
 
 
-def random_problem(
-    m: int, n: int, *, seed: int = 0, prune_fraction: float = 0.5, device: torch.device | str = "cpu"
-) -> dict[str, torch.Tensor]:
-    """A random, well-conditioned layer problem in float64 on ``device`` (the CPU by default; large problems are
-    quicker to build on a GPU): W, A (in [0.5, 1.5)), G_R = RᵀR, G_L = LLᵀ (R, L near the identity), r, l, and
-    masks ``alive`` (~75%), ``prune`` ⊂ alive, ``keep``. The values depend on the device's generator."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    f64 = dict(dtype=torch.float64, device=device)
-    R = torch.eye(m, **f64) + torch.randn(m, m, generator=g, **f64) / (2 * m**0.5)
-    L = torch.eye(n, **f64) + torch.randn(n, n, generator=g, **f64) / (2 * n**0.5)
-    G_R, G_L = R.T @ R, L @ L.T
-    alive = torch.rand(m, n, generator=g, device=device) > 0.25
-    prune = alive & (torch.rand(m, n, generator=g, device=device) < prune_fraction)
-    return dict(
-        W=torch.randn(m, n, generator=g, **f64),
-        A=torch.rand(m, n, generator=g, **f64) + 0.5,
-        G_R=G_R,
-        G_L=G_L,
-        r=G_R.diagonal().clone(),
-        l=G_L.diagonal().clone(),
-        alive=alive,
-        prune=prune,
-        keep=alive & ~prune,
-    )
-
-
-def cast(problem: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The problem's float tensors in ``dtype`` and every tensor on ``device`` (masks stay bool)."""
-    return {k: v.to(device) if v.dtype == torch.bool else v.to(device=device, dtype=dtype) for k, v in problem.items()}
-
-
 __all__ = [
     "AWKWARD_SHAPES",
     "TOLERANCES",
     "assert_close",
+    "bind",
     "cast",
+    "example",
     "install_poison",
     "poison_enabled",
     "poison_outputs",

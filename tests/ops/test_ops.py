@@ -1,4 +1,6 @@
-"""Every op on every backend against the float64 reference, plus opcheck, torch.compile and autograd.
+"""Every op of the table on every backend against the float64 reference, its arguments bound from one layer
+problem (a grouped op: every awkward shape as one group), plus opcheck on each op's example problem, torch.compile
+and autograd.
 
 Backends that cannot run an op here are skipped with the registry's reason.
 """
@@ -10,7 +12,8 @@ import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from fls_kernels.testing import AWKWARD_SHAPES, assert_close, cast, random_problem, tolerance
+from fls_kernels.backends import table
+from fls_kernels.testing import AWKWARD_SHAPES, assert_close, bind, cast, example, random_problem, tolerance
 from tests.conftest import backend_or_skip, devices
 
 BACKENDS = ["reference", "cpu", "cuda", "triton"]
@@ -27,48 +30,48 @@ def params():
     return [pytest.param(b, d, id=f"{b}-{d}") for b in BACKENDS for d in devices()]
 
 
+LAYER_OPS = [pytest.param(op, id=op.name) for op in table.TABLE if not op.grouped]
+GROUPED_OPS = [pytest.param(op, id=op.name) for op in table.TABLE if op.grouped]
+MASKS = (table.Output.MASK_LIKE_FIRST, table.Output.MASKS_LIKE_EACH)
+
+
+def agree(op: table.Op, backend: str, exact, problem, dtype: torch.dtype) -> None:
+    """``op`` on ``backend`` bound from ``problem`` equals the reference on the float64 ``exact`` problem (masks
+    exactly); an in-place op returns its argument and leaves exact zeros outside ``keep``."""
+    args = bind(op, problem)
+    out = getattr(fls, op.name)(*args, backend=backend)
+    expected = getattr(ref, op.name)(*bind(op, exact))
+    outs, wants = (o if isinstance(o, list) else [o] for o in (out, expected))
+    assert len(outs) == len(wants)
+    tol = 0 if op.output in MASKS else tolerance(dtype)
+    for i, (o, e) in enumerate(zip(outs, wants)):
+        assert o.dtype == (torch.bool if op.output in MASKS else dtype), op.name
+        assert_close(o.cpu(), e.to(o.dtype), tol=tol, name=f"{op.name}[{i}]")
+    if op.mutates:
+        firsts, keeps = (args[0], bind(op, exact)[-1]) if op.grouped else ([args[0]], [bind(op, exact)[-1]])
+        assert all(o is a for o, a in zip(outs, firsts)), "an in-place op returns its argument"
+        for o, keep in zip(outs, keeps):
+            assert (o.cpu()[~keep] == 0).all(), "pruned weights must be exactly zero"
+
+
 @pytest.mark.parametrize("backend,device", params())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n", SHAPES)
-class TestAgainstReference:
-    def test_kron_qv(self, backend, device, dtype, m, n):
-        name = backend_or_skip(backend, "kron_qv", device, dtype)
-        e, c = block(m, n, dtype, device)
-        out = fls.kron_qv(c["W"], c["A"], c["G_R"], c["G_L"], backend=name)
-        expected = ref.kron_qv(e["W"], e["A"], e["G_R"], e["G_L"]).to(dtype)
-        assert_close(out.cpu(), expected, tol=tolerance(dtype), name="kron_qv")
+@pytest.mark.parametrize("op", LAYER_OPS)
+def test_against_reference(op, backend, device, dtype, m, n):
+    name = backend_or_skip(backend, op.name, device, dtype)
+    exact, problem = block(m, n, dtype, device)
+    agree(op, name, exact, problem, dtype)
 
-    def test_kron_diag(self, backend, device, dtype, m, n):
-        name = backend_or_skip(backend, "kron_diag", device, dtype)
-        e, c = block(m, n, dtype, device)
-        out = fls.kron_diag(c["A"], c["r"], c["l"], backend=name)
-        assert_close(out.cpu(), ref.kron_diag(e["A"], e["r"], e["l"]).to(dtype), tol=tolerance(dtype))
 
-    def test_obs_scores(self, backend, device, dtype, m, n):
-        name = backend_or_skip(backend, "obs_scores", device, dtype)
-        e, c = block(m, n, dtype, device)
-        out = fls.obs_scores(c["W"], c["A"], c["r"], c["l"], c["alive"], backend=name)
-        expected = ref.obs_scores(e["W"], e["A"], e["r"], e["l"], e["alive"]).to(dtype)
-        assert_close(out.cpu(), expected, tol=tolerance(dtype), name="obs_scores")
-
-    def test_surgeon_update(self, backend, device, dtype, m, n):
-        name = backend_or_skip(backend, "surgeon_update_", device, dtype)
-        e, c = block(m, n, dtype, device)
-        W = c["W"].clone()
-        out = fls.surgeon_update_(W, c["A"], c["G_R"], c["G_L"], c["r"], c["l"], c["prune"], c["keep"], backend=name)
-        assert out is W
-        expected = ref.surgeon_update_(
-            e["W"].clone(), e["A"], e["G_R"], e["G_L"], e["r"], e["l"], e["prune"], e["keep"]
-        ).to(dtype)
-        assert_close(W.cpu(), expected, tol=tolerance(dtype), name="surgeon_update_")
-        assert (W.cpu()[~e["keep"]] == 0).all(), "pruned weights must be exactly zero"
-
-    def test_select_nm(self, backend, device, dtype, m, n):
-        name = backend_or_skip(backend, "select_nm", device, dtype)
-        groups = 4
-        scores = torch.randint(0, 5, (m, groups * 4), dtype=dtype).to(device)
-        out = fls.select_nm(scores, 2, 4, backend=name)
-        assert_close(out.cpu(), ref.select_nm(scores.cpu().double(), 2, 4), tol=0)
+@pytest.mark.parametrize("backend,device", params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", GROUPED_OPS)
+def test_grouped_against_reference(op, backend, device, dtype):
+    """Every awkward shape as one group of layers."""
+    name = backend_or_skip(backend, op.name, device, dtype)
+    layers = [block(m, n, dtype, device, seed=i) for i, (_, m, n) in enumerate(AWKWARD_SHAPES)]
+    agree(op, name, [e for e, _ in layers], [c for _, c in layers], dtype)
 
 
 @pytest.mark.parametrize("backend,device", params())
@@ -85,41 +88,13 @@ def test_select_smallest(backend, device, dtype, k):
 
 
 # ---------------------------------------------------------------------------------------------- op machinery
-def op_cases(backend: str):
-    e, c = block(5, 7, torch.float64, "cpu")
-    layers = [c, block(3, 4, torch.float64, "cpu", seed=1)[1]]
-    scores = [torch.rand(5, 7, dtype=torch.float64), torch.rand(3, dtype=torch.float64)]
-
-    def each(key):
-        return [layer[key].clone() if key == "W" else layer[key] for layer in layers]
-
-    return {
-        "kron_qv": (torch.ops.fls.kron_qv.default, (c["W"], c["A"], c["G_R"], c["G_L"], "fp32", backend)),
-        "kron_diag": (torch.ops.fls.kron_diag.default, (c["A"], c["r"], c["l"], backend)),
-        "obs_scores": (torch.ops.fls.obs_scores.default, (c["W"], c["A"], c["r"], c["l"], c["alive"], backend)),
-        "select_smallest": (torch.ops.fls.select_smallest.default, (scores, 4, backend)),
-        "select_nm": (torch.ops.fls.select_nm.default, (torch.rand(5, 8, dtype=torch.float64), 2, 4, backend)),
-        "surgeon_update_": (
-            torch.ops.fls.surgeon_update_.default,
-            (c["W"].clone(), c["A"], c["G_R"], c["G_L"], c["r"], c["l"], c["prune"], c["keep"], "fp32", backend),
-        ),
-        "kron_qv_grouped": (
-            torch.ops.fls.kron_qv_grouped.default,
-            (each("W"), each("A"), each("G_R"), each("G_L"), "fp32", backend),
-        ),
-        "surgeon_update_grouped_": (
-            torch.ops.fls.surgeon_update_grouped_.default,
-            (*(each(k) for k in ("W", "A", "G_R", "G_L", "r", "l", "prune", "keep")), "fp32", backend),
-        ),
-    }
-
-
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("op", fls.backends.OPS)
 def test_opcheck(op, backend):
     backend_or_skip(backend, op, "cpu", torch.float64)
-    overload, args = op_cases(backend)[op]
-    torch.library.opcheck(overload, args)
+    spec = table.get(op)
+    args = (*example(spec), *("fp32",) * spec.precision, backend)
+    torch.library.opcheck(getattr(torch.ops.fls, op).default, args)
 
 
 def test_kron_qv_autograd_matches_finite_differences():

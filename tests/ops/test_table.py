@@ -3,6 +3,7 @@ and the backends' one allocation function, which the tests poison."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -12,7 +13,7 @@ import fls_kernels as fls
 import fls_reference as ref
 from fls_kernels import backends, ops
 from fls_kernels.backends import alloc, table
-from fls_kernels.testing import poison_enabled, poison_outputs, poisoned_empty
+from fls_kernels.testing import example, poison_enabled, poison_outputs, poisoned_empty
 
 OPS = [pytest.param(op, id=op.name) for op in table.TABLE]
 
@@ -42,6 +43,25 @@ def test_entries_are_consistent(op):
         assert not layer.grouped and op.stem == f"{layer.stem}_grouped"
         assert (op.output, op.precision) == (layer.output, layer.precision)
     assert (op.output is table.Output.IN_PLACE) == op.name.endswith("_")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_signature_schema_and_example_come_from_the_entry(op):
+    """The public function's positional parameters, the custom op's schema and the example problem's arguments are
+    the entry's: one declaration of each op's arguments."""
+    positional = [
+        p.name
+        for p in inspect.signature(getattr(fls, op.name)).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    assert positional == [a.name for a in op.args]
+    assert str(getattr(torch.ops.fls, op.name).default._schema) == f"fls::{op.name}{op.schema}"
+    assert all(a.kind in table.KINDS for a in op.args) and op.args[0].kind in ("matrix", "scores")
+    args = example(op)
+    assert len(args) == len(op.args) and len(op.example) == (len(args[0]) if op.grouped else 1)
+    if op.grouped:
+        layer = table.get(op.layer_op)
+        assert [(a.name, a.kind, a.key) for a in op.args] == [(f"{a.name}s", a.kind, a.key) for a in layer.args]
 
 
 def test_unknown_op_names_the_known_ones():
