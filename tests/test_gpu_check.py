@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import gpu_check
+from tools import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_dry_run_from_the_command_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks.gpu_check",
+            "tools.gpu_check",
             "--dry-run",
             "--out",
             str(out),

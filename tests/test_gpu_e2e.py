@@ -10,7 +10,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from benchmarks import gpu_check, gpu_e2e
+from tools import gpu_check, gpu_e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["install", "wheels", "fvp", "e2e-resnet18", "e2e-minilm", "quality"]
@@ -35,7 +35,7 @@ def test_dry_run_echoes_every_stage_within_the_limits(tmp_path):
     out = tmp_path / "out"
     argv = ["--dry-run", "--out", str(out), "--scratch", str(tmp_path / "s"), "--site", "/tmp/site"]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_e2e", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tools.gpu_e2e", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     log = (out / gpu_e2e.LOG).read_text()

@@ -22,9 +22,9 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load  # noqa: E402
 
-from benchmarks import pack_minilm as pm  # noqa: E402
 from benchmarks.quality import minilm as study  # noqa: E402
 from fls_kernels.models import load_minilm, tokenize  # noqa: E402
+from tools import pack_minilm as pm  # noqa: E402
 
 WEIGHTS = f"{pm.PACKAGE}/{pm.WEIGHTS}"
 

