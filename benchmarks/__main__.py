@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from benchmarks import models, peaks, registry, runner
+from benchmarks import harness, models, peaks, registry, runner
 from fls_kernels.backends.table import PRECISIONS
 from fls_kernels.curvature.fitter import COMPILE_MODES
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             stamp = ablation.stamps([Path(p) for p in args.merge]) or None
         else:
             picked = ablation.VARIANTS if args.variants is None else [ablation.VARIANTS[i] for i in args.variants]
-            stamp = runner.stamp_line(args.device)  # the checkout the rows run on, taken before they start
+            stamp = harness.stamp_line(args.device)  # the checkout the rows run on, taken before they start
             rows = ablation.run(picked)
         print(ablation.table(rows))
         print("wrote", ", ".join(str(p) for p in ablation.write(rows, args.out, args.device, stamp)))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--set: {exc}")
         config = minilm.Config(device=args.device, **{**(minilm.REDUCED if args.reduced else {}), **overrides})
-        stamp = runner.stamp_line(args.device)
+        stamp = harness.stamp_line(args.device)
         rows = minilm.run(config)
         print(minilm.table(rows, config))
         print("wrote", ", ".join(str(p) for p in minilm.write(rows, config, args.out, stamp)))
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         csv_path, md_path = select.write(rows, args.out, args.device)
         print(md_path.read_text())
         print(f"wrote {csv_path} and {md_path}")
-        return 0
+        return _verdict(rows)
     shapes = registry.SHAPES if args.device == "cuda" else registry.CPU_SHAPES
     if args.shapes:
         shapes = [s for s in registry.SHAPES if s[0] in set(args.shapes)]
@@ -263,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(table)
         print(table)
         print(f"wrote {path}")
-    return 0
+    return _verdict(rows)
+
+
+def _verdict(rows: list) -> int:
+    """1 when a provider disagreed with the reference or failed (named on stderr), else 0."""
+    bad = harness.disagreements(rows)
+    for r in bad:
+        print(f"{r.provider} on {r.case}: {r.note}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _study(module, args: argparse.Namespace, parser: argparse.ArgumentParser, **fixed: object) -> int:
@@ -276,7 +284,7 @@ def _study(module, args: argparse.Namespace, parser: argparse.ArgumentParser, **
     except ValueError as exc:
         parser.error(f"--set: {exc}")
     config = module.Config(**{**(module.SMOKE if args.quick else {}), **fixed, **overrides})
-    stamp = runner.stamp_line(str(fixed.get("device", "cpu")))
+    stamp = harness.stamp_line(str(fixed.get("device", "cpu")))
     rows = module.run(config)
     print(module.table(rows, config))
     print("wrote", ", ".join(str(p) for p in module.write(rows, config, args.out, stamp)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from pathlib import Path
 import torch
 
 import fls_kernels as fls
-from benchmarks import fvp, models
-from benchmarks.runner import stamp, write_tables
+from benchmarks import fvp, harness, models
+from benchmarks.harness import Row, stamp
 from benchmarks.timer import Deadline, peak_mib, reset_peak, sync
 from fls_kernels import timing
 from fls_kernels.curvature import AuxFitter
@@ -88,12 +89,14 @@ class Settings:
 
 @dataclass
 class Result:
-    """The measurements of one model: one row per backend in each table (a row with a ``note`` was not run)."""
+    """The measurements of one model: one harness row per backend in each table (``ms`` None: not run, ``note``
+    says why). A prune row's ms is the whole run's (its columns: ``total`` seconds and the sections); an aux row's
+    is the mean step's (its columns: :data:`AUX_COLUMNS`)."""
 
     model: models.Model
     settings: Settings
-    prune: list[dict]
-    aux: list[dict]
+    prune: list[Row]
+    aux: list[Row]
 
 
 def q_products(fitter: AuxFitter) -> Callable[[], None]:
@@ -180,24 +183,26 @@ def run(
     log(f"{model.name}: FVP {fvp_ms:.3f} ms, forward+backward {fwd_bwd_ms:.3f} ms ({fvp_ms / fwd_bwd_ms:.2f}×)")
     shared = dict(fvp_alone_ms=fvp_ms, fwd_bwd_ms=fwd_bwd_ms, fvp_over_fwd_bwd=fvp_ms / fwd_bwd_ms)
     result = Result(model, settings, [], [])
-    for name in backends:
-        why = unavailable(name, device) or deadline.note()
-        if why is not None:
-            result.prune.append(dict(backend=name, note=why))
-            result.aux.append(dict(backend=name, note=why))
-            if checkpoint is not None:
-                checkpoint(result)
-            continue
-        aux = {"backend": name, **aux_split(model, name, device, settings), **shared, "peak_fwd_bwd_mib": fwd_bwd_peak}
-        aux["step_over_parts"] = aux["step_ms"] / (aux["fvp_alone_ms"] + aux["q_alone_ms"])
-        result.aux.append(aux)
+
+    def aux(name: str) -> tuple[float, dict]:
+        split = {**aux_split(model, name, device, settings), **shared, "peak_fwd_bwd_mib": fwd_bwd_peak}
+        split["step_over_parts"] = split["step_ms"] / (split["fvp_alone_ms"] + split["q_alone_ms"])
         log(
-            f"{name:10} aux step {aux['step_ms']:.2f} ms (fvp {aux['fvp_ms']:.2f}, q {aux['q_ms']:.2f}); FVP alone "
-            f"{fvp_ms:.2f}, Q alone {aux['q_alone_ms']:.2f}: {aux['step_over_parts']:.2f}×"
+            f"{name:10} aux step {split['step_ms']:.2f} ms (fvp {split['fvp_ms']:.2f}, q {split['q_ms']:.2f}); FVP "
+            f"alone {fvp_ms:.2f}, Q alone {split['q_alone_ms']:.2f}: {split['step_over_parts']:.2f}×"
         )
-        prune = {"backend": name, **whole_prune(model, name, device, settings)}
-        result.prune.append(prune)
-        log(f"{name:10} {prune['total']:8.2f} s  " + "  ".join(f"{k} {prune.get(k, 0):.2f}" for k in SECTIONS))
+        return split["step_ms"], split
+
+    def prune(name: str) -> tuple[float, dict]:
+        sections = whole_prune(model, name, device, settings)
+        log(f"{name:10} {sections['total']:8.2f} s  " + "  ".join(f"{k} {sections.get(k, 0):.2f}" for k in SECTIONS))
+        return 1e3 * sections["total"], sections
+
+    for name in backends:
+        why = unavailable(name, device)
+        for table, rows, work in (("aux", result.aux, aux), ("prune", result.prune, prune)):
+            case = dict(table=table, model=model.name)
+            rows.append(harness.measure(case, name, functools.partial(work, name), unavailable=why, deadline=deadline))
         if checkpoint is not None:
             checkpoint(result)
     return result
@@ -214,13 +219,6 @@ def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]
     ``e2e-<model>-<device>.md`` (the one-shot prune table, then the aux-step table)."""
     meta = stamp(device)
     name = result.model.name
-    prune_fields = ["total", *SECTIONS, "other", "peak_mib"]
-    fields = ["table", "model", "backend", *prune_fields, *AUX_COLUMNS, "note"]
-    table = [
-        [{"table": kind, "model": name}.get(k, r.get(k)) for k in fields]
-        for kind, rows in (("prune", result.prune), ("aux", result.aux))
-        for r in rows
-    ]
     s, threads = result.settings, torch.get_num_threads()
     lines = [
         f"Model {result.model.description}; {s.describe()}. Device {meta['gpu_or_cpu']}"
@@ -233,12 +231,15 @@ def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]
         "|---|---:|" + "---:|" * (len(SECTIONS) + 2),
     ]
     for r in result.prune:
-        if "total" not in r:
-            lines.append(f"| {r['backend']} | not run: {r['note']} |" + " |" * (len(SECTIONS) + 2))
+        if r.ms is None:
+            lines.append(f"| {r.provider} | not run: {r.note} |" + " |" * (len(SECTIONS) + 2))
             continue
-        cells = [f"{r.get(k, 0.0):.2f} ({100 * r.get(k, 0.0) / r['total']:.0f}%)" for k in (*SECTIONS, "other")]
-        cells.append(_cell(r["peak_mib"], ".0f"))
-        lines.append(f"| {r['backend']} | {r['total']:.2f} | " + " | ".join(cells) + " |")
+        total = r.values["total"]
+        cells = [
+            f"{r.values.get(k, 0.0):.2f} ({100 * r.values.get(k, 0.0) / total:.0f}%)" for k in (*SECTIONS, "other")
+        ]
+        cells.append(_cell(r.values["peak_mib"], ".0f"))
+        lines.append(f"| {r.provider} | {total:.2f} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"One aux step, ms: the mean of {s.aux_steps} steps of a fitted pruner and its sections; the FVP and the Q "
@@ -249,9 +250,10 @@ def write(result: Result, out_dir: str | Path, device: str) -> tuple[Path, Path]
         "|---|" + "---:|" * len(AUX_COLUMNS),
     ]
     for r in result.aux:
-        if "step_ms" not in r:
-            lines.append(f"| {r['backend']} | not run: {r['note']} |" + " |" * (len(AUX_COLUMNS) - 1))
+        if r.ms is None:
+            lines.append(f"| {r.provider} | not run: {r.note} |" + " |" * (len(AUX_COLUMNS) - 1))
             continue
-        cells = [_cell(r.get(k), ".0f" if k.startswith("peak") else ".2f") for k in AUX_COLUMNS]
-        lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
-    return write_tables(out_dir, f"e2e-{name}-{device}", fields, table, lines, meta)
+        cells = [_cell(r.values.get(k), ".0f" if k.startswith("peak") else ".2f") for k in AUX_COLUMNS]
+        lines.append(f"| {r.provider} | " + " | ".join(cells) + " |")
+    rows = [*result.prune, *result.aux]
+    return harness.write(rows, out_dir, f"e2e-{name}-{device}", lines, meta, provider="backend")

@@ -19,8 +19,8 @@ with the peak memory of one more product.
 
 from __future__ import annotations
 
+import functools
 import gc
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks import models
-from benchmarks.runner import stamp, write_tables
+from benchmarks import harness, models
+from benchmarks.harness import Row, VerifyError, failure, stamp
 from benchmarks.timer import Deadline, median_ms, peak_mib, reset_peak, sync
 from fls_kernels.curvature import ModelCurvature, get_likelihood
 from fls_kernels.data import model_output, split_batch
@@ -58,16 +58,10 @@ class Variant:
     deferred: bool = False
 
 
-@dataclass
-class Row:
-    model: str
-    variant: str
-    batch: int | None
-    ms: float | None
-    ratio: float | None  # ms over forward+backward's
-    error: float | None  # max relative error against the jvp products
-    peak_mib: float | None
-    note: str = ""
+def _row(model: str, variant: str, batch: int | None, note: str = "", **values: object) -> Row:
+    """A row of the table: case (model, batch), provider = the variant, columns ratio (ms over forward+backward's)
+    and peak_mib."""
+    return Row(dict(model=model, batch=batch), variant, note=note, values=dict(ratio=None, peak_mib=None) | values)
 
 
 def curvature(model: models.Model, views: list[LayerView], **options: object) -> ModelCurvature:
@@ -136,15 +130,6 @@ def measure(call: Callable[[], object], device: str, min_run_time: float = 0.5) 
     return ms, peak_mib(device)
 
 
-def failure(exc: BaseException) -> str:
-    """One line naming why a call failed: the exception type, its first line and, for torch.compile, the op that
-    stopped it."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    op = re.search(r"call_function <(?:built-in )?(?:function|method) ([\w.]+)", text)
-    return f"{type(exc).__name__}: {first}" + (f" (at {op.group(1)})" if op else "")
-
-
 def max_error(got: Sequence[Tensor], want: Sequence[Tensor]) -> float:
     """Max over layers of :func:`rel_error`; inf when a product is missing or not finite."""
     if len(got) != len(want):
@@ -182,13 +167,13 @@ def run(
 
     def emit(row: Row) -> None:
         rows.append(row)
-        rows.sort(key=lambda r: (names.index(r.model), columns.index(r.variant) if r.variant in columns else -1))
+        rows.sort(key=lambda r: (names.index(r.model), columns.index(r.provider) if r.provider in columns else -1))
         shown = (
             row.note
             if row.ms is None
             else f"{row.ms:10.3f} ms" + ("" if row.error is None else f"  err {row.error:.1e}")
         )
-        log(f"{row.model:10} {row.variant:22} {shown}")
+        log(f"{row.model:10} {row.provider:22} {shown}")
         if checkpoint is not None:
             checkpoint(rows, descriptions)
 
@@ -197,7 +182,7 @@ def run(
         try:
             built.append(spec if isinstance(spec, models.Model) else models.build(spec, device))
         except RuntimeError as exc:
-            emit(Row(str(spec), "—", None, None, None, None, None, f"not run: {exc}"))
+            emit(_row(str(spec), "—", None, f"not run: {exc}"))
     state: dict[str, dict] = {}
     for deferred in (False, True):
         for model in built:
@@ -210,77 +195,70 @@ def run(
                     s["want"] = curvature(model, s["views"], fvp_mode="jvp").fvp(s["batch"], s["vectors"])
                 except Exception as exc:  # noqa: BLE001 — without the reference nothing can be verified
                     s["want"] = None
-                    emit(
-                        Row(model.name, REFERENCE, model.batch_size, None, None, None, None, f"failed: {failure(exc)}")
-                    )
-                if deadline.spent():
-                    emit(_not_timed(model, YARDSTICK, deadline))
-                else:
-                    try:
-                        ms, peak = measure(forward_backward(model, s["batch"]), device, min_run_time)
-                    except Exception as exc:  # noqa: BLE001 — the variants are still measured, without a ratio
-                        emit(
-                            Row(
-                                model.name,
-                                YARDSTICK,
-                                model.batch_size,
-                                None,
-                                None,
-                                None,
-                                None,
-                                f"failed: {failure(exc)}",
-                            )
-                        )
-                    else:
-                        s["yardstick"] = ms
-                        emit(Row(model.name, YARDSTICK, model.batch_size, ms, 1.0, None, peak, "yardstick"))
+                    emit(_row(model.name, REFERENCE, model.batch_size, f"failed: {failure(exc)}"))
+                row = harness.measure(
+                    dict(model=model.name, batch=model.batch_size),
+                    YARDSTICK,
+                    functools.partial(_timed, forward_backward(model, s["batch"]), device, min_run_time, None),
+                    deadline=deadline,
+                    note="yardstick",
+                )
+                if row.ms is not None:
+                    s["yardstick"], row.values["ratio"] = row.ms, 1.0
+                emit(_columns(row))
             if s["want"] is None:
                 continue
             for variant in variants:
                 if variant.deferred == deferred:
-                    emit(
-                        _not_timed(model, variant.name, deadline)
-                        if deadline.spent()
-                        else _one(model, variant, s, device, min_run_time)
-                    )
+                    emit(_one(model, variant, s, device, min_run_time, deadline))
     state.clear()
     gc.collect()
     return rows, descriptions
 
 
-def _not_timed(model: models.Model, variant: str, deadline: Deadline) -> Row:
-    return Row(model.name, variant, model.batch_size, None, None, None, None, deadline.note())
+def _timed(call: Callable[[], object], device: str, min_run_time: float, yardstick: float | None) -> tuple:
+    """(ms, columns) of ``call``: its ratio to the ``yardstick``'s ms (None without one) and its peak MiB."""
+    ms, peak = measure(call, device, min_run_time)
+    return ms, dict(ratio=ms / yardstick if yardstick else None, peak_mib=peak)
 
 
-def _one(model: models.Model, variant: Variant, s: dict, device: str, min_run_time: float) -> Row:
-    """Verify then time one variant on the model's prepared batch and vectors (``s``)."""
+def _columns(row: Row) -> Row:
+    """``row`` with the table's columns (:func:`_row`), None where it was not timed."""
+    row.values = dict(ratio=None, peak_mib=None) | row.values
+    return row
+
+
+def _one(model: models.Model, variant: Variant, s: dict, device: str, min_run_time: float, deadline: Deadline) -> Row:
+    """Verify then time one variant on the model's prepared batch and vectors (``s``) through the harness."""
     batch, vectors, want = s["batch"], s["vectors"], s["want"]
-    try:
-        product = variant.make(model, s["views"])
+    built: dict = {}
+
+    def verify() -> float:
+        built["product"] = product = variant.make(model, s["views"])
         sync(device)
         start = time.perf_counter()
         got = product(batch, vectors)
         sync(device)
-        first = time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001 — any failure to build or run a variant is the row's note
-        return Row(model.name, variant.name, model.batch_size, None, None, None, None, f"failed: {failure(exc)}")
-    error = max_error(got, want)
-    if not error <= TOLERANCE:
-        note = f"DISAGREES with jvp (max rel. error {error:.1e} > {TOLERANCE:.0e}): not timed"
-        return Row(model.name, variant.name, model.batch_size, None, None, error, None, note)
-    ms, peak = measure(lambda: product(batch, vectors), device, min_run_time)
-    note = f"first call {first:.1f} s" if variant.deferred else ""
-    ratio = ms / s["yardstick"] if s.get("yardstick") else None
-    return Row(model.name, variant.name, model.batch_size, ms, ratio, error, peak, note)
+        built["first"] = time.perf_counter() - start
+        error = max_error(got, want)
+        if not error <= TOLERANCE:
+            raise VerifyError(f"jvp's products, max rel. error {error:.1e} > {TOLERANCE:.0e}", error)
+        return error
+
+    def timed() -> tuple:
+        return _timed(lambda: built["product"](batch, vectors), device, min_run_time, s.get("yardstick"))
+
+    case = dict(model=model.name, batch=model.batch_size)
+    row = harness.measure(case, variant.name, timed, verify=verify, deadline=deadline)
+    if row.ms is not None and variant.deferred:
+        row.note = f"first call {built['first']:.1f} s"
+    return _columns(row)
 
 
 def write(rows: list[Row], out_dir: str | Path, device: str, descriptions: dict[str, str]) -> tuple[Path, Path]:
     """``fvp-<device>.csv`` (one stamped row per measurement) and ``fvp-<device>.md`` (the table, with what each
     model is and how it was measured)."""
     meta = stamp(device)
-    fields = ["model", "variant", "batch", "ms", "ratio", "error", "peak_mib", "note"]
-    header = ["model", "variant", "batch", "ms", "x_forward_backward", "max_rel_error", "peak_mib", "note"]
-    table = [[f"{v:.6g}" if isinstance(v, float) else v for v in (getattr(r, k) for k in fields)] for r in rows]
     threads = torch.get_num_threads()
     timer = (
         "triton.testing.do_bench medians"
@@ -303,7 +281,7 @@ def write(rows: list[Row], out_dir: str | Path, device: str, descriptions: dict[
     for r in rows:
         cells = [
             r.model,
-            r.variant,
+            r.provider,
             "—" if r.batch is None else str(r.batch),
             "—" if r.ms is None else f"{r.ms:.3f}",
             "—" if r.ratio is None else f"{r.ratio:.2f}",
@@ -312,4 +290,4 @@ def write(rows: list[Row], out_dir: str | Path, device: str, descriptions: dict[
             r.note.replace("|", "/"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return write_tables(out_dir, f"fvp-{device}", header, table, lines, meta)
+    return harness.write(rows, out_dir, f"fvp-{device}", lines, meta, provider="variant", error="max_rel_error")

@@ -44,10 +44,11 @@ PROVIDERS = ("reference", "reference+compile", "cpu", "cuda", "triton", *YARDSTI
 GEMM_OPS = ("kron_qv", "surgeon_update_", "kron_qv_grouped", "surgeon_update_grouped_")
 
 
-#: The benchmarked per-layer ops; each with its grouped form, its arguments bound from the inputs of
-#: ``make_inputs`` by the op table (:func:`fls_kernels.backends.problems.bind`), for the reference and every backend
-#: alike (``precision`` is added for the ops that take it).
-LAYER_OPS = ("kron_qv", "obs_scores", "select_smallest", "surgeon_update_")
+#: The benchmarked per-layer ops — every op of the table with its grouped form, but ``select_smallest``, whose one
+#: front-end is ``python -m benchmarks select`` (global selection over N scores against torch's) —, their arguments
+#: bound from the inputs of ``make_inputs`` by the op table (:func:`fls_kernels.backends.problems.bind`), for the
+#: reference and every backend alike (``precision`` is added for the ops that take it).
+LAYER_OPS = tuple(op.name for op in table.TABLE if not op.grouped and op.name != "select_smallest")
 #: The benchmarked ops, in the op table's order.
 OPS = tuple(op.name for op in table.TABLE if (op.layer_op or op.name) in LAYER_OPS)
 #: Ops that take lists of layers (only run on GROUPS); ops that can also run a group as a per-layer loop.
@@ -85,23 +86,24 @@ class Case:
             mn = m * n
             total += {
                 "kron_qv": f * (3 * mn + m**2 + n**2),
+                "kron_diag": f * (2 * mn + m + n),
                 "obs_scores": f * (3 * mn + m + n) + mn,
+                "select_nm": f * mn + mn,
                 "surgeon_update": f * (3 * mn + m**2 + n**2 + m + n) + 2 * mn,
-                "select_smallest": f * mn + mn,
             }[op]
         return total
 
 
 def make_inputs(case: Case, device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """Random, well-conditioned inputs of the op (10% of the alive weights pruned; a single layer's selection: the
-    half of W with the lowest values).
+    """Random, well-conditioned inputs of the op (10% of the alive weights pruned; a single layer's selection scores:
+    W's values).
 
     For a group, a dict of lists, one entry per layer: layers of one shape share their random values but
     not their storage (each is its own tensor, as in a model).
     """
     if case.layers is None:
         inputs = cast(random_problem(case.m, case.n, seed=seed, prune_fraction=0.1), dtype, device)
-        return dict(inputs, scores=inputs["W"], k=case.m * case.n // 2)  # select half of the weights by value
+        return dict(inputs, scores=inputs["W"])
     base = {shape: cast(random_problem(*shape, seed=seed, prune_fraction=0.1), dtype, device) for shape in case._each()}
     layers = [{k: v.clone() for k, v in base[shape].items()} for shape in case._each()]
     return {k: [layer[k] for layer in layers] for k in layers[0]}

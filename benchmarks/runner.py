@@ -1,37 +1,22 @@
-"""Timing with a verify step: every provider is checked against the float64 reference before it is timed."""
+"""The kernel benchmark (``python -m benchmarks kernels``): every op × case × provider of the registry, verified
+against the float64 reference and then timed through the harness (:func:`benchmarks.harness.measure`); the table
+with speed-ups, the two GEMMs' time and the roofline at ceilings measured in the same run; a comparison with
+another git ref."""
 
 from __future__ import annotations
 
 import csv
-import datetime
-import platform
+import functools
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from benchmarks import registry
+from benchmarks import harness, registry
+from benchmarks.harness import Row, VerifyError, stamp
 from benchmarks.peaks import Peaks
 from benchmarks.timer import Deadline, median_ms
 from fls_kernels.testing import poison_outputs, rel_error, tolerance
-
-
-class VerifyError(AssertionError):
-    """A provider's output disagrees with the reference beyond the tolerance table."""
-
-
-@dataclass
-class Row:
-    op: str
-    shape: str
-    provider: str
-    precision: str
-    device: str
-    ms: float | None
-    error: float | None
-    note: str = ""
 
 
 def _outputs(out) -> list[torch.Tensor]:
@@ -68,7 +53,7 @@ def verify(case: registry.Case, provider: str, device: str) -> float:
         worst = max(worst, rel_error(g, w))
     tol = tolerance(torch.float32, case.precision)
     if worst > tol:
-        raise VerifyError(f"{case.op}/{provider} on {case.shape}: relative error {worst:.2e} > {tol:.0e}")
+        raise VerifyError(f"{case.op}/{provider} on {case.shape}: relative error {worst:.2e} > {tol:.0e}", worst)
     return worst
 
 
@@ -92,23 +77,29 @@ def run(
     ops, providers, shapes, device: str, precision: str = "fp32", groups=(), seconds: float | None = None
 ) -> list[Row]:
     """Verify then time every op × case × provider; ``groups`` names entries of ``registry.GROUPS``. With
-    ``seconds``, cases not started by then are listed as not timed (so a time-limited run still tabulates)."""
+    ``seconds``, cases not started by then are listed as not timed (so a time-limited run still tabulates); a
+    provider that disagrees with the reference is listed, not timed."""
     rows = []
     deadline = Deadline(seconds)
     for op in ops:
         for case in registry.cases(op, shapes, list(groups), precision):
-            name = case.shape
             for provider in providers:
-                why = registry.unavailable(op, provider, device) or deadline.note()
-                if why is not None:
-                    rows.append(Row(op, name, provider, precision, device, None, None, why))
-                    continue
                 yardstick = provider in registry.YARDSTICKS
-                error = None if yardstick else verify(case, provider, device)
-                ms = time_ms(case, provider, device)
-                rows.append(Row(op, name, provider, precision, device, ms, error, "yardstick" if yardstick else ""))
-                shown = "yardstick" if error is None else f"err {error:.1e}"
-                print(f"{op:24} {name:24} {provider:18} {ms:9.3f} ms  {shown}", flush=True)
+                row = harness.measure(
+                    dict(op=op, shape=case.shape, precision=precision, device=device),
+                    provider,
+                    functools.partial(time_ms, case, provider, device),
+                    verify=None if yardstick else functools.partial(verify, case, provider, device),
+                    unavailable=registry.unavailable(op, provider, device),
+                    deadline=deadline,
+                    note="yardstick" if yardstick else "",
+                )
+                rows.append(row)
+                if row.ms is not None:
+                    shown = "yardstick" if row.error is None else f"err {row.error:.1e}"
+                    print(f"{op:24} {case.shape:24} {provider:18} {row.ms:9.3f} ms  {shown}", flush=True)
+                elif row.error is not None or row.note.startswith("failed"):
+                    print(f"{op:24} {case.shape:24} {provider:18} {row.note}", flush=True)
     return rows
 
 
@@ -117,37 +108,6 @@ def _case(row: Row) -> registry.Case:
         return registry.Case.group(row.op, row.shape, row.precision)
     m, n = next((m, n) for s, m, n in registry.SHAPES if s == row.shape)
     return registry.Case(row.op, row.shape, m, n, row.precision)
-
-
-def stamp(device: str) -> dict[str, str]:
-    """Device, versions, commit and timestamp carried by every CSV row."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        if commit and dirty.stdout.strip():
-            commit += "+uncommitted"
-    except OSError:
-        commit = ""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = ""
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return {
-        "gpu_or_cpu": name,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "commit": commit or "unknown",
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def stamp_line(device: str) -> str:
-    """One line naming where and on what a result was measured."""
-    meta = stamp(device)
-    return f"Measured on {meta['gpu_or_cpu']}, torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}."
 
 
 def roofline_ms(case: registry.Case, peaks: Peaks | None) -> float | None:
@@ -168,12 +128,6 @@ def write(
     :func:`stem`."""
     meta = stamp(device)
     name = stem(device, precision)
-    header = ["op", "shape", "provider", "precision", "device", "ms", "rel_error", "note"]
-    table = [
-        [r.op, r.shape, r.provider, r.precision, r.device]
-        + ["" if r.ms is None else f"{r.ms:.4f}", "" if r.error is None else f"{r.error:.2e}", r.note]
-        for r in rows
-    ]
     lines = [
         f"Device {meta['gpu_or_cpu']}, torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}, "
         f"{meta['timestamp']}" + (f"; {peaks.describe()}." if peaks is not None else "."),
@@ -197,7 +151,7 @@ def write(
     skipped = sorted({f"{r.provider}: {r.note}" for r in rows if r.ms is None})
     if skipped:
         lines += ["", "Not run: " + "; ".join(skipped)]
-    csv_path, md_path = write_tables(out_dir, name, header, table, lines, meta)
+    csv_path, md_path = harness.write(rows, out_dir, name, lines, meta, error="rel_error")
     plot(rows, Path(out_dir) / f"{name}.png", f"{meta['gpu_or_cpu']}, commit {meta['commit']}")
     return csv_path, md_path
 
@@ -267,47 +221,4 @@ def run_at(ref: str, argv: list[str], out_dir: Path) -> Path:
     return out_dir
 
 
-def write_tables(
-    out_dir: str | Path, name: str, header: list[str], rows: list[list[object]], markdown: list[str], meta: dict
-) -> tuple[Path, Path]:
-    """The two outputs of a timing benchmark in ``out_dir`` (created if needed): ``<name>.csv`` — ``header``, then
-    each row of ``rows`` (None as an empty cell) with the stamp ``meta`` (:func:`stamp`) appended to every one —
-    and ``<name>.md``, the lines of ``markdown``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    write_stamped_csv(csv_path, header, rows, meta)
-    md_path.write_text("\n".join(markdown) + "\n")
-    return csv_path, md_path
-
-
-def write_stamped_csv(path: Path, header: list[str], rows: Iterable[Sequence[object]], meta: dict) -> Path:
-    """``header`` and each row (None as an empty cell) with the stamp ``meta`` (:func:`stamp`) appended to every
-    one; returns ``path``."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*header, *meta])
-        for row in rows:
-            w.writerow(["" if v is None else v for v in row] + list(meta.values()))
-    return path
-
-
-def write_study(
-    out_dir: str | Path, name: str, fields: list[str], rows: list[dict], text: str, stamp: str
-) -> tuple[Path, Path]:
-    """The two outputs of a quality study in ``out_dir`` (created if needed): ``<name>.csv`` (:func:`write_csv` of
-    ``rows`` over ``fields``) and ``<name>.md``, its table ``text`` and then the ``stamp`` line."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / f"{name}.md"
-    md.write_text(f"{text}\n\n{stamp}\n")
-    return write_csv(out / f"{name}.csv", fields, rows), md
-
-
-def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
-    """``rows`` as a CSV with a header of ``fields`` (other keys of a row are left out); returns ``path``."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+__all__ = ["against_base", "run", "run_at", "stem", "time_ms", "verify", "write"]

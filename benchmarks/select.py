@@ -15,26 +15,19 @@ The native result is verified against the reference (fls_reference.select_smalle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import torch
 
 import fls_kernels as fls
 import fls_reference as ref
-from benchmarks.runner import stamp, write_tables
+from benchmarks import harness
+from benchmarks.harness import Row, VerifyError, stamp
 from benchmarks.timer import Deadline, median_ms
 
 #: N per device: 10⁷ on the 2-core CPU; 1.1·10⁸ (a ResNet-50-sized model is 2.5·10⁷) and 10⁹ on a GPU.
 SIZES = {"cpu": [10**7], "cuda": [110_000_000, 1_000_000_000]}
-
-
-@dataclass
-class Row:
-    n: int
-    provider: str
-    ms: float | None
-    note: str = ""
 
 
 def make_scores(n: int, device: str, dtype: torch.dtype = torch.float32, parts: int = 4) -> list[torch.Tensor]:
@@ -51,63 +44,64 @@ def make_scores(n: int, device: str, dtype: torch.dtype = torch.float32, parts: 
 
 
 def verify(scores: list[torch.Tensor], k: int, backend: str) -> None:
-    """The native masks equal the reference's, bit for bit; AssertionError otherwise."""
+    """The native masks equal the reference's, bit for bit; :class:`~benchmarks.harness.VerifyError` otherwise."""
     expected = ref.select_smallest(scores, k)
     got = fls.select_smallest(scores, k, backend=backend)
     for i, (g, e) in enumerate(zip(got, expected)):
         bad = int((g != e).sum())
-        assert bad == 0, f"select_smallest/{backend}: {bad} entries of mask {i} differ from the reference"
+        if bad:
+            raise VerifyError(f"select_smallest/{backend}: {bad} entries of mask {i} differ from the reference")
 
 
-def run_one(n: int, device: str, providers: list[str]) -> list[Row]:
-    """Rows for N = ``n``: the native kernel (verified first) and the torch baselines named in ``providers``."""
+#: provider option → its row's name (``native``: this device's backend)
+PROVIDERS = {"native": "fls {device}", "kthvalue": "torch.kthvalue", "topk": "torch.topk", "sort": "torch.sort",
+             "copy": "copy"}  # fmt: skip
+
+
+def run_one(n: int, device: str, providers: list[str], deadline: Deadline | None = None) -> list[Row]:
+    """Rows for N = ``n``: the native kernel (verified first) and the torch baselines named in ``providers`` (the
+    scores are not even built once the ``deadline`` is spent)."""
+    case, chosen = dict(op="select_smallest", n=n), [p for p in PROVIDERS if p in providers]
+    if deadline is not None and deadline.spent():
+        return [Row(case, PROVIDERS[p].format(device=device), note=deadline.note()) for p in chosen]
     scores = make_scores(n, device)
     k = sum(int((s < float("inf")).sum()) for s in scores) // 2
-    rows, calls = [], {}
-    if "native" in providers:
-        why = fls.backends.get_backend(device).reason("select_smallest", torch.device(device), torch.float32)
-        if why is None:
-            verify(scores, k, device)
-            calls[f"fls {device}"] = lambda: fls.select_smallest(scores, k, backend=device)
-        else:
-            rows.append(Row(n, f"fls {device}", None, why))
-    flat = torch.cat(scores) if set(providers) - {"native", "copy"} else None
-    if "kthvalue" in providers:
-        calls["torch.kthvalue"] = lambda: torch.kthvalue(flat, k)
-    if "topk" in providers:
-        calls["torch.topk"] = lambda: torch.topk(flat, k, largest=False)
-    if "sort" in providers:
-        calls["torch.sort"] = lambda: torch.sort(flat, stable=True)
-    if "copy" in providers:
-        copies = [torch.empty_like(t) for t in scores]
-        calls["copy"] = lambda: [c.copy_(t) for c, t in zip(copies, scores)]
-    for name, fn in calls.items():
-        try:
-            rows.append(Row(n, name, median_ms(fn, device, min_run_time=1.0, num_threads=torch.get_num_threads())))
-        except torch.OutOfMemoryError as exc:
-            rows.append(Row(n, name, None, f"out of memory: {str(exc).splitlines()[0]}"))
-            torch.cuda.empty_cache()
-        ms = rows[-1].ms
-        print(f"select_smallest N={n:>13,} {name:16} " + (f"{ms:10.2f} ms" if ms is not None else rows[-1].note))
+    flat = torch.cat(scores) if set(chosen) - {"native", "copy"} else None
+    copies = [torch.empty_like(t) for t in scores] if "copy" in chosen else []
+    calls = {
+        "native": lambda: fls.select_smallest(scores, k, backend=device),
+        "kthvalue": lambda: torch.kthvalue(flat, k),
+        "topk": lambda: torch.topk(flat, k, largest=False),
+        "sort": lambda: torch.sort(flat, stable=True),
+        "copy": lambda: [c.copy_(t) for c, t in zip(copies, scores)],
+    }
+    native = fls.backends.get_backend(device).reason("select_smallest", torch.device(device), torch.float32)
+    rows = []
+    for p in chosen:
+        name = PROVIDERS[p].format(device=device)
+        row = harness.measure(
+            case,
+            name,
+            functools.partial(median_ms, calls[p], device, min_run_time=1.0, num_threads=torch.get_num_threads()),
+            verify=functools.partial(verify, scores, k, device) if p == "native" else None,
+            unavailable=native if p == "native" else None,
+            deadline=deadline,
+        )
+        rows.append(row)
+        shown = f"{row.ms:10.2f} ms" if row.ms is not None else row.note
+        print(f"select_smallest N={n:>13,} {name:16} {shown}")
     return rows
 
 
 def run(device: str, sizes: list[int], providers: list[str], seconds: float | None = None) -> list[Row]:
-    """Rows for every N of ``sizes``; with ``seconds``, sizes not started by then are listed as not timed."""
-    rows, deadline = [], Deadline(seconds)
-    for n in sizes:
-        if deadline.spent():
-            rows += [Row(n, p, None, deadline.note()) for p in providers]
-            continue
-        rows += run_one(n, device, providers)
-    return rows
+    """Rows for every N of ``sizes``; with ``seconds``, measurements not started by then are listed as not timed."""
+    deadline = Deadline(seconds)
+    return [row for n in sizes for row in run_one(n, device, providers, deadline)]
 
 
 def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path]:
     """CSV (stamped with device, versions, commit, time, threads) and a markdown table of ratios."""
     meta = stamp(device) | {"cpu_threads": str(torch.get_num_threads())}
-    header = ["op", "n", "provider", "ms", "note"]
-    table = [["select_smallest", r.n, r.provider, "" if r.ms is None else f"{r.ms:.4f}", r.note] for r in rows]
     lines = [
         f"select_smallest, k = half of the scores below +inf. Device {meta['gpu_or_cpu']} "
         f"({meta['cpu_threads']} CPU threads), torch {meta['torch']}, commit {meta['commit']}, {meta['timestamp']}.",
@@ -124,4 +118,4 @@ def write(rows: list[Row], out_dir: str | Path, device: str) -> tuple[Path, Path
         ratio = f"{r.ms / ours[r.n]:.1f}×" if r.n in ours else "—"
         over_copy = f"{r.ms / copy[r.n]:.2f}" if r.n in copy else "—"
         lines.append(f"| {r.n:,} | {r.provider} | {r.ms:.2f} | {ratio} | {over_copy} |")
-    return write_tables(out_dir, f"select-{device}", header, table, lines, meta)
+    return harness.write(rows, out_dir, f"select-{device}", lines, meta)

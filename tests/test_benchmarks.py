@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import registry, runner
+from benchmarks import harness, registry, runner
 from tests.conftest import backend_or_skip
 
 
@@ -51,8 +51,55 @@ def test_verify_fails_on_a_wrong_provider(monkeypatch, corrupt, match):
     monkeypatch.setattr(registry, "provider_call", provider_call)
     case = registry.Case("kron_qv", "tiny", 9, 13)
     assert runner.verify(case, "reference", "cpu") < 1e-6
-    with pytest.raises(runner.VerifyError, match=match):
+    with pytest.raises(harness.VerifyError, match=match):
         runner.verify(case, "bad", "cpu")
+
+
+def test_the_harness_rule_not_run_verified_then_timed():
+    """harness.measure: a provider that cannot run or a spent deadline is not run; one that disagrees or fails is
+    not timed; the others are verified, then timed, with their further columns."""
+    from benchmarks.timer import Deadline
+
+    timed = []
+
+    def time_it():
+        timed.append(1)
+        return 2.0, {"peak_mib": None}
+
+    def wrong():
+        raise harness.VerifyError("off by 1e-3", 1e-3)
+
+    case = dict(op="x")
+    assert harness.measure(case, "p", time_it, unavailable="no kernel").note == "no kernel"
+    assert "were spent" in harness.measure(case, "p", time_it, deadline=Deadline(-1)).note
+    row = harness.measure(case, "p", time_it, verify=wrong)
+    assert (row.ms, row.error, row.note) == (None, 1e-3, "DISAGREES with the reference (off by 1e-3): not timed")
+    failed = harness.measure(case, "p", lambda: 1 / 0)
+    assert failed.ms is None and failed.note == "failed: ZeroDivisionError: division by zero"
+    assert not timed and harness.disagreements([row, failed]) == [row, failed]
+    ok = harness.measure(case, "p", time_it, verify=lambda: 1e-7, note="fine")
+    assert (ok.ms, ok.error, ok.note, ok.peak_mib, ok.op) == (2.0, 1e-7, "fine", None, "x") and timed == [1]
+    with pytest.raises(AttributeError, match="no column 'shape'"):
+        ok.shape
+
+
+def test_a_disagreeing_provider_is_listed_not_timed_and_the_run_goes_on(monkeypatch):
+    original = registry.provider_call
+
+    def provider_call(op, provider, grouped_inputs=False):
+        call = original(op, "reference" if provider == "cpu" else provider, grouped_inputs)
+        return (lambda t, p: call(t, p) * 1.01) if provider == "cpu" else call
+
+    monkeypatch.setattr(registry, "provider_call", provider_call)
+    monkeypatch.setattr(registry, "unavailable", lambda op, provider, device: None)
+    rows = runner.run(["kron_qv"], ["cpu", "reference"], [("tiny", 9, 13), ("tiny2", 5, 7)], "cpu")
+    assert [(r.shape, r.provider, r.ms is None) for r in rows] == [
+        ("tiny", "cpu", True), ("tiny", "reference", False), ("tiny2", "cpu", True), ("tiny2", "reference", False)
+    ]  # fmt: skip
+    assert (
+        all(r.note.startswith("DISAGREES") for r in harness.disagreements(rows))
+        and len(harness.disagreements(rows)) == 2
+    )
 
 
 def test_verify_fails_on_a_wrong_mask(monkeypatch):
@@ -60,11 +107,12 @@ def test_verify_fails_on_a_wrong_mask(monkeypatch):
 
     def provider_call(op, provider, grouped_inputs=False):
         call = original(op, "reference" if provider == "bad" else provider, grouped_inputs)
-        return (lambda t, p: [~m for m in call(t, p)]) if provider == "bad" else call
+        return (lambda t, p: ~call(t, p)) if provider == "bad" else call
 
     monkeypatch.setattr(registry, "provider_call", provider_call)
-    with pytest.raises(runner.VerifyError, match="mask entries differ"):
-        runner.verify(registry.Case("select_smallest", "tiny", 7, 11), "bad", "cpu")
+    assert runner.verify(registry.Case("select_nm", "tiny", 7, 12), "cpu", "cpu") == 0.0
+    with pytest.raises(harness.VerifyError, match="mask entries differ"):
+        runner.verify(registry.Case("select_nm", "tiny", 7, 12), "bad", "cpu")
 
 
 def test_ceilings_are_measured_and_make_the_roofline():
@@ -140,8 +188,8 @@ def test_a_spent_deadline_leaves_every_row_not_timed_in_each_front_end():
     op = registry.OPS[0]
     rows = runner.run([op], ["reference"], registry.CPU_SHAPES, "cpu", seconds=0)
     assert rows and all(r.ms is None and r.note == spent.note() for r in rows)
-    rows = select.run("cpu", [10, 20], ["fls"], seconds=0)
-    assert [(r.n, r.note) for r in rows] == [(10, spent.note()), (20, spent.note())]
+    rows = select.run("cpu", [10, 20], ["native"], seconds=0)
+    assert [(r.n, r.provider, r.note) for r in rows] == [(10, "fls cpu", spent.note()), (20, "fls cpu", spent.note())]
 
 
 def test_every_front_end_writes_its_tables_through_one_stamped_writer(tmp_path):
@@ -151,11 +199,13 @@ def test_every_front_end_writes_its_tables_through_one_stamped_writer(tmp_path):
     from benchmarks import select
 
     meta = {"gpu_or_cpu": "cpu", "commit": "abc"}
-    c, m = runner.write_tables(tmp_path / "t", "x", ["a", "b"], [[1, None], ["s", 2.5]], ["# t", "| a |"], meta)
+    c, m = harness.write_tables(tmp_path / "t", "x", ["a", "b"], [[1, None], ["s", 2.5]], ["# t", "| a |"], meta)
     assert list(csv.reader(open(c))) == [["a", "b", "gpu_or_cpu", "commit"], ["1", "", "cpu", "abc"],
                                           ["s", "2.5", "cpu", "abc"]]  # fmt: skip
     assert m.read_text() == "# t\n| a |\n"
-    rows = [select.Row(10, "fls", 0.5), select.Row(10, "copy", 0.1), select.Row(20, "fls", None, "not timed")]
+    case = dict(op="select_smallest")
+    rows = [harness.Row(case | dict(n=n), p, ms, note=note) for n, p, ms, note in
+            [(10, "fls", 0.5, ""), (10, "copy", 0.1, ""), (20, "fls", None, "not timed")]]  # fmt: skip
     c, m = select.write(rows, tmp_path, "cpu")
     table = list(csv.DictReader(open(c)))
     assert [(r["n"], r["ms"], r["note"]) for r in table] == [("10", "0.5000", ""), ("10", "0.1000", ""),

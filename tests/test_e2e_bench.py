@@ -23,8 +23,10 @@ def test_aux_step_table_on_digits_with_3_steps(digits, tmp_path):
     seen = []
     result = end_to_end.run(digits, "cpu", ["reference", "nonexistent"], settings, log=str, checkpoint=seen.append)
     assert len(seen) == 2  # after every backend
-    (aux, missing), (prune, _) = result.aux, result.prune
-    assert missing["backend"] == "nonexistent" and "step_ms" not in missing and missing["note"]
+    (aux_row, missing), (prune_row, _) = result.aux, result.prune
+    assert missing.provider == "nonexistent" and missing.ms is None and missing.note
+    aux, prune = aux_row.values, prune_row.values
+    assert aux_row.ms == aux["step_ms"] and prune_row.ms == pytest.approx(1e3 * prune["total"])
     assert aux["step_ms"] == pytest.approx(aux["fvp_ms"] + aux["q_ms"] + aux["other_ms"])
     assert aux["fvp_ms"] > 0 and aux["q_ms"] > 0 and aux["q_alone_ms"] > 0 and aux["fwd_bwd_ms"] > 0
     assert aux["step_over_parts"] == pytest.approx(aux["step_ms"] / (aux["fvp_alone_ms"] + aux["q_alone_ms"]))

@@ -73,17 +73,17 @@ def test_variants_agree_with_jvp_and_a_wrong_one_is_flagged(digits, tiny_resnet,
     variants = [*PLAIN, fvp.Variant("wrong", wrong), fvp.Variant("broken", broken)]
     rows, descriptions = fvp.run([digits, tiny_resnet], "cpu", variants=variants, min_run_time=0.01, log=str)
     names = [fvp.YARDSTICK] + [v.name for v in variants]
-    assert [(r.model, r.variant) for r in rows] == [(m, n) for m in ("digits", "resnet-tiny") for n in names]
+    assert [(r.model, r.provider) for r in rows] == [(m, n) for m in ("digits", "resnet-tiny") for n in names]
     for r in rows:
-        if r.variant in ("wrong", "broken"):
+        if r.provider in ("wrong", "broken"):
             assert r.ms is None and r.ratio is None, r
         else:
             assert r.ms > 0 and r.ratio > 0, r
-            assert r.variant == fvp.YARDSTICK or r.error <= fvp.TOLERANCE, r
-    wrong_rows = [r for r in rows if r.variant == "wrong"]
+            assert r.provider == fvp.YARDSTICK or r.error <= fvp.TOLERANCE, r
+    wrong_rows = [r for r in rows if r.provider == "wrong"]
     assert all(1e-4 < r.error < 2e-3 and r.note.startswith("DISAGREES") for r in wrong_rows)
-    assert all(r.note == "failed: RuntimeError: no such mode" for r in rows if r.variant == "broken")
-    double = next(r for r in rows if r.model == "resnet-tiny" and r.variant == "double_vjp")
+    assert all(r.note == "failed: RuntimeError: no such mode" for r in rows if r.provider == "broken")
+    double = next(r for r in rows if r.model == "resnet-tiny" and r.provider == "double_vjp")
     assert double.ratio == pytest.approx(double.ms / rows[0 + len(names)].ms)  # against this model's yardstick
 
     csv_path, md_path = fvp.write(rows, tmp_path, "cpu", descriptions)

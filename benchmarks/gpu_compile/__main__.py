@@ -56,7 +56,7 @@ def tasks(subset: str, targets: list[Target]) -> tuple[list[tuple], str]:
 
 def stamp(note: str) -> dict[str, str]:
     """Versions, commit and timestamp of the run (the runner's stamp, plus nvcc's wheel)."""
-    from benchmarks.runner import stamp as runner_stamp
+    from benchmarks.harness import stamp as runner_stamp
 
     meta = runner_stamp("cpu")
     try:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.runner import write_stamped_csv
+from benchmarks.harness import write_stamped_csv
 
 
 @dataclass

@@ -13,8 +13,8 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.harness import stamp_line, write_csv
 from benchmarks.quality import minilm
-from benchmarks.runner import stamp_line, write_csv
 
 # (label, method, overrides of the study's defaults); the defaults are FLS's chosen options
 VARIANTS: tuple[tuple[str, str, dict], ...] = (

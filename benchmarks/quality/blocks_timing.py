@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fls_kernels as fls
+from benchmarks.harness import stamp_line, write_study
 from benchmarks.quality import digits, gpt, minilm, sparsegpt_port
-from benchmarks.runner import stamp_line, write_study
 from fls_kernels.models import load_minilm, tokenize
 
 #: the layers every flow prunes: each Linear of the kept encoder layers

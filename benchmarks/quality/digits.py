@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 import fls_kernels as fls
+from benchmarks.harness import stamp_line
 from benchmarks.quality import methods
-from benchmarks.runner import stamp_line
 from fls_kernels import demo
 from fls_kernels.pruning.method import has_option
 

@@ -42,8 +42,8 @@ from pathlib import Path
 from torch import nn
 
 import fls_kernels as fls
+from benchmarks.harness import write_csv
 from benchmarks.quality import digits
-from benchmarks.runner import write_csv
 
 ONE_SHOT = (
     "FLS-diagonal",

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import fls_kernels as fls
+from benchmarks.harness import stamp_line, write_csv, write_study
 from benchmarks.quality import digits, minilm
-from benchmarks.runner import stamp_line, write_csv, write_study
 from fls_kernels import llm
 
 CELLS = ("50%", "70%", "2:4")

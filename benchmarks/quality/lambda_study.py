@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fls_kernels as fls
+from benchmarks.harness import stamp_line, write_csv
 from benchmarks.quality import minilm
-from benchmarks.runner import stamp_line, write_csv
 from fls_kernels import llm
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import stamp_line, write_csv
 from benchmarks.quality import methods
-from benchmarks.runner import stamp_line, write_csv
 from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 
 
