@@ -345,27 +345,8 @@ def test_fit_on_the_triton_backend_matches_the_reference():
 
 # ---------------------------------------------------------------------------------------------- large layers (GPU)
 def device_problem(m: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``random_problem``'s distribution generated on the GPU (the CPU would take minutes at LLM sizes)."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    f64 = dict(dtype=torch.float64, device="cuda")
-    R = torch.eye(m, **f64) + torch.randn(m, m, generator=g, **f64) / (2 * m**0.5)
-    L = torch.eye(n, **f64) + torch.randn(n, n, generator=g, **f64) / (2 * n**0.5)
-    G_R, G_L = R.T @ R, L @ L.T
-    del R, L
-    alive = torch.rand(m, n, generator=g, device="cuda") > 0.25
-    prune = alive & (torch.rand(m, n, generator=g, device="cuda") < 0.1)
-    problem = dict(
-        W=torch.randn(m, n, generator=g, **f64),
-        A=torch.rand(m, n, generator=g, **f64) + 0.5,
-        G_R=G_R,
-        G_L=G_L,
-        r=G_R.diagonal().clone(),
-        l=G_L.diagonal().clone(),
-        alive=alive,
-        prune=prune,
-        keep=alive & ~prune,
-    )
-    return cast(problem, torch.float32, "cuda")
+    """``random_problem`` generated on the GPU (the CPU would take minutes at LLM sizes), in float32."""
+    return cast(random_problem(m, n, seed=seed, prune_fraction=0.1, device="cuda"), torch.float32, "cuda")
 
 
 @pytest.mark.gpu
