@@ -18,6 +18,9 @@ Variants (FLS unless named):
 - ``fit + refine (early-stopped)``: the same, each run ending at its best λ on the validation batches;
 - ``restart + refine``: λ restarted from K-FAC statistics of the masked model before each later sub-step, then
   refined (``refine_from="init"``), early-stopped;
+- ``fit + refine (full)``, ``restart + refine (full)``: the same two with the refinement's aux steps on every
+  weight at its current value (``aux_space="full"``: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the column
+  solver reads) instead of the alive ones, both early-stopped;
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
@@ -55,6 +58,8 @@ VARIANTS = (
     "fit + refine",
     "fit + refine (early-stopped)",
     "restart + refine",
+    "fit + refine (full)",
+    "restart + refine (full)",
     "K-FAC",
     "SparseGPT",
 )
@@ -156,7 +161,7 @@ def make(
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
     refine = 0 if variant in ("K-FAC start", "fit", "fit (focused)") else config.refine_steps
-    stop = "early-stopped" in variant or variant.startswith("restart")
+    stop = "early-stopped" in variant or variant.startswith("restart") or variant.endswith("(full)")
     return fls.FishLegPruner(
         model,
         init="kfac",
@@ -168,6 +173,7 @@ def make(
         validate_every=config.validate_every,
         validation_probes=config.probes,
         probe_focus=sparsity if variant == "fit (focused)" else None,
+        aux_space="full" if variant.endswith("(full)") else "alive",
         **common,
     )
 

@@ -338,20 +338,28 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
             assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant
         pruner.finalize()
     options = {
-        v: (p.method.refine_steps, p.method.refine_from, p.method.validation is not None, p.method.probe_focus)
+        v: (
+            p.method.refine_steps,
+            p.method.refine_from,
+            p.method.validation is not None,
+            p.method.probe_focus,
+            p.method.aux_space,
+        )
         for v, p in built.items()
         if v not in ("K-FAC", "SparseGPT")
     }
     assert options == {
-        "K-FAC start": (0, "current", False, None),
-        "fit": (0, "current", False, None),
-        "fit (focused)": (0, "current", False, 0.7),
-        "fit + refine": (2, "current", False, None),
-        "fit + refine (early-stopped)": (2, "current", True, None),
-        "restart + refine": (2, "init", True, None),
+        "K-FAC start": (0, "current", False, None, "alive"),
+        "fit": (0, "current", False, None, "alive"),
+        "fit (focused)": (0, "current", False, 0.7, "alive"),
+        "fit + refine": (2, "current", False, None, "alive"),
+        "fit + refine (early-stopped)": (2, "current", True, None, "alive"),
+        "restart + refine": (2, "init", True, None, "alive"),
+        "fit + refine (full)": (2, "current", True, None, "full"),
+        "restart + refine (full)": (2, "init", True, None, "full"),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0, 2, 2, 2, 2, 2, 0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 7 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 7 + [0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 9 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))

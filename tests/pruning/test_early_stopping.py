@@ -77,3 +77,27 @@ def test_refine_from_init_restarts_lambda_from_statistics_of_the_masked_model(mo
     assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.7)
     with pytest.raises(ValueError, match="refine_from"):
         _pruner(SmallNet(), refine_from="kfac")
+
+
+@pytest.mark.parametrize("space", ["alive", "full"])
+def test_aux_space_sets_what_the_refinement_and_its_validation_fit(space, monkeypatch):
+    """aux_space="alive": after a prune the aux steps and the held-out aux loss take the masks (the restricted
+    inverse); "full": no masks (every weight at its current value), so the factors fit the pruned model's F."""
+    torch.manual_seed(0)
+    held = loader(batches=1, seed=5)
+    pruner = _pruner(SmallNet(), validation=held, validate_every=3, aux_space=space, init="kfac", update="adaptive")
+    pruner.fit(loader(), steps=2)
+    fitter, seen = pruner.method.fitter, []
+    run, evaluate = fitter.run, fitter.evaluate
+    monkeypatch.setattr(
+        fitter, "run", lambda *a, masks=None, **k: seen.append(("run", masks)) or run(*a, masks=masks, **k)
+    )
+    monkeypatch.setattr(
+        fitter, "evaluate", lambda *a, masks=None, **k: seen.append(("aux", masks)) or evaluate(*a, masks=masks, **k)
+    )
+    pruner.prune(0.6, substeps=2)
+    assert {kind for kind, _ in seen} == {"run", "aux"}
+    assert all((masks is None) == (space == "full") for _, masks in seen), seen
+    assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.6)
+    with pytest.raises(ValueError, match="aux_space"):
+        fls.FishLegPruner(SmallNet(), aux_space="masked")

@@ -22,6 +22,10 @@ log = logging.getLogger("fls_kernels.prune")
 
 INITS = ("diagonal", "identity", "kfac")
 REFINE_FROM = ("current", "init")
+#: what the aux steps fit once weights are pruned: Q on the alive weights, ≈ (M F M + γI)⁻¹ (read entry by entry by
+#: the diagonal update), or Q on every weight at the current values, ≈ (F + γI)⁻¹ (read as factors by the column
+#: solvers, which handle the masks exactly)
+AUX_SPACES = ("alive", "full")
 AUX_FISHERS = ("exact", "layerwise")
 #: probe scale of the alive weights outside the focus (``probe_focus``): their columns of Q still count, at 1%
 FOCUS_BACKGROUND = 0.1
@@ -61,9 +65,11 @@ class FishLeg(KronOBS):
         validate_every: int = 10,
         validation_probes: int = 2,
         probe_focus: float | None = None,
+        aux_space: str = "alive",
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
+        self.aux_space = choice("aux_space", aux_space, AUX_SPACES)
         self.aux_fisher = choice("aux_fisher", aux_fisher, AUX_FISHERS)
         self.aux_batches = integer("aux_batches", aux_batches, 1) if aux_batches is not None else None
         self.aux_compile = None if aux_compile is None else choice("aux_compile", aux_compile, COMPILE_MODES)
@@ -152,7 +158,8 @@ class FishLeg(KronOBS):
         )
 
     def _masks(self) -> list[Tensor] | None:
-        if self.ctx.masks.num_pruned() == 0:
+        """The aux steps' masks M: None before pruning and with ``aux_space="full"``."""
+        if self.ctx.masks.num_pruned() == 0 or self.aux_space == "full":
             return None
         return [self.ctx.masks.full(i).to(self.blocks[i].dtype) for i in range(len(self.ctx.views))]
 
@@ -308,11 +315,11 @@ class FishLegPruner(Pruner):
         init_batches: batches of sampled-label gradients used for the initialisation statistics.
         lr: Adam learning rate on λ.
         precondition: precondition the aux residual by Q (recommended).
-        refine_steps: masked aux steps before each sub-step after the masks changed (warm start).
+        refine_steps: aux steps (on the weights ``aux_space`` says) before each sub-step after the masks changed.
         refine_from: where those steps start: "current" (λ as the last sub-step left it: the paper's progressive
             assimilation, default) or "init" (λ re-initialised by ``init`` from statistics of the masked model,
             Adam's state reset — as K-FAC-OBS re-estimates, then ``refine_steps`` aux steps).
-        gradual_aux_steps: masked aux steps on each training step that does not prune (gradual pruning with
+        gradual_aux_steps: aux steps on each training step that does not prune (gradual pruning with
             :meth:`step`): λ keeps tracking the fine-tuned model.
         aux_fisher: the F v of the aux steps: "exact" (default; F = (1/B) Σ J_bᵀ H_b J_b of the whole network, a
             forward-mode JVP and a VJP per step) or "layerwise" (F_ll v = (1/B) Σ_b ⟨g_b, v⟩ g_b per layer from
@@ -332,6 +339,10 @@ class FishLegPruner(Pruner):
             OBS scores (the next candidates) and 1% on the rest, so that the fit weights Q's columns Q e_q by how
             soon the OBS step reads them (:mod:`fls_kernels.curvature.fitter`); the held-out aux loss then uses the
             same probes.
+        aux_space: what the aux steps after a prune fit (and validate): "alive" (default; v = M ⊙ Q(M ⊙ u), so
+            M Q M ≈ (M F M + γI)⁻¹, the restricted inverse the diagonal update reads entry by entry) or "full"
+            (every weight at its current value, zeros included: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the
+            "columns" and "adaptive" updates eliminate with, handling the masks exactly — as K-FAC re-estimates).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
@@ -352,6 +363,7 @@ class FishLegPruner(Pruner):
     def aux_loss(self, batches: object, probes: int | None = None, seed: int = 0) -> float:
         """Held-out aux loss of λ, 𝒜 = E_u[½ vᵀ(F + γI)v − uᵀv], v = M ⊙ Q(M ⊙ u), on ``batches`` (batches the fit
         did not see), ``probes`` Gaussian probes per batch (default ``validation_probes``) drawn from ``seed`` —
-        the same probes for the same seed, so two λ's compare paired; on the current masks. Lower is better; its
+        the same probes for the same seed, so two λ's compare paired; M: the current masks (all ones with
+        ``aux_space="full"``). Lower is better; its
         minimum −½ tr((F + γI)⁻¹) is reached at Q = (F + γI)⁻¹."""
         return self.method.aux_loss(batches, probes, seed)
