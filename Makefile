@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # FLS_REQUIRE_CUDA_TOOLCHAIN=1: the compile tests fail, rather than skip, when the toolchain is missing.
 test: lint $(CUDA_STAMP)
-	FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q
+	FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"

@@ -21,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     k = sub.add_parser("kernels", help="time ops × providers × shapes (verified against the reference first)")
     k.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    k.add_argument("--ops", nargs="+", default=list(registry.OPS), choices=registry.OPS)
+    k.add_argument(
+        "--ops",
+        nargs="+",
+        default=list(registry.OPS),
+        choices=registry.OPS,
+        help="ops of the table (select_smallest has its own command: select)",
+    )
     k.add_argument("--providers", nargs="+", default=list(registry.PROVIDERS), choices=registry.PROVIDERS)
     k.add_argument("--shapes", nargs="+", help="shape names (default: all on cuda, the small ones on cpu)")
     k.add_argument(
