@@ -19,8 +19,9 @@ Variants (FLS unless named):
 - ``restart + refine``: λ restarted from K-FAC statistics of the masked model before each later sub-step, then
   refined (``refine_from="init"``), early-stopped;
 - ``fit + refine (full)``, ``restart + refine (full)``: the same two with the refinement's aux steps on every
-  weight at its current value (``aux_space="full"``: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the column
-  solver reads) instead of the alive ones, both early-stopped;
+  weight at its current value (``aux_space="full"``, the default with the column solver: Q ≈ (F + γI)⁻¹ of the
+  pruned model, the factors the solver reads) instead of the alive ones (``aux_space="alive"``, the other
+  refining variants), both early-stopped;
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.

@@ -79,13 +79,18 @@ def test_refine_from_init_restarts_lambda_from_statistics_of_the_masked_model(mo
         _pruner(SmallNet(), refine_from="kfac")
 
 
-@pytest.mark.parametrize("space", ["alive", "full"])
-def test_aux_space_sets_what_the_refinement_and_its_validation_fit(space, monkeypatch):
+@pytest.mark.parametrize(
+    "space,update,masked",
+    [("alive", "adaptive", True), ("full", "adaptive", False), ("auto", "adaptive", False), ("auto", "diagonal", True)],
+)
+def test_aux_space_sets_what_the_refinement_and_its_validation_fit(space, update, masked, monkeypatch):
     """aux_space="alive": after a prune the aux steps and the held-out aux loss take the masks (the restricted
-    inverse); "full": no masks (every weight at its current value), so the factors fit the pruned model's F."""
+    inverse); "full": no masks (every weight at its current value), so the factors fit the pruned model's F;
+    "auto": the one the update reads."""
     torch.manual_seed(0)
     held = loader(batches=1, seed=5)
-    pruner = _pruner(SmallNet(), validation=held, validate_every=3, aux_space=space, init="kfac", update="adaptive")
+    pruner = _pruner(SmallNet(), validation=held, validate_every=3, aux_space=space, init="kfac", update=update)
+    assert pruner.method.aux_space == ("alive" if masked else "full")
     pruner.fit(loader(), steps=2)
     fitter, seen = pruner.method.fitter, []
     run, evaluate = fitter.run, fitter.evaluate
@@ -97,7 +102,7 @@ def test_aux_space_sets_what_the_refinement_and_its_validation_fit(space, monkey
     )
     pruner.prune(0.6, substeps=2)
     assert {kind for kind, _ in seen} == {"run", "aux"}
-    assert all((masks is None) == (space == "full") for _, masks in seen), seen
+    assert all((masks is None) != masked for _, masks in seen), seen
     assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.6)
     with pytest.raises(ValueError, match="aux_space"):
         fls.FishLegPruner(SmallNet(), aux_space="masked")

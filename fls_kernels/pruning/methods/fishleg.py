@@ -24,8 +24,8 @@ INITS = ("diagonal", "identity", "kfac")
 REFINE_FROM = ("current", "init")
 #: what the aux steps fit once weights are pruned: Q on the alive weights, ≈ (M F M + γI)⁻¹ (read entry by entry by
 #: the diagonal update), or Q on every weight at the current values, ≈ (F + γI)⁻¹ (read as factors by the column
-#: solvers, which handle the masks exactly)
-AUX_SPACES = ("alive", "full")
+#: solvers, which handle the masks exactly); "auto": the one the update reads
+AUX_SPACES = ("auto", "alive", "full")
 AUX_FISHERS = ("exact", "layerwise")
 #: probe scale of the alive weights outside the focus (``probe_focus``): their columns of Q still count, at 1%
 FOCUS_BACKGROUND = 0.1
@@ -65,11 +65,11 @@ class FishLeg(KronOBS):
         validate_every: int = 10,
         validation_probes: int = 2,
         probe_focus: float | None = None,
-        aux_space: str = "alive",
+        aux_space: str = "auto",
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
-        self.aux_space = choice("aux_space", aux_space, AUX_SPACES)
+        self._aux_space = choice("aux_space", aux_space, AUX_SPACES)
         self.aux_fisher = choice("aux_fisher", aux_fisher, AUX_FISHERS)
         self.aux_batches = integer("aux_batches", aux_batches, 1) if aux_batches is not None else None
         self.aux_compile = None if aux_compile is None else choice("aux_compile", aux_compile, COMPILE_MODES)
@@ -96,6 +96,13 @@ class FishLeg(KronOBS):
         if self.probe_focus is not None and ctx.mode.comm is not None:
             raise ValueError("probe_focus: focused probes are chosen in one process")
         super().bind(ctx)
+
+    @property
+    def aux_space(self) -> str:
+        """"alive" or "full": ``aux_space``, with "auto" resolved by the update ("alive" for "diagonal")."""
+        if self._aux_space != "auto":
+            return self._aux_space
+        return "alive" if self.update_rule == "diagonal" else "full"
 
     @property
     def _layerwise_fvp(self) -> bool:
@@ -339,10 +346,11 @@ class FishLegPruner(Pruner):
             OBS scores (the next candidates) and 1% on the rest, so that the fit weights Q's columns Q e_q by how
             soon the OBS step reads them (:mod:`fls_kernels.curvature.fitter`); the held-out aux loss then uses the
             same probes.
-        aux_space: what the aux steps after a prune fit (and validate): "alive" (default; v = M ⊙ Q(M ⊙ u), so
-            M Q M ≈ (M F M + γI)⁻¹, the restricted inverse the diagonal update reads entry by entry) or "full"
-            (every weight at its current value, zeros included: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the
-            "columns" and "adaptive" updates eliminate with, handling the masks exactly — as K-FAC re-estimates).
+        aux_space: what the aux steps after a prune fit (and validate): "alive" (v = M ⊙ Q(M ⊙ u), so
+            M Q M ≈ (M F M + γI)⁻¹, the restricted inverse the diagonal update reads entry by entry), "full" (every
+            weight at its current value, zeros included: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the
+            "columns" and "adaptive" updates eliminate with, handling the masks exactly — as K-FAC re-estimates) or
+            "auto" (default: "alive" for the diagonal update, "full" for the column updates).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
