@@ -133,6 +133,22 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks/lambda.md",
     ),
     (
+        'all-MiniLM-L6-v2, block by block, the refinement on every weight (`aux_space="full"`) from the current λ '
+        "and restarted from K-FAC statistics of the pruned block, against the fit and K-FAC (`python -m benchmarks "
+        "quality --model minilm --lambda-study --set sequential=blocks 'variants=K-FAC start,fit,fit + refine "
+        "(full),restart + refine (full),K-FAC' sparsities=0.7,0.8 patterns=unstructured,2:4 --out "
+        "out/lambda_blocks_full`)",
+        "lambda_blocks_full/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, the restarted refinement on every weight "
+        "against K-FAC and SparseGPT (`python -m benchmarks quality --model minilm --lambda-study --set "
+        "sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 "
+        "'variants=K-FAC start,restart + refine (full),K-FAC,SparseGPT' sparsities=0.8,0.7 "
+        "patterns=unstructured,2:4 --out out/lambda_blocks_256`)",
+        "lambda_blocks_256/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
