@@ -76,8 +76,8 @@ def measure(
 ) -> Row:
     """The row of ``provider`` on ``case``: not run when ``unavailable`` says why or the ``deadline`` is spent;
     else ``verify()`` (its error; :class:`VerifyError` when it disagrees: not timed), then ``time()`` (ms, or ms and
-    further columns). A call that raises is not timed either; its row names the exception (out of memory included,
-    after which the CUDA cache is emptied)."""
+    further columns). A call that raises is not timed either; its row names the exception ("failed: …"), or says
+    "out of memory: …" (the CUDA cache then emptied; not a failure)."""
     why = unavailable or (deadline.note() if deadline is not None else None)
     if why is not None:
         return Row(case, provider, note=why)
@@ -88,9 +88,11 @@ def measure(
         timed = time()
     except VerifyError as exc:
         return Row(case, provider, error=exc.error, note=f"DISAGREES with the reference ({exc}): not timed")
-    except Exception as exc:  # noqa: BLE001 — any failure to run a provider is its row's note
-        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+    except torch.OutOfMemoryError as exc:  # the size is beyond this device: a fact of the run, not a failure
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        return Row(case, provider, error=error, note=f"out of memory: {str(exc).strip().splitlines()[0]}")
+    except Exception as exc:  # noqa: BLE001 — any failure to run a provider is its row's note
         return Row(case, provider, error=error, note=f"failed: {failure(exc)}")
     ms, values = timed if isinstance(timed, tuple) else (timed, {})
     return Row(case, provider, ms, error, note, dict(values))

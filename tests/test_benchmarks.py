@@ -76,6 +76,15 @@ def test_the_harness_rule_not_run_verified_then_timed():
     assert (row.ms, row.error, row.note) == (None, 1e-3, "DISAGREES with the reference (off by 1e-3): not timed")
     failed = harness.measure(case, "p", lambda: 1 / 0)
     assert failed.ms is None and failed.note == "failed: ZeroDivisionError: division by zero"
+
+    def too_big():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4 GiB\nmore")
+
+    big = harness.measure(case, "p", too_big)
+    assert (
+        big.note == "out of memory: CUDA out of memory. Tried to allocate 4 GiB"
+        and big not in harness.disagreements([big])
+    )
     assert not timed and harness.disagreements([row, failed]) == [row, failed]
     ok = harness.measure(case, "p", time_it, verify=lambda: 1e-7, note="fine")
     assert (ok.ms, ok.error, ok.note, ok.peak_mib, ok.op) == (2.0, 1e-7, "fine", None, "x") and timed == [1]
