@@ -149,6 +149,13 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_256/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 16 and 32 calibration sentences at 80%: the restarted refinement on every "
+        "weight against K-FAC (`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks "
+        "calib_sentences=256 calib_sizes=16,32 val_sentences=32 eval_sentences=256 'variants=restart + refine "
+        "(full),K-FAC' sparsities=0.8 patterns=unstructured --out out/lambda_blocks_low`)",
+        "lambda_blocks_low/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
