@@ -99,7 +99,7 @@ class FishLeg(KronOBS):
 
     @property
     def aux_space(self) -> str:
-        """"alive" or "full": ``aux_space``, with "auto" resolved by the update ("alive" for "diagonal")."""
+        """The space the aux steps fit in, "alive" or "full": ``aux_space`` with "auto" resolved by the update."""
         if self._aux_space != "auto":
             return self._aux_space
         return "alive" if self.update_rule == "diagonal" else "full"
