@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from benchmarks import harness, models, peaks, registry, runner
+from benchmarks import harness, models, peaks, registry, runner, select
 from fls_kernels.backends.table import PRECISIONS
 from fls_kernels.curvature.fitter import COMPILE_MODES
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("select", help="select_smallest on N scores against torch.kthvalue, topk and sort")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--sizes", nargs="+", type=int, help="N values (default: 1e7 on cpu; 1.1e8 and 1e9 on cuda)")
-    s.add_argument("--providers", nargs="+", default=["native", "kthvalue", "topk", "sort", "copy"])
+    s.add_argument("--providers", nargs="+", default=list(select.PROVIDERS))
     s.add_argument("--out", default="out/bench")
     s.add_argument("--seconds", type=float, help="start no size after this many seconds")
     f = sub.add_parser("fvp", help="ways of computing the exact Fisher-vector product, against a forward+backward")
@@ -238,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {csv_path} and {md_path}")
         return 0
     if args.command == "select":
-        from benchmarks import select
-
         rows = select.run(args.device, args.sizes or select.SIZES[args.device], args.providers, args.seconds)
         csv_path, md_path = select.write(rows, args.out, args.device)
         print(md_path.read_text())

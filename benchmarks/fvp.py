@@ -58,10 +58,9 @@ class Variant:
     deferred: bool = False
 
 
-def _row(model: str, variant: str, batch: int | None, note: str = "", **values: object) -> Row:
-    """A row of the table: case (model, batch), provider = the variant, columns ratio (ms over forward+backward's)
-    and peak_mib."""
-    return Row(dict(model=model, batch=batch), variant, note=note, values=dict(ratio=None, peak_mib=None) | values)
+def _row(model: str, variant: str, batch: int | None, note: str) -> Row:
+    """A row of the table that was not run: case (model, batch), provider = the variant, and ``note``."""
+    return _columns(Row(dict(model=model, batch=batch), variant, note=note))
 
 
 def curvature(model: models.Model, views: list[LayerView], **options: object) -> ModelCurvature:
@@ -223,7 +222,8 @@ def _timed(call: Callable[[], object], device: str, min_run_time: float, yardsti
 
 
 def _columns(row: Row) -> Row:
-    """``row`` with the table's columns (:func:`_row`), None where it was not timed."""
+    """``row`` with the table's further columns, ratio (ms over forward+backward's) and peak_mib, None where it
+    was not timed."""
     row.values = dict(ratio=None, peak_mib=None) | row.values
     return row
 

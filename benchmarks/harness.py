@@ -98,10 +98,15 @@ def measure(
     return Row(case, provider, ms, error, note, dict(values))
 
 
+def disagrees(row: Row) -> bool:
+    """Whether the row's provider disagreed with the reference or failed."""
+    return row.note.startswith(("DISAGREES", "failed:"))
+
+
 def disagreements(rows: Iterable[Row]) -> list[Row]:
-    """The rows whose provider disagreed with the reference or failed (``kernels`` and ``select`` exit non-zero on
-    them, after writing their tables)."""
-    return [r for r in rows if r.note.startswith(("DISAGREES", "failed:"))]
+    """The rows that :func:`disagrees` (``kernels`` and ``select`` exit non-zero on them, after writing their
+    tables)."""
+    return [r for r in rows if disagrees(r)]
 
 
 def _cell(value: object, digits: int) -> object:

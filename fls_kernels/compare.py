@@ -201,18 +201,17 @@ def _op_errors(pruner: FishLegPruner, name: str, device: torch.device) -> list[O
         if why is not None:
             rows.append(OpRow(name, op.name, None, 0.0, why))
             continue
-        masks = op.output in (table.Output.MASK_LIKE_FIRST, table.Output.MASKS_LIKE_EACH)
         pairs = [(layers, exact)] if op.grouped else list(zip(layers, exact))
         worst, differ, total = 0.0, 0, 0
         for problem, reference in pairs:
             got = getattr(ops, op.name)(*bind(op, problem), backend=name)
             want = getattr(ref, op.name)(*bind(op, reference))
             for g, w in zip(*(o if isinstance(o, list) else [o] for o in (got, want))):
-                if masks:
+                if op.masks:
                     differ, total = differ + int((g.cpu() != w.cpu()).sum()), total + w.numel()
                 else:
                     worst = max(worst, rel_error(g.double(), w))
-        rows.append(OpRow(name, op.name, differ / total if masks else worst, 0.0 if masks else _TOL))
+        rows.append(OpRow(name, op.name, differ / total if op.masks else worst, 0.0 if op.masks else _TOL))
     return rows
 
 

@@ -146,8 +146,8 @@ def _check(op: table.Op, values: tuple) -> tuple[torch.device, torch.dtype]:
                     raise ValueError(
                         f"{names[0]}: the same tensor as {op.args[0].name}[{j}]; each layer must be updated once"
                     )
-    ordered = {k: tensors[k] for a in op.args for i in range(len(lists[0])) for k in [f"{a.name}[{i}]"]}
-    return _same_device(**ordered), lists[0][0].dtype
+    by_argument = [f"{a.name}[{i}]" for a in op.args for i in range(len(lists[0]))]  # Ws[0], Ws[1], …, As[0], …
+    return _same_device(**{name: tensors[name] for name in by_argument}), lists[0][0].dtype
 
 
 def _nm_rule(scores: Tensor, n: int, m: int) -> None:

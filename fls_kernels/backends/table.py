@@ -112,6 +112,11 @@ class Op:
         return f"({', '.join(params)}) -> {returns}"
 
     @property
+    def masks(self) -> bool:
+        """True when its results are bool masks (compared exactly, not within a tolerance)."""
+        return self.output in (Output.MASK_LIKE_FIRST, Output.MASKS_LIKE_EACH)
+
+    @property
     def mutates(self) -> bool:
         """True when it updates its first argument in place."""
         return self.output is Output.IN_PLACE

@@ -32,7 +32,6 @@ def params():
 
 LAYER_OPS = [pytest.param(op, id=op.name) for op in table.TABLE if not op.grouped]
 GROUPED_OPS = [pytest.param(op, id=op.name) for op in table.TABLE if op.grouped]
-MASKS = (table.Output.MASK_LIKE_FIRST, table.Output.MASKS_LIKE_EACH)
 
 
 def agree(op: table.Op, backend: str, exact, problem, dtype: torch.dtype) -> None:
@@ -43,9 +42,9 @@ def agree(op: table.Op, backend: str, exact, problem, dtype: torch.dtype) -> Non
     expected = getattr(ref, op.name)(*bind(op, exact))
     outs, wants = (o if isinstance(o, list) else [o] for o in (out, expected))
     assert len(outs) == len(wants)
-    tol = 0 if op.output in MASKS else tolerance(dtype)
+    tol = 0 if op.masks else tolerance(dtype)
     for i, (o, e) in enumerate(zip(outs, wants)):
-        assert o.dtype == (torch.bool if op.output in MASKS else dtype), op.name
+        assert o.dtype == (torch.bool if op.masks else dtype), op.name
         assert_close(o.cpu(), e.to(o.dtype), tol=tol, name=f"{op.name}[{i}]")
     if op.mutates:
         firsts, keeps = (args[0], bind(op, exact)[-1]) if op.grouped else ([args[0]], [bind(op, exact)[-1]])

@@ -43,6 +43,7 @@ def test_entries_are_consistent(op):
         assert not layer.grouped and op.stem == f"{layer.stem}_grouped"
         assert (op.output, op.precision) == (layer.output, layer.precision)
     assert (op.output is table.Output.IN_PLACE) == op.name.endswith("_")
+    assert op.masks == (op.output in (table.Output.MASK_LIKE_FIRST, table.Output.MASKS_LIKE_EACH))
 
 
 @pytest.mark.parametrize("op", OPS)
