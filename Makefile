@@ -12,7 +12,7 @@ NATIVE := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 CUDA_WHEELS := 'nvidia-cuda-nvcc==13.5.37' 'nvidia-cuda-runtime==13.5.37' 'nvidia-cuda-cccl==13.3.5.0.6'
 CUDA_STAMP  := $(VENV)/.cuda-toolchain
 
-.PHONY: env demo test test-fast lint bench cuda-toolchain gpu-compile gpu-check gpu-e2e clean
+.PHONY: env demo test test-slow test-fast lint bench cuda-toolchain gpu-compile gpu-check gpu-e2e clean
 
 env: $(STAMP)
 
@@ -32,7 +32,11 @@ demo: $(STAMP)
 	$(VPY) -m fls_kernels demo --out out/demo
 
 # FLS_REQUIRE_CUDA_TOOLCHAIN=1: the compile tests fail, rather than skip, when the toolchain is missing.
+# The `slow` studies each have a CI-sized sibling here; `make test-slow` runs them too.
 test: lint $(CUDA_STAMP)
+	FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q -m "not slow" --durations=15
+
+test-slow: lint $(CUDA_STAMP)
 	FLS_REQUIRE_CUDA_TOOLCHAIN=1 $(VPY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)

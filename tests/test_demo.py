@@ -40,6 +40,13 @@ def test_cli_info(capsys):
     assert "reference" in out and "torch" in out
 
 
+def test_fls_beats_magnitude_by_25_points_at_80_percent_on_one_seed():
+    """CI-sized sibling of the 3-seed guard below: one-shot 80%, seed 0, the demo's own budgets."""
+    result = demo.run(demo.DemoConfig(sparsities=(0.8,), seeds=(0,)))
+    (fls,), (mag,) = result.accuracy[("FLS", 0.8)], result.accuracy[("magnitude", 0.8)]
+    assert fls - mag >= 0.25, (fls, mag)
+
+
 @pytest.mark.slow
 def test_fls_beats_magnitude_by_25_points_at_80_percent():
     """One-shot 80%, no fine-tuning, mean of 3 seeds (the demo's own budgets)."""

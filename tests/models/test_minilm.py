@@ -206,6 +206,23 @@ def test_sentences_are_english_and_the_splits_disjoint():
     assert (cosines.mean().item(), agrees.mean().item()) == pytest.approx((1.0, 1.0))
 
 
+def test_reduced_study_fls_beats_wanda_on_two_blocks(monkeypatch):
+    """CI-sized sibling of the guard below: the ``--reduced`` study at 70% on MiniLM cut to its first two blocks,
+    FLS-uniform ≥ Wanda."""
+    from benchmarks.quality import minilm
+    from benchmarks.quality.blocks_timing import truncated
+
+    load = minilm.load_minilm
+    monkeypatch.setattr(minilm, "load_minilm", lambda device: (lambda m, t: (truncated(m, 2), t))(*load(device)))
+    config = minilm.Config(
+        **{**minilm.REDUCED, "calib_sentences": 32, "eval_sentences": 96, "methods": ("FLS-uniform", "Wanda"),
+           "sparsities": (0.7,), "patterns": ("unstructured",)}
+    )  # fmt: skip
+    rows = {r["method"]: r for r in minilm.run(config, log=lambda _: None)}
+    assert all(0.0 < r["cosine"] <= 1.0 for r in rows.values())
+    assert rows["FLS-uniform"]["cosine"] >= rows["Wanda"]["cosine"], rows
+
+
 @pytest.mark.slow
 def test_reduced_study_fls_beats_wanda():
     """The CI-sized ``--reduced`` study at 70%: FLS (uniform allocation, the study's defaults) ≥ Wanda."""
@@ -351,6 +368,7 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
     assert options == {
         "K-FAC start": (0, "current", False, None, "alive"),
         "fit": (0, "current", False, None, "alive"),
+        "fit (early-stopped)": (0, "current", True, None, "alive"),
         "fit (focused)": (0, "current", False, 0.7, "alive"),
         "fit + refine": (2, "current", False, None, "alive"),
         "fit + refine (early-stopped)": (2, "current", True, None, "alive"),
@@ -358,8 +376,8 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "fit + refine (full)": (2, "current", True, None, "full"),
         "restart + refine (full)": (2, "init", True, None, "full"),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 7 + [0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 9 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 8 + [0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 10 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))
@@ -403,6 +421,35 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
     assert all(p.exists() for p in paths)
 
 
+def test_lambda_study_sweeps_learning_rates_on_the_variants_that_take_aux_steps():
+    """``lrs``: each variant with aux steps runs at every learning rate, labelled with it; the others run once."""
+    from benchmarks.quality import lambda_study
+
+    config = _lambda_config(
+        variants=("K-FAC start", "fit (early-stopped)"),
+        lrs=(1e-2, 1e-5),
+        fit_steps=3,
+        calib_sentences=4,
+        val_sentences=4,
+        eval_sentences=4,
+        max_length=8,
+        layers=r"bert\.encoder\.layer\.0\.attention\..*",
+    )
+    assert lambda_study.learning_rates("K-FAC", config) == (config.lr,)
+    with pytest.raises(ValueError, match="lrs: expected positive"):
+        lambda_study.learning_rates("fit", _lambda_config(lrs=(1e-3, 0.0)))
+    rows = lambda_study.run(config, log=lambda _: None)
+    assert [(r["variant"], r["lr"]) for r in rows] == [
+        ("K-FAC start", config.lr),
+        ("fit (early-stopped) (lr 0.01)", 1e-2),
+        ("fit (early-stopped) (lr 1e-05)", 1e-5),
+    ]
+    assert rows[1]["held_out_aux"] != rows[2]["held_out_aux"], "each learning rate fits its own λ"
+    assert all(r["validation"].count("kept step") == 1 for r in rows[1:])
+    text = lambda_study.table(rows, config)
+    assert "lr 0.01/1e-05" in text and "| fit (early-stopped) (lr 1e-05) |" in text
+
+
 def test_lambda_study_runs_block_by_block():
     """``sequential="blocks"``: the variants prune block by block (no whole-model held-out aux loss: each block's λ
     lives only while it is pruned); early stopping runs per block, recorded per block."""
@@ -425,12 +472,13 @@ def test_lambda_study_runs_block_by_block():
     assert rows[2]["validation"].startswith("bert.encoder.layer.0: ") and rows[2]["validation"].count("kept step") == 2
 
 
-@pytest.mark.slow
 def test_lambda_study_quick_runs_all_variants():
+    """Every variant of the study runs end to end (CI-sized: the first block's 6 layers)."""
     from benchmarks.quality import lambda_study
 
-    rows = lambda_study.run(_lambda_config(), log=lambda _: None)
+    rows = lambda_study.run(_lambda_config(layers=r"bert\.encoder\.layer\.0\..*"), log=lambda _: None)
     assert [r["variant"] for r in rows] == list(lambda_study.VARIANTS)
+    assert all(0.0 < r["cosine"] <= 1.0 and 0.0 < r["val_cosine"] <= 1.0 for r in rows)
 
 
 def test_overrides_are_typed_by_the_field_even_when_its_default_tuple_is_empty():
@@ -474,7 +522,6 @@ def test_the_readme_recommends_the_recipe_the_lambda_study_measures():
     pruner.finalize()
 
 
-@pytest.mark.slow
 def test_block_by_block_rows_run_in_the_study_and_are_paired(monkeypatch):
     """FLS-blocks and K-FAC-blocks prune MiniLM (its first two layers) block by block in both patterns, each
     pattern fitted with its aux steps per block, and appear in the paired table beside SparseGPT."""
