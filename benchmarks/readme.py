@@ -156,6 +156,22 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_low/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences: the fit's learning rate, and whether the aux "
+        "loss it lowers tracks pruning (`python -m benchmarks quality --model minilm --lambda-study --set "
+        "sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 'variants=K-FAC "
+        "start,fit (early-stopped),K-FAC' lrs=1e-3,1e-4,1e-5 validate_every=5 sparsities=0.8,0.7 "
+        "patterns=unstructured --out out/lambda_blocks_lr`)",
+        "lambda_blocks_lr/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%: the refinements at lr 1e-4, where the "
+        "aux steps lower the held-out aux loss (`python -m benchmarks quality --model minilm --lambda-study --set "
+        "sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 'variants=K-FAC "
+        "start,fit + refine (full),restart + refine (full),K-FAC' lr=1e-4 sparsities=0.8 patterns=unstructured --out "
+        "out/lambda_blocks_256_lr1e-4`)",
+        "lambda_blocks_256_lr1e-4/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",

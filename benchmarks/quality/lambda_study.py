@@ -9,6 +9,8 @@ allocation, the adaptive column update, γ = ``damping`` · mean diag F̂, K-FAC
 Variants (FLS unless named):
 - ``K-FAC start``: λ at its K-FAC start, no aux step anywhere (the statistics are those of the dense model);
 - ``fit``: ``fit_steps`` aux steps, no refinement;
+- ``fit (early-stopped)``: the same fit ending at its best λ on the validation batches (its record shows whether
+  the aux steps lower the held-out aux loss at all);
 - ``fit (focused)``: the same fit with probes focused on the cell's candidates (``probe_focus`` = the cell's
   sparsity: unit variance on the lowest-scored share of each layer that the prune removes, 1% elsewhere), so the
   aux loss weights the columns Q e_q the OBS step reads (its held-out aux loss is that of the focused probes, not
@@ -27,9 +29,10 @@ Variants (FLS unless named):
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
 
 Each row is paired, over the evaluation sentences, with K-FAC, with FLS's K-FAC start (0 aux steps) and with
-SparseGPT of its cell. ``calib_sizes`` runs the cells at several calibration sizes (the first n calibration
-sentences; validation and evaluation stay fixed), and ``other_length`` scores every variant once more on the
-evaluation sentences cut at another maximum length, which no option was chosen on.
+SparseGPT of its cell. ``lrs`` runs every variant that takes an aux step at each of several Adam learning rates
+(labelled "variant (lr …)"), the others once. ``calib_sizes`` runs the cells at several calibration sizes (the first
+n calibration sentences; validation and evaluation stay fixed), and ``other_length`` scores every variant once more
+on the evaluation sentences cut at another maximum length, which no option was chosen on.
 
 The held-out aux loss 𝒜 of each FLS variant's λ after its fit is measured on the validation batches with fixed
 probes (paired across variants; lower is better). ``python -m benchmarks quality --model minilm --lambda-study``
@@ -55,6 +58,7 @@ from fls_kernels.models import ENCODER_LAYERS, load_minilm, tokenize
 VARIANTS = (
     "K-FAC start",
     "fit",
+    "fit (early-stopped)",
     "fit (focused)",
     "fit + refine",
     "fit + refine (early-stopped)",
@@ -102,6 +106,7 @@ class Config:
     probes: int = 4
     damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
+    lrs: tuple[float, ...] = ()  # learning rates run, each variant with aux steps at every one; () = (lr,)
     layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
     sequential: str = ""  # "blocks": every variant block by block (aux steps and early stopping per block)
     seed: int = 0
@@ -161,7 +166,7 @@ def make(
     )
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
-    refine = 0 if variant in ("K-FAC start", "fit", "fit (focused)") else config.refine_steps
+    refine = 0 if variant in ("K-FAC start", "fit", "fit (early-stopped)", "fit (focused)") else config.refine_steps
     stop = "early-stopped" in variant or variant.startswith("restart") or variant.endswith("(full)")
     return fls.FishLegPruner(
         model,
@@ -181,6 +186,21 @@ def make(
 
 def fit_steps(variant: str, config: Config) -> int:
     return 0 if variant in ("K-FAC start", "K-FAC", "SparseGPT") else config.fit_steps
+
+
+def learning_rates(variant: str, config: Config) -> tuple[float, ...]:
+    """The Adam learning rates ``variant`` runs at: every one of ``lrs`` where it takes aux steps, else one."""
+    if variant in ("K-FAC start", "K-FAC", "SparseGPT") or not config.lrs:
+        return (config.lr,)
+    bad = [lr for lr in config.lrs if not lr > 0]
+    if bad:
+        raise ValueError(f"lrs: expected positive learning rates, got {bad}")
+    return tuple(config.lrs)
+
+
+def label(variant: str, lr: float, config: Config) -> str:
+    """``variant``, with its learning rate when ``lrs`` sweeps several."""
+    return f"{variant} (lr {lr:g})" if len(config.lrs) > 1 and len(learning_rates(variant, config)) > 1 else variant
 
 
 def substeps(variant: str, config: Config) -> int:
@@ -217,10 +237,10 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
         for pattern in config.patterns:
             targets = [0.5] if pattern == "2:4" else list(config.sparsities)
             for s in targets:
-                for variant in config.variants:
+                for variant, lr in [(v, lr) for v in config.variants for lr in learning_rates(v, config)]:
                     base.load_state_dict(weights)
                     t0 = time.perf_counter()
-                    pruner = make(variant, base, config, pattern, len(train), validation, s)
+                    pruner = make(variant, base, dataclasses.replace(config, lr=lr), pattern, len(train), validation, s)
                     pruner.fit(train, steps=fit_steps(variant, config))
                     t1 = time.perf_counter()
                     held = (  # measured outside the variant's wall time
@@ -238,7 +258,8 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                     rows.append(
                         dict(
                             calibration=n,
-                            variant=variant,
+                            variant=label(variant, lr, config),
+                            lr=lr,
                             pattern=pattern,
                             sparsity=s,
                             cosine=cosines.mean().item(),
@@ -254,7 +275,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                     )
                     cosine = rows[-1]["cosine"]
                     log(
-                        f"{n:>4} {variant:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  "
+                        f"{n:>4} {rows[-1]['variant']:<28} {pattern:<12} {s:.0%}: cosine {cosine:.4f}  aux {held:.6g}  "
                         f"{seconds:.0f} s"
                     )
     base.load_state_dict(weights)
@@ -323,7 +344,7 @@ def table(rows: list[dict], config: Config) -> str:
             if config.sequential
             else ""
         )
-        + f"; FLS {config.fit_steps} aux steps (lr {config.lr}), "
+        + f"; FLS {config.fit_steps} aux steps (Adam, lr {'/'.join(f'{lr:g}' for lr in config.lrs or (config.lr,))}), "
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
         f"validation batches; SparseGPT with its own defaults, one shot. Cosine to the dense embedding on the "
         f"validation sentences (to choose options by) and on the evaluation sentences; paired differences to "
@@ -365,6 +386,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
     fields = [
         "calibration",
         "variant",
+        "lr",
         "pattern",
         "sparsity",
         "cosine",
