@@ -7,7 +7,8 @@ a: the layer's input patches (trailing 1 for a folded bias, see :meth:`LayerView
 tokens/locations. The forward stops at the layer (nothing after it runs), in eval mode and without gradients, so
 measuring layer after layer on a model whose earlier layers are already pruned gives each layer the inputs that
 the pruned model feeds it; layers fed the same tensor as the first (query, key, value) are measured in its pass.
-Padding tokens (a mapping batch's ``attention_mask``) are left out.
+:func:`all_input_moments` measures several layers in one full forward instead (a block's layers, none pruned in
+between). Padding tokens (a mapping batch's ``attention_mask``) are left out.
 """
 
 from __future__ import annotations
@@ -91,8 +92,7 @@ def input_moments(
             raise _Reached
 
     handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
-    totals: list[Tensor | None] = [None] * len(views)
-    counts = [[0, 0] for _ in views]
+    sums = _Sums(len(views), diagonal)
     measured = len(views)
     try:
         with eval_mode(model), unfused(model, math_sdpa=False):
@@ -109,24 +109,80 @@ def input_moments(
                 xs = [x.detach() for x in captured] if reused else [captured[-1].detach()]
                 captured.clear()
                 for call, x in enumerate(xs):
-                    weights = token_weights(batch, x)
-                    parts: dict[object, Tensor] = {}  # layers reading the same patches (q, k, v) share one product
+                    parts: dict[object, Tensor] = {}
                     for i in range(measured):
-                        key = (views[i].has_bias,) if views[i].kind == "linear" else i
-                        a = views[i].patches(x)  # [B, g, T, n]
-                        if weights is not None:
-                            a = a * weights[:, None, :, None].to(a.dtype)
-                        counts[i][0] += a.shape[0] if call == 0 else 0  # samples once, tokens of every call
-                        counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
-                        if key not in parts:
-                            parts[key] = _products(a, diagonal)
-                        totals[i] = parts[key] if totals[i] is None else totals[i] + parts[key]
+                        sums.add(i, views[i], batch, x, call, parts)
     finally:
         for h in handles:
             h.remove()
-    if totals[0] is None:
-        raise ValueError("loader: no calibration batches")
-    return [InputMoments(totals[i], *counts[i]) for i in range(measured)]
+    return sums.result(measured)
+
+
+@torch.no_grad()
+def all_input_moments(
+    model: nn.Module,
+    views: list[LayerView],
+    batches: Iterable[object],
+    *,
+    diagonal: bool,
+    inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
+) -> list[InputMoments]:
+    """Moments of the inputs of every one of ``views``, all measured in one whole forward per batch (every call of a
+    re-used layer adds): none of them pruned between the measurements, as SparseGPT's and Wanda's authors measure
+    the layers of one block. Returns one entry per view."""
+    seen: list[list[Tensor]] = [[] for _ in views]
+
+    def hook(i: int, module: nn.Module, args: tuple) -> None:
+        seen[i].append(args[0].detach())
+
+    handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
+    sums = _Sums(len(views), diagonal)
+    try:
+        with eval_mode(model), unfused(model, math_sdpa=False):
+            for batch in batches:
+                args, kwargs = inputs(batch)
+                model(*args, **kwargs)
+                missing = [views[i].name for i, xs in enumerate(seen) if not xs]
+                if missing:
+                    raise RuntimeError(f"layer {missing[0]!r} was not called by the model's forward on a batch")
+                parts: dict[object, Tensor] = {}
+                for i, xs in enumerate(seen):
+                    for call, x in enumerate(xs):
+                        sums.add(i, views[i], batch, x, call, parts)
+                    xs.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return sums.result(len(views))
+
+
+class _Sums:
+    """Running Σ a aᵀ (or Σ a ⊙ a), samples and tokens of several layers' inputs."""
+
+    def __init__(self, layers: int, diagonal: bool) -> None:
+        self.diagonal = diagonal
+        self.totals: list[Tensor | None] = [None] * layers
+        self.counts = [[0, 0] for _ in range(layers)]
+
+    def add(self, i: int, view: LayerView, batch: object, x: Tensor, call: int, parts: dict[object, Tensor]) -> None:
+        """Add ``x``, the input of layer ``i`` (``view``) at its ``call``-th call on ``batch``; ``parts`` holds the
+        products of this batch by input tensor, so layers reading the same patches (q, k, v) share one."""
+        weights = token_weights(batch, x)
+        key = (id(x), view.has_bias) if view.kind == "linear" else (id(x), i)
+        a = view.patches(x)  # [B, g, T, n]
+        if weights is not None:
+            a = a * weights[:, None, :, None].to(a.dtype)
+        self.counts[i][0] += a.shape[0] if call == 0 else 0  # samples once, tokens of every call
+        self.counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
+        if key not in parts:
+            parts[key] = _products(a, self.diagonal)
+        self.totals[i] = parts[key] if self.totals[i] is None else self.totals[i] + parts[key]
+
+    def result(self, layers: int) -> list[InputMoments]:
+        """The first ``layers`` layers' moments; ValueError when nothing was measured."""
+        if self.totals[0] is None:
+            raise ValueError("loader: no calibration batches")
+        return [InputMoments(self.totals[i], *self.counts[i]) for i in range(layers)]
 
 
 def _products(a: Tensor, diagonal: bool) -> Tensor:

@@ -100,14 +100,15 @@ def test_every_method_prunes_a_causal_lm_block_by_block(kind, arch):
 @pytest.mark.parametrize("kind", LAYERWISE)
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 def test_layerwise_methods_give_the_whole_model_result_block_by_block(kind, arch):
-    """SparseGPT / Wanda measure each layer on the inputs of the model pruned so far in either mode: block by block
-    they see the same inputs (padding left out alike), so masks and weights match bit for bit."""
+    """SparseGPT / Wanda group after group (``true_sequential=True``) measure each layer on the inputs of the model
+    pruned so far in either mode: block by block they see the same inputs (padding left out alike), so masks and
+    weights match bit for bit."""
     model = MODELS["gpt2"]().eval() if arch == "gpt2" else _bert()
     data = _tokens() if arch == "gpt2" else _padded()
     results = []
     for mode in (None, "blocks"):
         m = copy.deepcopy(model)
-        pruner = _pruned(kind, m, data, sequential=mode)
+        pruner = _pruned(kind, m, data, sequential=mode, true_sequential=True)
         results.append(({k: v.clone() for k, v in pruner.masks.items()}, snapshot(m)))
     (masks, weights), (masks_b, weights_b) = results
     assert all(torch.equal(masks[k], masks_b[k]) for k in masks)
@@ -177,13 +178,13 @@ def test_llama_7b_shaped_estimate_is_a_twentieth_of_whole_model_mode():
 
 
 def test_blocks_that_do_not_chain_are_captured_from_the_model():
-    """A norm between blocks: each block's inputs come from a forward of the (pruned) model, and SparseGPT still
-    equals its whole-model result; a regex names blocks of an nn.Sequential."""
+    """A norm between blocks: each block's inputs come from a forward of the (pruned) model, and SparseGPT group by
+    group within each block still equals its whole-model result; a regex names blocks of an nn.Sequential."""
     model = Stack(widths=(6, 6, 6), between=True)
     data = _data()
     whole = copy.deepcopy(model)
     a = _pruned("sparsegpt", whole, data)
-    b = _pruned("sparsegpt", model, data, sequential="blocks")
+    b = _pruned("sparsegpt", model, data, sequential="blocks", true_sequential=True)
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     seq = nn.Sequential(MLPBlock(6, 6), nn.Tanh(), MLPBlock(6, 6))
     c = _pruned("wanda", seq, data, sequential="blocks", blocks=r"0|2")
@@ -292,6 +293,57 @@ def test_an_nn_transformer_encoder_is_found_and_pruned_as_whole_model_mode_does(
     model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
     data = _data(d=8)
     whole = _pruned("sparsegpt", copy.deepcopy(model), data)
-    blocks = _pruned("sparsegpt", model, data, sequential="blocks")
+    blocks = _pruned("sparsegpt", model, data, sequential="blocks", true_sequential=True)
     assert [b.name for b in blocks._sequential.blocks] == ["layers.0", "layers.1"]
     assert all(torch.equal(whole.masks[k], blocks.masks[k]) for k in whole.masks)
+
+
+@pytest.mark.parametrize("kind", ["sparsegpt", "wanda"])
+def test_layerwise_methods_run_each_block_once_per_pass_unless_true_sequential(kind):
+    """Block by block, SparseGPT and Wanda measure all of a block's layers in one pass of the block over the
+    calibration batches; ``true_sequential=True`` measures fc2 in a pass of its own, after fc1 is pruned."""
+    data = _data(batches=3)
+    calls, masks = {}, {}
+    for true_sequential in (False, True):
+        model = Stack(widths=(6, 6, 6))
+        seen = []
+        for block in model.layers:
+            block.register_forward_pre_hook(lambda m, a, b=block: seen.append(b))
+        pruner = _pruned(kind, model, data, sequential="blocks", true_sequential=true_sequential)
+        calls[true_sequential] = [sum(c is b for c in seen) for b in model.layers]
+        masks[true_sequential] = pruner.masks
+    assert [t - f for t, f in zip(calls[True], calls[False])] == [len(data)] * 2, calls
+    assert any(not torch.equal(masks[False][k], masks[True][k]) for k in masks[False])
+    with pytest.raises(TypeError, match="true_sequential"):
+        build(kind, Stack(), sequential="blocks", true_sequential=1)
+
+
+def test_sparsegpt_block_by_block_prunes_each_layer_on_its_dense_block():
+    """Block by block, every layer of the first block is pruned as if it were the only layer pruned (its H from the
+    dense block), which is what the authors' flow does."""
+    data = _data(batches=3)
+    model = Stack(widths=(6, 6, 6))
+    blocks = _pruned("sparsegpt", copy.deepcopy(model), data, sequential="blocks")
+    for name in ("layers.0.fc1", "layers.0.fc2"):
+        alone = _pruned("sparsegpt", copy.deepcopy(model), data, include=name)
+        assert torch.equal(alone.masks[name], blocks.masks[name]), name
+    true_sequential = _pruned("sparsegpt", copy.deepcopy(model), data, sequential="blocks", true_sequential=True)
+    assert not torch.equal(true_sequential.masks["layers.0.fc2"], blocks.masks["layers.0.fc2"])
+
+
+def test_all_input_moments_measure_every_layer_on_the_unpruned_model():
+    """Σ a aᵀ of fc1's and fc2's inputs (bias column appended) from one forward per batch."""
+    from fls_kernels.curvature.inputs import all_input_moments
+
+    model, data = Stack(), _data(batches=2)
+    views = build("sparsegpt", model).views
+    got = all_input_moments(model, views, data, diagonal=False)
+    block = model.layers[0]
+    ones = torch.ones(40, 1)
+    a1 = torch.cat([torch.cat([x.reshape(-1, 6), ones], 1) for x in data])
+    a2 = torch.cat([torch.cat([torch.tanh(block.fc1(x)).reshape(-1, 12), ones], 1) for x in data])
+    for m, a in zip(got, (a1, a2)):
+        assert (m.samples, m.tokens) == (16, 80)
+        torch.testing.assert_close(m.total[0], (a.T @ a).double(), rtol=1e-5, atol=1e-5)
+    diag = all_input_moments(model, views, data, diagonal=True)
+    torch.testing.assert_close(diag[1].total[0], got[1].total[0].diagonal())

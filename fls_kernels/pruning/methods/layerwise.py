@@ -2,7 +2,10 @@
 layer's input moments measured on the model as pruned so far.
 
 Layer i is measured after layers < i are pruned and committed (the prune step calls :meth:`Method.prune_layer`
-in model order), so it sees the inputs the pruned model produces. Each layer is pruned to its own budget:
+in model order), so it sees the inputs the pruned model produces. Block by block (``sequential="blocks"``) a
+block's layers are all measured in one pass of the block on its inputs before any of them is pruned, as the
+methods' authors run them (``true_sequential=True``: group after group within the block, as in whole-model mode).
+Each layer is pruned to its own budget:
 allocation is uniform (or a per-layer dict), since these methods' losses — layer-output reconstruction — are
 not comparable across layers.
 """
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from fls_kernels.curvature.inputs import InputMoments, call_counts, input_moments
+from fls_kernels.curvature.inputs import InputMoments, all_input_moments, call_counts, input_moments
 from fls_kernels.data import check_finite, loader_length, split_batch
 from fls_kernels.distributed.comm import attempt
 from fls_kernels.pruning.checks import integer
@@ -28,15 +31,25 @@ class Layerwise(Method):
     Args:
         calib_batches: batches of the loader held as the calibration set (None: one pass, ``len(loader)``).
         inputs: batch → (args, kwargs) for the model (default: tensor, first element, or mapping).
+        true_sequential: block by block, measure a block's layers group after group, each on the outputs of the
+            groups pruned before it (the authors' ``--true-sequential``), instead of all in one pass of the block
+            (their default). Whole-model mode always measures layer after layer.
     """
 
     allocations = ("uniform",)
     layerwise = True
 
     def __init__(
-        self, *, calib_batches: int | None = None, inputs: Callable[[object], tuple[tuple, dict]] = split_batch
+        self,
+        *,
+        calib_batches: int | None = None,
+        inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
+        true_sequential: bool = False,
     ) -> None:
         self.calib_batches = integer("calib_batches", calib_batches, 1) if calib_batches is not None else None
+        if not isinstance(true_sequential, bool):
+            raise TypeError(f"true_sequential: expected a bool, got {type(true_sequential).__name__}")
+        self.true_sequential = true_sequential
         self.inputs = inputs
         self.batches: list[object] | None = None
         self._measured: dict[int, InputMoments] = {}  # later layers measured in an earlier layer's pass
@@ -102,14 +115,18 @@ class Layerwise(Method):
 
     def moments(self, index: int, diagonal: bool) -> InputMoments:
         """Σ a aᵀ (or Σ a ⊙ a) of layer ``index``'s inputs over the calibration batches (summed over ranks); the
-        layers after it fed the same input tensor are measured in the same pass and kept for their turn."""
+        layers after it fed the same input tensor (block by block: every later layer of the block, unless
+        ``true_sequential``) are measured in the same pass and kept for their turn."""
         if index in self._measured:
             return self._measured.pop(index)
         views = self.ctx.views[index:]
-        reused = index < len(self._calls) and self._calls[index] > 1
-        group = input_moments(
-            self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs, reused=reused
-        )
+        if self.ctx.block is not None and not self.true_sequential:
+            group = all_input_moments(self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs)
+        else:
+            reused = index < len(self._calls) and self._calls[index] > 1
+            group = input_moments(
+                self.ctx.model, views, self.batches or [], diagonal=diagonal, inputs=self.inputs, reused=reused
+            )
         comm = self.ctx.mode.comm
         if comm is not None:
             size = torch.tensor([len(group)], device=group[0].total.device)

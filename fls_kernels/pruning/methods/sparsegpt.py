@@ -48,7 +48,8 @@ class SparseGPT(Layerwise):
         blocksize: B, columns per lazy update and per adaptive mask selection (the paper's 128).
         nm_select: N:M, how each group's zeros are chosen: "greedy" (the paper's: the smallest w² / U_jj²) or
             "exact" (the set whose elimination loses least: :mod:`fls_kernels.pruning.columns`).
-        **kwargs: ``calib_batches``, ``inputs`` (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
+        **kwargs: ``calib_batches``, ``inputs``, ``true_sequential``
+            (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
     """
 
     name = "sparsegpt"
@@ -89,7 +90,7 @@ class SparseGPTPruner(Pruner):
     (``allocation="uniform"``, the default here) or to a per-layer dict. ``fit(loader)`` holds the calibration
     batches; ``prune`` measures and solves.
 
-    Args: ``dampening``, ``blocksize``, ``nm_select``, ``calib_batches``, ``inputs`` and the
+    Args: ``dampening``, ``blocksize``, ``nm_select``, ``calib_batches``, ``inputs``, ``true_sequential`` and the
     :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
 
     Example:

@@ -47,7 +47,8 @@ class Wanda(Layerwise):
 
     Args:
         comparison: "row" (each output row to the same sparsity) or "layer" (one ranking per layer).
-        **kwargs: ``calib_batches``, ``inputs`` (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
+        **kwargs: ``calib_batches``, ``inputs``, ``true_sequential``
+            (:class:`~fls_kernels.pruning.methods.layerwise.Layerwise`).
     """
 
     name = "wanda"
@@ -87,8 +88,8 @@ class WandaPruner(Pruner):
     update; unstructured or N:M, each layer to the same sparsity (``allocation="uniform"``, the default here) or
     to a per-layer dict.
 
-    Args: ``comparison``, ``calib_batches``, ``inputs`` and the :class:`~fls_kernels.pruning.pruner.Pruner`
-    arguments.
+    Args: ``comparison``, ``calib_batches``, ``inputs``, ``true_sequential`` and the
+    :class:`~fls_kernels.pruning.pruner.Pruner` arguments.
     """
 
     method_class = Wanda
