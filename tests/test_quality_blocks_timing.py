@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 
 def test_the_flows_agree_and_are_tabulated(tmp_path):
-    config = dataclasses.replace(blocks_timing.Config(**blocks_timing.SMOKE), depths=(1,))
+    config = dataclasses.replace(blocks_timing.Config(**blocks_timing.SMOKE), depths=(1,), repeats=2)
     rows = blocks_timing.run(config, log=lambda _: None)
     assert [r["variant"] for r in rows] == list(blocks_timing.VARIANTS)
     whole, blocks, true_sequential, port = rows

@@ -109,7 +109,7 @@ def input_moments(
                 xs = [x.detach() for x in captured] if reused else [captured[-1].detach()]
                 captured.clear()
                 for call, x in enumerate(xs):
-                    parts: dict[object, Tensor] = {}
+                    parts: dict[object, tuple] = {}
                     for i in range(measured):
                         sums.add(i, views[i], batch, x, call, parts)
     finally:
@@ -133,7 +133,9 @@ def all_input_moments(
     seen: list[list[Tensor]] = [[] for _ in views]
 
     def hook(i: int, module: nn.Module, args: tuple) -> None:
-        seen[i].append(args[0].detach())
+        seen[i].append(
+            args[0]
+        )  # the tensor itself (no gradient is recorded): layers fed the same one share its product
 
     handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
     sums = _Sums(len(views), diagonal)
@@ -145,7 +147,7 @@ def all_input_moments(
                 missing = [views[i].name for i, xs in enumerate(seen) if not xs]
                 if missing:
                     raise RuntimeError(f"layer {missing[0]!r} was not called by the model's forward on a batch")
-                parts: dict[object, Tensor] = {}
+                parts: dict[object, tuple] = {}
                 for i, xs in enumerate(seen):
                     for call, x in enumerate(xs):
                         sums.add(i, views[i], batch, x, call, parts)
@@ -164,19 +166,25 @@ class _Sums:
         self.totals: list[Tensor | None] = [None] * layers
         self.counts = [[0, 0] for _ in range(layers)]
 
-    def add(self, i: int, view: LayerView, batch: object, x: Tensor, call: int, parts: dict[object, Tensor]) -> None:
-        """Add ``x``, the input of layer ``i`` (``view``) at its ``call``-th call on ``batch``; ``parts`` holds the
-        products of this batch by input tensor, so layers reading the same patches (q, k, v) share one."""
-        weights = token_weights(batch, x)
+    def add(self, i: int, view: LayerView, batch: object, x: Tensor, call: int, parts: dict[object, tuple]) -> None:
+        """Add ``x``, the input of layer ``i`` (``view``) at its ``call``-th call on ``batch``; ``parts`` holds this
+        batch's (product, samples, tokens) by input tensor, so layers reading the same patches (q, k, v) share one."""
         key = (id(x), view.has_bias) if view.kind == "linear" else (id(x), i)
-        a = view.patches(x)  # [B, g, T, n]
-        if weights is not None:
-            a = a * weights[:, None, :, None].to(a.dtype)
-        self.counts[i][0] += a.shape[0] if call == 0 else 0  # samples once, tokens of every call
-        self.counts[i][1] += int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
         if key not in parts:
-            parts[key] = _products(a, self.diagonal)
-        self.totals[i] = parts[key] if self.totals[i] is None else self.totals[i] + parts[key]
+            weights = token_weights(batch, x)
+            a = view.patches(x)  # [B, g, T, n]
+            if weights is not None:
+                a = a * weights[:, None, :, None].to(a.dtype)
+            tokens = int(weights.sum()) if weights is not None else a.shape[0] * a.shape[2]
+            parts[key] = (_products(a, self.diagonal), a.shape[0], tokens)
+        product, samples, tokens = parts[key]
+        self.counts[i][0] += samples if call == 0 else 0  # samples once, tokens of every call
+        self.counts[i][1] += tokens
+        total = self.totals[i]
+        if total is None:
+            self.totals[i] = product.clone()  # layers sharing the product each keep their own sum
+        else:
+            total.add_(product)
 
     def result(self, layers: int) -> list[InputMoments]:
         """The first ``layers`` layers' moments; ValueError when nothing was measured."""
