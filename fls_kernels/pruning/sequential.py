@@ -10,7 +10,8 @@ For each block b, in model order:
 2. a fresh method is bound to the block alone (:class:`~fls_kernels.layers.blocks.BlockRunner`): curvature
    methods take their Fisher from a Gaussian around the block's output y, F = E[Jᵀ J] with J = ∂y/∂θ over the
    block's parameters (padding tokens weighted 0) — the Fisher of the block's output distortion; layerwise
-   methods measure their inputs through the block only;
+   methods measure their inputs through the block only, all the block's layers in one pass (``true_sequential``:
+   group after group);
 3. the method is fitted (``fit``'s ``steps`` per block), the block pruned to its target in the requested
    sub-steps, and its outputs recomputed as block b + 1's inputs; the method is then dropped.
 
