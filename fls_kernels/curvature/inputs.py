@@ -133,9 +133,8 @@ def all_input_moments(
     seen: list[list[Tensor]] = [[] for _ in views]
 
     def hook(i: int, module: nn.Module, args: tuple) -> None:
-        seen[i].append(
-            args[0]
-        )  # the tensor itself (no gradient is recorded): layers fed the same one share its product
+        # the tensor itself (no gradient is recorded), so that layers fed the same one share its product
+        seen[i].append(args[0])
 
     handles = [m.register_forward_pre_hook(partial(hook, i)) for i, v in enumerate(views) for m in v.modules]
     sums = _Sums(len(views), diagonal)
