@@ -85,6 +85,8 @@ def recipe() -> dict:
 
 #: the paired differences tabulated: each row minus these variants of its cell, where they ran
 REFERENCES = ("K-FAC", "K-FAC start", "SparseGPT")
+#: the variants that take no aux step (so no learning rate)
+NO_AUX_STEPS = ("K-FAC start", "K-FAC", "SparseGPT")
 
 
 @dataclass
@@ -185,12 +187,12 @@ def make(
 
 
 def fit_steps(variant: str, config: Config) -> int:
-    return 0 if variant in ("K-FAC start", "K-FAC", "SparseGPT") else config.fit_steps
+    return 0 if variant in NO_AUX_STEPS else config.fit_steps
 
 
 def learning_rates(variant: str, config: Config) -> tuple[float, ...]:
     """The Adam learning rates ``variant`` runs at: every one of ``lrs`` where it takes aux steps, else one."""
-    if variant in ("K-FAC start", "K-FAC", "SparseGPT") or not config.lrs:
+    if variant in NO_AUX_STEPS or not config.lrs:
         return (config.lr,)
     bad = [lr for lr in config.lrs if not lr > 0]
     if bad:
@@ -200,7 +202,7 @@ def learning_rates(variant: str, config: Config) -> tuple[float, ...]:
 
 def label(variant: str, lr: float, config: Config) -> str:
     """``variant``, with its learning rate when ``lrs`` sweeps several."""
-    return f"{variant} (lr {lr:g})" if len(config.lrs) > 1 and len(learning_rates(variant, config)) > 1 else variant
+    return f"{variant} (lr {lr:g})" if len(config.lrs) > 1 and variant not in NO_AUX_STEPS else variant
 
 
 def substeps(variant: str, config: Config) -> int:

@@ -206,14 +206,21 @@ def test_sentences_are_english_and_the_splits_disjoint():
     assert (cosines.mean().item(), agrees.mean().item()) == pytest.approx((1.0, 1.0))
 
 
-def test_reduced_study_fls_beats_wanda_on_two_blocks(monkeypatch):
-    """CI-sized sibling of the guard below: the ``--reduced`` study at 70% on MiniLM cut to its first two blocks,
-    FLS-uniform ≥ Wanda."""
+def _first_two_blocks(monkeypatch) -> None:
+    """The MiniLM studies load the model cut to its first two encoder layers."""
     from benchmarks.quality import minilm
     from benchmarks.quality.blocks_timing import truncated
 
     load = minilm.load_minilm
     monkeypatch.setattr(minilm, "load_minilm", lambda device: (lambda m, t: (truncated(m, 2), t))(*load(device)))
+
+
+def test_reduced_study_fls_beats_wanda_on_two_blocks(monkeypatch):
+    """CI-sized sibling of the guard below: the ``--reduced`` study at 70% on MiniLM cut to its first two blocks,
+    FLS-uniform ≥ Wanda."""
+    from benchmarks.quality import minilm
+
+    _first_two_blocks(monkeypatch)
     config = minilm.Config(
         **{**minilm.REDUCED, "calib_sentences": 32, "eval_sentences": 96, "methods": ("FLS-uniform", "Wanda"),
            "sparsities": (0.7,), "patterns": ("unstructured",)}
@@ -526,7 +533,6 @@ def test_block_by_block_rows_run_in_the_study_and_are_paired(monkeypatch):
     """FLS-blocks and K-FAC-blocks prune MiniLM (its first two layers) block by block in both patterns, each
     pattern fitted with its aux steps per block, and appear in the paired table beside SparseGPT."""
     from benchmarks.quality import minilm
-    from benchmarks.quality.blocks_timing import truncated
 
     fits = []
     real = fls.FishLegPruner.fit
@@ -536,8 +542,7 @@ def test_block_by_block_rows_run_in_the_study_and_are_paired(monkeypatch):
         return real(self, loader, steps)
 
     monkeypatch.setattr(fls.FishLegPruner, "fit", fit)
-    load = minilm.load_minilm
-    monkeypatch.setattr(minilm, "load_minilm", lambda device: (lambda m, t: (truncated(m, 2), t))(*load(device)))
+    _first_two_blocks(monkeypatch)
     config = minilm.Config(
         **{**minilm.REDUCED, "calib_sentences": 16, "eval_sentences": 16, "max_length": 12, "fls_fit_steps": 2,
            "fls_refine_steps": 1, "sparsities": (0.5,), "methods": ("FLS-blocks", "K-FAC-blocks", "SparseGPT")}
