@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         help="minilm: SparseGPT's wall time against depth, whole-model vs block by block vs the authors' flow",
     )
     q.add_argument(
-        "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="minilm: override Config fields, e.g. substeps=8"
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override the study's Config fields, e.g. substeps=8 (MiniLM, GPT, the λ studies)",
     )
     args = parser.parse_args(argv)
     if args.command == "quality" and args.out is None:
@@ -108,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "quality" and args.lambda_study and args.model == "digits":
         from benchmarks.quality import digits, digits_lambda
 
-        config = digits_lambda.Config(**(digits_lambda.SMOKE if args.quick else {}))
+        try:
+            overrides = minilm_overrides(args.set, digits_lambda.Config)
+        except ValueError as exc:
+            parser.error(f"--set: {exc}")
+        config = digits_lambda.Config(**{**(digits_lambda.SMOKE if args.quick else {}), **overrides})
         if args.seed_list:
             config.seeds = tuple(args.seed_list)
         if args.merge:
@@ -276,6 +284,13 @@ def _verdict(rows: list) -> int:
     for r in bad:
         print(f"{r.provider} on {r.case}: {r.note}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def minilm_overrides(items: list[str], config: type) -> dict:
+    """``--set`` FIELD=VALUE items as ``config``'s fields (:func:`benchmarks.quality.minilm.parse_overrides`)."""
+    from benchmarks.quality import minilm
+
+    return minilm.parse_overrides(items, config)
 
 
 def _study(module, args: argparse.Namespace, parser: argparse.ArgumentParser, **fixed: object) -> int:

@@ -35,7 +35,10 @@ def test_variants_build_the_pruners_they_name():
         "refined, K-FAC start": ("kfac", "diagonal", p.fls_gradual_refine_steps, "current"),
         "re-fitted from K-FAC": ("kfac", "diagonal", p.fls_gradual_refine_steps, "init"),
         "refined, few steps": ("kfac", "diagonal", config.cheap_refine_steps, "current"),
+        "refined, K-FAC's compute": ("kfac", "diagonal", config.equal_refine_steps, "current"),
     }
+    tracking = {v: b.method.gradual_aux_steps for v, b in built.items() if isinstance(b, fls.FishLegPruner)}
+    assert {v for v, t in tracking.items() if t == 0} == {digits_lambda.EQUAL_COMPUTE}
     steps = {v: digits_lambda.fit_steps(v, config) for v in built}
     assert {v for v, s in steps.items() if s == 0} == {
         "FLS-diagonal, 0 aux steps",
@@ -43,6 +46,7 @@ def test_variants_build_the_pruners_they_name():
         "K-FAC",
         "oBERT",
         "K-FAC re-estimated",
+        "refined, K-FAC's compute",
     }
     assert set(digits_lambda.GRADUAL_DAMPING) == set(digits_lambda.GRADUAL)
     assert set(digits_lambda.GRADUAL_DAMPING.values()) <= set(digits_lambda.ONE_SHOT)
@@ -64,7 +68,7 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
         **{
             **digits_lambda.SMOKE,
             "one_shot": ("FLS-diagonal", "FLS-diagonal, 0 aux steps", "K-FAC"),
-            "gradual": ("re-fitted from K-FAC", "K-FAC re-estimated"),
+            "gradual": ("re-fitted from K-FAC", digits_lambda.EQUAL_COMPUTE, "K-FAC re-estimated"),
         }
     )
     with pytest.raises(ValueError, match="variants: unknown"):
@@ -76,7 +80,7 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
     assert len(shot) == 3 * 2 * 2  # variants × calibration sizes × sparsities
     assert all(0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["val_accuracy"]) for r in shot)
     grad = [r for r in rows if r["mode"] == "gradual"]
-    assert [r["variant"] for r in grad] == ["re-fitted from K-FAC", "K-FAC re-estimated"]
+    assert [r["variant"] for r in grad] == ["re-fitted from K-FAC", digits_lambda.EQUAL_COMPUTE, "K-FAC re-estimated"]
     text = digits_lambda.table(rows, config)
     assert "| 32 | 80% |" in text and "| 64 | 90% |" in text and "| re-fitted from K-FAC |" in text
     assert "FLS-diagonal − FLS-diagonal, 0 aux steps" in text and " ± 0.000 |" in text
@@ -111,3 +115,22 @@ def test_the_cli_merges_runs_of_the_digits_lambda_study(tmp_path, capsys):
     assert main(argv + [str(tmp_path / "0"), str(tmp_path / "1")]) == 0
     assert "seeds [0, 1]" in (tmp_path / "m" / "digits_lambda.md").read_text()
     assert "| 64 | 80% | 0.500 ± 0.000 |" in capsys.readouterr().out
+
+
+def test_the_cli_sets_the_digits_lambda_studys_fields(tmp_path, monkeypatch):
+    from benchmarks import __main__ as cli
+
+    seen = {}
+
+    def run(config, log=print):
+        seen["config"] = config
+        return []
+
+    monkeypatch.setattr(digits_lambda, "run", run)
+    argv = ["quality", "--model", "digits", "--lambda-study", "--quick", "--out", str(tmp_path), "--seed-list", "2"]
+    assert cli.main(argv + ["--set", "one_shot=K-FAC", "gradual=refined, K-FAC's compute,K-FAC re-estimated"]) == 0
+    config = seen["config"]
+    assert config.one_shot == ("K-FAC",) and config.gradual == (digits_lambda.EQUAL_COMPUTE, "K-FAC re-estimated")
+    assert config.seeds == (2,) and config.protocol == digits_lambda.SMOKE["protocol"]
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--set", "gradaul=K-FAC"])

@@ -22,6 +22,9 @@ diagonal update; damping of the one-shot variant each starts like):
 - ``re-fitted from K-FAC``: λ restarted from K-FAC statistics of the masked model at each pruning step, then as
   many aux steps (``refine_from="init"``);
 - ``refined, few steps``: the K-FAC start refined with ``cheap_refine_steps`` only, nearer K-FAC's compute;
+- ``refined, K-FAC's compute``: the K-FAC start (taken once, on the dense model) with no fit, no aux step on
+  training steps and ``equal_refine_steps`` aux steps before each pruning sub-step, where K-FAC re-estimates its
+  statistics from ``GRADUAL_BATCHES`` batches: claim (c) at equal compute (its seconds are tabled beside K-FAC's);
 - ``K-FAC re-estimated``: K-FAC-OBS re-estimated at each pruning step.
 
 ``python -m benchmarks quality --model digits --lambda-study [--seed-list 0 1 2]`` writes digits_lambda.csv and
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -53,7 +57,16 @@ ONE_SHOT = (
     "K-FAC",
     "oBERT",
 )
-GRADUAL = ("refined", "refined, K-FAC start", "re-fitted from K-FAC", "refined, few steps", "K-FAC re-estimated")
+GRADUAL = (
+    "refined",
+    "refined, K-FAC start",
+    "re-fitted from K-FAC",
+    "refined, few steps",
+    "refined, K-FAC's compute",
+    "K-FAC re-estimated",
+)
+#: the gradual variant with no fit and no tracking steps, whose refinement alone stands against K-FAC's re-estimation
+EQUAL_COMPUTE = "refined, K-FAC's compute"
 #: statistics batches (of 128) of the gradual runs, as in the digits study; aux steps read the whole training split
 GRADUAL_BATCHES = 8
 #: the one-shot variant whose chosen damping each gradual variant uses
@@ -62,6 +75,7 @@ GRADUAL_DAMPING = {
     "refined, K-FAC start": "FLS, K-FAC start",
     "re-fitted from K-FAC": "FLS, K-FAC start",
     "refined, few steps": "FLS, K-FAC start",
+    EQUAL_COMPUTE: "FLS, K-FAC start",
     "K-FAC re-estimated": "K-FAC",
 }
 
@@ -82,6 +96,7 @@ class Config:
     gradual: tuple[str, ...] = GRADUAL
     gradual_target: float = 0.95
     cheap_refine_steps: int = 10
+    equal_refine_steps: int = 8  # aux steps (one batch each) per sub-step, about K-FAC's re-estimation from 8 batches
     protocol: digits.Protocol = field(default_factory=digits.Protocol)
 
 
@@ -91,6 +106,7 @@ SMOKE = dict(
     calib_sizes=(32, 64),
     damping_grid=(1.0,),
     cheap_refine_steps=1,
+    equal_refine_steps=1,
     protocol=digits.Protocol(
         substeps=2,
         fls_fit_steps=2,
@@ -128,9 +144,12 @@ def make(
     if "0 aux steps" in variant:
         refine = 0
     elif variant in GRADUAL:
-        refine = config.cheap_refine_steps if variant == "refined, few steps" else p.fls_gradual_refine_steps
+        refine = {"refined, few steps": config.cheap_refine_steps, EQUAL_COMPUTE: config.equal_refine_steps}
+        refine = refine.get(variant, p.fls_gradual_refine_steps)
     else:
         refine = p.fls_refine_steps
+    if variant == EQUAL_COMPUTE:
+        common["gradual_aux_steps"] = 0
     return fls.FishLegPruner(
         model,
         init="diagonal" if diagonal_start else "kfac",
@@ -144,7 +163,8 @@ def make(
 
 def fit_steps(variant: str, config: Config) -> int:
     fls_variant = variant.startswith("FLS") or variant in GRADUAL and variant != "K-FAC re-estimated"
-    return 0 if "0 aux steps" in variant or not fls_variant else config.protocol.fls_fit_steps
+    no_fit = "0 aux steps" in variant or variant == EQUAL_COMPUTE
+    return 0 if no_fit or not fls_variant else config.protocol.fls_fit_steps
 
 
 def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float, tuple[float, float]], float]:
@@ -204,7 +224,8 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
             build = partial(
                 make, variant, damping=damping, config=config, seed=seed, batches=min(GRADUAL_BATCHES, len(data.train))
             )
-            acc = digits.gradual(variant, dense, data, config.protocol, seed, damping, config.gradual_target, build)
+            protocol = dataclasses.replace(config.protocol, fls_fit_steps=fit_steps(variant, config))
+            acc = digits.gradual(variant, dense, data, protocol, seed, damping, config.gradual_target, build)
             seconds = time.perf_counter() - t0
             rows.append(
                 dict(
@@ -305,8 +326,10 @@ def table(rows: list[dict], config: Config) -> str:
             f"Gradual to {config.gradual_target:.0%} (the digits study's schedule and {p.finetune_steps} Adam steps; "
             f"FLS fits λ with {p.fls_fit_steps} aux steps first and refines it with {p.fls_gradual_refine_steps} "
             f"({config.cheap_refine_steps} for “few steps”) before each pruning step, plus one aux step per training "
-            "step; the diagonal update; damping of the matching one-shot variant). Test accuracy; paired to K-FAC "
-            "re-estimated; seconds of the whole run (fine-tuning included), mean over seeds.",
+            f"step; “K-FAC's compute”: no fit, no aux step on training steps, {config.equal_refine_steps} before each "
+            f"pruning sub-step, where K-FAC re-estimates from {GRADUAL_BATCHES} batches; the diagonal update; damping "
+            "of the matching one-shot variant). Test accuracy; paired to K-FAC re-estimated; seconds of the whole run "
+            "(fine-tuning included), mean over seeds.",
             "",
             "| variant | accuracy | − K-FAC re-estimated | seconds |",
             "|---|---:|---:|---:|",

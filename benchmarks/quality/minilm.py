@@ -139,7 +139,7 @@ REDUCED = dict(
 
 def parse_overrides(items: list[str], config_class: type = Config) -> dict:
     """``["substeps=8", "methods=FLS,K-FAC", "sparsities=0.7"]`` → typed fields of ``config_class`` (a dataclass
-    with defaults)."""
+    with defaults); a list splits at commas not followed by a space, so "refined, few steps,K-FAC" is two names."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     out = {}
     for item in items:
@@ -149,7 +149,7 @@ def parse_overrides(items: list[str], config_class: type = Config) -> dict:
         default = getattr(config_class(), name)
         if isinstance(default, tuple):
             kind = type(default[0]) if default else _element_type(fields[name])
-            out[name] = tuple(kind(v) for v in value.split(","))
+            out[name] = tuple(kind(v) for v in re.split(r",(?! )", value))  # ", " stays inside a name
         elif default is None:  # an optional count
             out[name] = None if value.lower() == "none" else int(value)
         else:

@@ -499,6 +499,13 @@ def test_overrides_are_typed_by_the_field_even_when_its_default_tuple_is_empty()
         minilm.parse_overrides(["calib=16"], lambda_study.Config)
 
 
+def test_a_list_override_keeps_names_with_a_comma_and_a_space_whole():
+    from benchmarks.quality import digits_lambda, minilm
+
+    parsed = minilm.parse_overrides(["gradual=refined, K-FAC's compute,K-FAC re-estimated"], digits_lambda.Config)
+    assert parsed == dict(gradual=("refined, K-FAC's compute", "K-FAC re-estimated"))
+
+
 def test_the_readme_recommends_the_recipe_the_lambda_study_measures():
     """The README's transformer recipe is the study's "K-FAC start" variant with the study's default options."""
     import re
