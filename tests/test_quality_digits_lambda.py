@@ -36,9 +36,10 @@ def test_variants_build_the_pruners_they_name():
         "re-fitted from K-FAC": ("kfac", "diagonal", p.fls_gradual_refine_steps, "init"),
         "refined, few steps": ("kfac", "diagonal", config.cheap_refine_steps, "current"),
         "refined, K-FAC's compute": ("kfac", "diagonal", config.equal_refine_steps, "current"),
+        "K-FAC start, frozen": ("kfac", "diagonal", 0, "current"),
     }
     tracking = {v: b.method.gradual_aux_steps for v, b in built.items() if isinstance(b, fls.FishLegPruner)}
-    assert {v for v, t in tracking.items() if t == 0} == {digits_lambda.EQUAL_COMPUTE}
+    assert {v for v, t in tracking.items() if t == 0} == {digits_lambda.EQUAL_COMPUTE, digits_lambda.FROZEN}
     steps = {v: digits_lambda.fit_steps(v, config) for v in built}
     assert {v for v, s in steps.items() if s == 0} == {
         "FLS-diagonal, 0 aux steps",
@@ -47,6 +48,7 @@ def test_variants_build_the_pruners_they_name():
         "oBERT",
         "K-FAC re-estimated",
         "refined, K-FAC's compute",
+        "K-FAC start, frozen",
     }
     assert set(digits_lambda.GRADUAL_DAMPING) == set(digits_lambda.GRADUAL)
     assert set(digits_lambda.GRADUAL_DAMPING.values()) <= set(digits_lambda.ONE_SHOT)

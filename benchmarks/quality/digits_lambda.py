@@ -25,6 +25,8 @@ diagonal update; damping of the one-shot variant each starts like):
 - ``refined, K-FAC's compute``: the K-FAC start (taken once, on the dense model) with no fit, no aux step on
   training steps and ``equal_refine_steps`` aux steps before each pruning sub-step, where K-FAC re-estimates its
   statistics from ``GRADUAL_BATCHES`` batches: claim (c) at equal compute (its seconds are tabled beside K-FAC's);
+- ``K-FAC start, frozen``: the same with no aux step at all (λ stays the dense model's K-FAC start): what the
+  refinement adds over neither refining nor re-estimating;
 - ``K-FAC re-estimated``: K-FAC-OBS re-estimated at each pruning step.
 
 ``python -m benchmarks quality --model digits --lambda-study [--seed-list 0 1 2]`` writes digits_lambda.csv and
@@ -63,10 +65,13 @@ GRADUAL = (
     "re-fitted from K-FAC",
     "refined, few steps",
     "refined, K-FAC's compute",
+    "K-FAC start, frozen",
     "K-FAC re-estimated",
 )
 #: the gradual variant with no fit and no tracking steps, whose refinement alone stands against K-FAC's re-estimation
 EQUAL_COMPUTE = "refined, K-FAC's compute"
+#: the gradual variant that never moves λ from the dense model's K-FAC start
+FROZEN = "K-FAC start, frozen"
 #: statistics batches (of 128) of the gradual runs, as in the digits study; aux steps read the whole training split
 GRADUAL_BATCHES = 8
 #: the one-shot variant whose chosen damping each gradual variant uses
@@ -75,7 +80,8 @@ GRADUAL_DAMPING = {
     "refined, K-FAC start": "FLS, K-FAC start",
     "re-fitted from K-FAC": "FLS, K-FAC start",
     "refined, few steps": "FLS, K-FAC start",
-    EQUAL_COMPUTE: "FLS, K-FAC start",
+    EQUAL_COMPUTE: "FLS, K-FAC start, 0 aux steps",
+    FROZEN: "FLS, K-FAC start, 0 aux steps",
     "K-FAC re-estimated": "K-FAC",
 }
 
@@ -145,10 +151,10 @@ def make(
         refine = 0
     elif variant in GRADUAL:
         refine = {"refined, few steps": config.cheap_refine_steps, EQUAL_COMPUTE: config.equal_refine_steps}
-        refine = refine.get(variant, p.fls_gradual_refine_steps)
+        refine = refine.get(variant, 0 if variant == FROZEN else p.fls_gradual_refine_steps)
     else:
         refine = p.fls_refine_steps
-    if variant == EQUAL_COMPUTE:
+    if variant in (EQUAL_COMPUTE, FROZEN):
         common["gradual_aux_steps"] = 0
     return fls.FishLegPruner(
         model,
@@ -163,7 +169,7 @@ def make(
 
 def fit_steps(variant: str, config: Config) -> int:
     fls_variant = variant.startswith("FLS") or variant in GRADUAL and variant != "K-FAC re-estimated"
-    no_fit = "0 aux steps" in variant or variant == EQUAL_COMPUTE
+    no_fit = "0 aux steps" in variant or variant in (EQUAL_COMPUTE, FROZEN)
     return 0 if no_fit or not fls_variant else config.protocol.fls_fit_steps
 
 
@@ -327,7 +333,8 @@ def table(rows: list[dict], config: Config) -> str:
             f"FLS fits λ with {p.fls_fit_steps} aux steps first and refines it with {p.fls_gradual_refine_steps} "
             f"({config.cheap_refine_steps} for “few steps”) before each pruning step, plus one aux step per training "
             f"step; “K-FAC's compute”: no fit, no aux step on training steps, {config.equal_refine_steps} before each "
-            f"pruning sub-step, where K-FAC re-estimates from {GRADUAL_BATCHES} batches; the diagonal update; damping "
+            f"pruning sub-step, where K-FAC re-estimates from {GRADUAL_BATCHES} batches; “frozen”: no aux step at "
+            "all; the diagonal update; damping "
             "of the matching one-shot variant). Test accuracy; paired to K-FAC re-estimated; seconds of the whole run "
             "(fine-tuning included), mean over seeds.",
             "",
