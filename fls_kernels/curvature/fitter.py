@@ -52,6 +52,8 @@ class AuxFitter:
         reduction: how the step's probes, products and λ gradients combine over processes (default: one
             process); see :mod:`fls_kernels.curvature.reduction`. The step is that of one process on the union
             of every rank's batch.
+        learn_scaling: whether the steps move A, Q's elementwise scaling, with R and L (default); False keeps A where
+            it starts (1 from K-FAC), so that Q stays exactly G_R ⊗ G_L — all the column solvers read of it.
         compile_mode: None (eager) or a ``torch.compile`` mode ("default", "reduce-overhead": CUDA graphs,
             "max-autotune") for the λ side of the step (the Q products with their backward, the residuals); the
             FVP through the model is not compiled.
@@ -73,11 +75,14 @@ class AuxFitter:
         reduction: AuxReduction | None = None,
         check_every: int | None = None,
         compile_mode: str | None = None,
+        learn_scaling: bool = True,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
         if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)):
             raise TypeError(f"check_every: expected an int or None, got {type(check_every).__name__}")
+        if not isinstance(learn_scaling, bool):
+            raise TypeError(f"learn_scaling: expected a bool, got {type(learn_scaling).__name__}")
         if check_every is not None and check_every < 1:
             raise ValueError(f"check_every: expected a positive int, got {check_every}")
         self.blocks = blocks
@@ -89,7 +94,9 @@ class AuxFitter:
         self.backend = backends.preferred(backend, "kron_qv_grouped")
         self.reduction = reduction if reduction is not None else AuxReduction()
         self.owned = [isinstance(b, KronBlock) for b in blocks]
-        self.params = [p for b in blocks for p in b.parameters()]
+        self.learn_scaling = learn_scaling
+        learnt = [(b.R, b.L, b.A) if learn_scaling else (b.R, b.L) for b in blocks if isinstance(b, KronBlock)]
+        self.params = [p for group in learnt for p in group]
         # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
         self.optimizer = torch.optim.Adam(self.params or [nn.Parameter(torch.zeros(0))], lr=lr)
         device = blocks[0].device if blocks else torch.device("cpu")
@@ -223,7 +230,7 @@ class AuxFitter:
         if grouped:
             products = ops.kron_qv_grouped(
                 [Vs[k] for k in grouped],
-                [blocks[k].A if grad else blocks[k].A.detach() for k in grouped],
+                [blocks[k].A if grad and self.learn_scaling else blocks[k].A.detach() for k in grouped],
                 [grams[k][0] for k in grouped],
                 [grams[k][1] for k in grouped],
                 precision=self.precision,
@@ -235,6 +242,7 @@ class AuxFitter:
             if g is None:
                 b = blocks[k]
                 A, R, L = (b.A, b.R, b.L) if grad else (b.A.detach(), b.R.detach(), b.L.detach())
+                A = A if self.learn_scaling else A.detach()
                 out[k] = A * (R.mT @ ((R @ (A * Vs[k])) @ L) @ L.mT)
         return out
 

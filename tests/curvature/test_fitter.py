@@ -344,3 +344,33 @@ def test_early_stopping_ends_at_the_best_validated_lambda():
     values = iter([0.0, 1.0, 2.0])
     fitter.run(batches(X, size=32), 6, validate=lambda: next(values), validate_every=3)
     assert all(torch.equal(p, q) for p, q in zip(block.parameters(), start))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_without_learn_scaling_a_stays_and_r_l_take_the_same_first_step(monkeypatch, factored):
+    """learn_scaling=False keeps A bit for bit (Q stays G_R ⊗ G_L around it); R and L take, on the first step, exactly
+    the step they take when A is learnt too (Adam's step on them reads only their own gradients)."""
+    from fls_kernels.curvature import fitter as fitter_module
+
+    monkeypatch.setattr(fitter_module, "factored", lambda m, n: factored)
+    X, layer, curv, _ = _float64_problem(seed=3)
+    runs = {}
+    for learn in (True, False):
+        block = KronBlock(3, 6, dtype=torch.float64)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(5)
+            block.R.add_(0.1 * torch.randn(3, 3, generator=g, dtype=torch.float64))
+            block.L.add_(0.1 * torch.randn(6, 6, generator=g, dtype=torch.float64))
+            block.A.uniform_(0.5, 1.5, generator=g)
+        start = [p.detach().clone() for p in (block.R, block.L, block.A)]
+        fitter = AuxFitter([block], curv.fvp, 1e-2, generator=torch.Generator().manual_seed(6), learn_scaling=learn)
+        assert len(fitter.params) == (3 if learn else 2)
+        fitter.run(batches(X, 16), 1)
+        runs[learn] = (start, [p.detach().clone() for p in (block.R, block.L, block.A)])
+    (start, learnt), (_, frozen) = runs[True], runs[False]
+    assert torch.equal(frozen[2], start[2]) and not torch.equal(learnt[2], start[2])
+    for k in (0, 1):
+        assert not torch.equal(frozen[k], start[k])
+        torch.testing.assert_close(frozen[k], learnt[k], rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="learn_scaling"):
+        AuxFitter([KronBlock(3, 6)], curv.fvp, 1e-2, learn_scaling=1)

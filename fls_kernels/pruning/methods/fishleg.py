@@ -66,6 +66,7 @@ class FishLeg(KronOBS):
         validation_probes: int = 2,
         probe_focus: float | None = None,
         aux_space: str = "auto",
+        learn_scaling: bool = True,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
@@ -82,6 +83,9 @@ class FishLeg(KronOBS):
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
+        if not isinstance(learn_scaling, bool):
+            raise TypeError(f"learn_scaling: expected a bool, got {type(learn_scaling).__name__}")
+        self.learn_scaling = learn_scaling
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -162,6 +166,7 @@ class FishLeg(KronOBS):
             backend=self.ctx.backend_for("kron_qv"),
             reduction=self.ctx.mode.aux_reduction(self.curvature.batch_size),
             compile_mode=self.aux_compile,
+            learn_scaling=self.learn_scaling,
         )
 
     def _masks(self) -> list[Tensor] | None:
@@ -351,6 +356,9 @@ class FishLegPruner(Pruner):
             weight at its current value, zeros included: Q ≈ (F + γI)⁻¹ of the pruned model, the factors the
             "columns" and "adaptive" updates eliminate with, handling the masks exactly — as K-FAC re-estimates) or
             "auto" (default: "alive" for the diagonal update, "full" for the column updates).
+        learn_scaling: whether the aux steps learn A, the elementwise scaling in Q (default), or keep it at its
+            start (1 from K-FAC), so Q stays exactly Kronecker: what the column solvers read of it (they read A
+            through its best rank-one fit).
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
