@@ -24,6 +24,9 @@ Variants (FLS unless named):
   weight at its current value (``aux_space="full"``, the default with the column solver: Q ≈ (F + γI)⁻¹ of the
   pruned model, the factors the solver reads) instead of the alive ones (``aux_space="alive"``, the other
   refining variants), both early-stopped;
+- ``fit (Kronecker only, early-stopped)``, ``restart + refine (full, Kronecker only)``: the same with A, Q's
+  elementwise scaling, kept at its start (``learn_scaling=False``), so every aux step moves only the Kronecker
+  factors G_R ⊗ G_L, which is all the column solver reads of Q (it reads A through a rank-one fit);
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
@@ -65,6 +68,8 @@ VARIANTS = (
     "restart + refine",
     "fit + refine (full)",
     "restart + refine (full)",
+    "fit (Kronecker only, early-stopped)",
+    "restart + refine (full, Kronecker only)",
     "K-FAC",
     "SparseGPT",
 )
@@ -168,8 +173,9 @@ def make(
     )
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
-    refine = 0 if variant in ("K-FAC start", "fit", "fit (early-stopped)", "fit (focused)") else config.refine_steps
-    stop = "early-stopped" in variant or variant.startswith("restart") or variant.endswith("(full)")
+    refine = config.refine_steps if "refine" in variant else 0
+    full = "(full" in variant
+    stop = "early-stopped" in variant or variant.startswith("restart") or full
     return fls.FishLegPruner(
         model,
         init="kfac",
@@ -181,7 +187,8 @@ def make(
         validate_every=config.validate_every,
         validation_probes=config.probes,
         probe_focus=sparsity if variant == "fit (focused)" else None,
-        aux_space="full" if variant.endswith("(full)") else "alive",
+        aux_space="full" if full else "alive",
+        learn_scaling="Kronecker only" not in variant,
         **common,
     )
 

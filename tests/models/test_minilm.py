@@ -368,23 +368,26 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
             p.method.validation is not None,
             p.method.probe_focus,
             p.method.aux_space,
+            p.method.learn_scaling,
         )
         for v, p in built.items()
         if v not in ("K-FAC", "SparseGPT")
     }
     assert options == {
-        "K-FAC start": (0, "current", False, None, "alive"),
-        "fit": (0, "current", False, None, "alive"),
-        "fit (early-stopped)": (0, "current", True, None, "alive"),
-        "fit (focused)": (0, "current", False, 0.7, "alive"),
-        "fit + refine": (2, "current", False, None, "alive"),
-        "fit + refine (early-stopped)": (2, "current", True, None, "alive"),
-        "restart + refine": (2, "init", True, None, "alive"),
-        "fit + refine (full)": (2, "current", True, None, "full"),
-        "restart + refine (full)": (2, "init", True, None, "full"),
+        "K-FAC start": (0, "current", False, None, "alive", True),
+        "fit": (0, "current", False, None, "alive", True),
+        "fit (early-stopped)": (0, "current", True, None, "alive", True),
+        "fit (focused)": (0, "current", False, 0.7, "alive", True),
+        "fit + refine": (2, "current", False, None, "alive", True),
+        "fit + refine (early-stopped)": (2, "current", True, None, "alive", True),
+        "restart + refine": (2, "init", True, None, "alive", True),
+        "fit + refine (full)": (2, "current", True, None, "full", True),
+        "restart + refine (full)": (2, "init", True, None, "full", True),
+        "fit (Kronecker only, early-stopped)": (0, "current", True, None, "alive", False),
+        "restart + refine (full, Kronecker only)": (2, "init", True, None, "full", False),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 8 + [0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 10 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 10 + [0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 12 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))
