@@ -172,6 +172,23 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_256_lr1e-4/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%: the fit and the restarted refinement "
+        "with A kept at its start, so the aux steps move only the Kronecker factors the column solver reads "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks calib_sentences=256 "
+        "calib_sizes=256 val_sentences=32 eval_sentences=256 'variants=K-FAC start,fit (Kronecker only, "
+        "early-stopped),restart + refine (full, Kronecker only),K-FAC' lrs=1e-3,1e-4 validate_every=5 "
+        "sparsities=0.8 patterns=unstructured --out out/lambda_blocks_kron`)",
+        "lambda_blocks_kron/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 70% and 2:4: the fit at lr 1e-4 with A "
+        "learnt and kept (`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks "
+        "calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 'variants=K-FAC start,fit "
+        "(early-stopped),fit (Kronecker only, early-stopped),K-FAC' lr=1e-4 validate_every=5 sparsities=0.7 "
+        "patterns=unstructured,2:4 --out out/lambda_blocks_kron_70_24`)",
+        "lambda_blocks_kron_70_24/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",

@@ -24,9 +24,10 @@ Variants (FLS unless named):
   weight at its current value (``aux_space="full"``, the default with the column solver: Q ≈ (F + γI)⁻¹ of the
   pruned model, the factors the solver reads) instead of the alive ones (``aux_space="alive"``, the other
   refining variants), both early-stopped;
-- ``fit (Kronecker only, early-stopped)``, ``restart + refine (full, Kronecker only)``: the same with A, Q's
-  elementwise scaling, kept at its start (``learn_scaling=False``), so every aux step moves only the Kronecker
-  factors G_R ⊗ G_L, which is all the column solver reads of Q (it reads A through a rank-one fit);
+- ``fit (Kronecker only)``, ``fit (Kronecker only, early-stopped)``, ``restart + refine (full, Kronecker only)``:
+  the same with A, Q's elementwise scaling, kept at its start (``learn_scaling=False``), so every aux step moves
+  only the Kronecker factors G_R ⊗ G_L, which is all the column solver reads of Q (it reads A through a rank-one
+  fit);
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
@@ -68,6 +69,7 @@ VARIANTS = (
     "restart + refine",
     "fit + refine (full)",
     "restart + refine (full)",
+    "fit (Kronecker only)",
     "fit (Kronecker only, early-stopped)",
     "restart + refine (full, Kronecker only)",
     "K-FAC",

@@ -383,11 +383,12 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "restart + refine": (2, "init", True, None, "alive", True),
         "fit + refine (full)": (2, "current", True, None, "full", True),
         "restart + refine (full)": (2, "init", True, None, "full", True),
+        "fit (Kronecker only)": (0, "current", False, None, "alive", False),
         "fit (Kronecker only, early-stopped)": (0, "current", True, None, "alive", False),
         "restart + refine (full, Kronecker only)": (2, "init", True, None, "full", False),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 10 + [0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 12 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 11 + [0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 13 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))
