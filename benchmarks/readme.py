@@ -189,6 +189,12 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_kron_70_24/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences: the fit at lr 1e-3 with A learnt and kept "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks 'variants=K-FAC start,"
+        "fit,fit (Kronecker only),K-FAC' sparsities=0.7,0.8 patterns=unstructured --out out/lambda_blocks_kron_64`)",
+        "lambda_blocks_kron_64/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
