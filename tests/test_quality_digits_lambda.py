@@ -81,11 +81,17 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
     shot = [r for r in rows if r["mode"] == "one-shot"]
     assert len(shot) == 3 * 2 * 2  # variants × calibration sizes × sparsities
     assert all(0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["val_accuracy"]) for r in shot)
+    aux = {(r["variant"], r["calibration"]): r["held_out_aux"] for r in shot}
+    assert all(math.isfinite(v) for (variant, _), v in aux.items() if variant.startswith("FLS"))
+    assert all(math.isnan(v) for (variant, _), v in aux.items() if variant == "K-FAC")
+    # the same seed's probes and batches: the fitted λ and its start at 0 aux steps differ, each measured once
+    assert aux[("FLS-diagonal", 64)] != aux[("FLS-diagonal, 0 aux steps", 64)]
     grad = [r for r in rows if r["mode"] == "gradual"]
     assert [r["variant"] for r in grad] == ["re-fitted from K-FAC", digits_lambda.EQUAL_COMPUTE, "K-FAC re-estimated"]
     text = digits_lambda.table(rows, config)
     assert "| 32 | 80% |" in text and "| 64 | 90% |" in text and "| re-fitted from K-FAC |" in text
     assert "FLS-diagonal − FLS-diagonal, 0 aux steps" in text and " ± 0.000 |" in text
+    assert "Held-out aux loss" in text and "| FLS-diagonal: aux loss | accuracy |" in text
     first = digits_lambda.write(rows, config, tmp_path / "a", stamp="stamp a")
     assert all(p.exists() for p in first)
     other = [{**r, "seed": 1} for r in rows]
@@ -95,6 +101,12 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
     assert "seeds [0, 1]" in digits_lambda.table(merged, config) and "seeds [0]" in text
     with pytest.raises(ValueError, match="more than one run"):
         digits_lambda.merge([tmp_path / "a", tmp_path / "a"])
+    old = (tmp_path / "a" / "digits_lambda.csv").read_text().splitlines()  # a run from before the column
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "digits_lambda.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in old) + "\n")
+    earlier, _ = digits_lambda.merge([tmp_path / "c"])
+    assert all(math.isnan(r["held_out_aux"]) for r in earlier) and len(earlier) == len(rows)
+    assert "Held-out aux loss" not in digits_lambda.table(earlier, config)
 
 
 def test_the_cli_merges_runs_of_the_digits_lambda_study(tmp_path, capsys):

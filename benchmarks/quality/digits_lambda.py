@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -173,15 +174,29 @@ def fit_steps(variant: str, config: Config) -> int:
     return 0 if no_fit or not fls_variant else config.protocol.fls_fit_steps
 
 
-def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float, tuple[float, float]], float]:
-    """(validation, test) accuracy per sparsity from one fit on ``n`` calibration samples, and its seconds."""
+#: fixed probes per validation batch of the held-out aux loss
+AUX_PROBES = 2
+
+
+def held_out(data: digits.Split) -> list:
+    """The validation split in batches of 128: the held-out batches of the aux loss (no fit reads them)."""
+    return [(data.x_val[i : i + 128], data.y_val[i : i + 128]) for i in range(0, len(data.x_val), 128)]
+
+
+def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float, tuple[float, float]], float, float]:
+    """(validation, test) accuracy per sparsity from one fit on ``n`` calibration samples, its seconds, and the
+    held-out aux loss of its λ after the fit (FLS; NaN otherwise), measured outside the seconds."""
     t0 = time.perf_counter()
     loader = calibration(data, n)
     model = copy.deepcopy(dense)
     pruner = make(variant, model, damping=damping, config=config, seed=seed, batches=len(loader))
     pruner.fit(loader, steps=fit_steps(variant, config))
+    t1 = time.perf_counter()
+    fls_pruner = isinstance(pruner, fls.FishLegPruner)
+    aux = pruner.aux_loss(held_out(data), probes=AUX_PROBES, seed=seed + 1) if fls_pruner else float("nan")
+    t2 = time.perf_counter()
     out = digits.prune_each(pruner, model, data, tuple(config.sparsities), config.protocol.substeps)
-    return out, time.perf_counter() - t0
+    return out, (t1 - t0) + (time.perf_counter() - t2), aux
 
 
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
@@ -207,7 +222,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
             best = max(config.damping_grid, key=lambda g: sweep[g][0][config.sweep_sparsity][0])
             chosen[variant] = best
             found = {largest: sweep[best], **{n: one_shot(variant, dense, data, config, seed, best, n) for n in rest}}
-            for n, (accs, seconds) in sorted(found.items()):
+            for n, (accs, seconds, aux) in sorted(found.items()):
                 for s, (val, test) in accs.items():
                     rows.append(
                         dict(
@@ -220,6 +235,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                             val_accuracy=val,
                             accuracy=test,
                             seconds=seconds,
+                            held_out_aux=aux,
                         )
                     )
             log(f"seed {seed} {variant:<30} γ×{best:<5} " + _summary(rows, seed, variant))
@@ -244,6 +260,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                     val_accuracy=float("nan"),
                     accuracy=acc,
                     seconds=seconds,
+                    held_out_aux=float("nan"),
                 )
             )
             log(f"seed {seed} gradual {variant:<26} γ×{damping:<5} {acc:.3f} ({seconds:.0f} s)")
@@ -328,6 +345,7 @@ def table(rows: list[dict], config: Config) -> str:
         lines.append(
             f"| {n} | {s:.0%} | " + " | ".join(_paired(shot, a, b, calibration=n, sparsity=s) for a, b in pairs) + " |"
         )
+    lines += _aux_table(shot, variants, config)
     grad = [r for r in rows if r["mode"] == "gradual"]
     if grad:
         gvariants = [v for v in GRADUAL if any(r["variant"] == v for r in grad)]
@@ -353,7 +371,58 @@ def table(rows: list[dict], config: Config) -> str:
     return "\n".join(lines)
 
 
-FIELDS = ["seed", "mode", "variant", "calibration", "sparsity", "damping", "val_accuracy", "accuracy", "seconds"]
+def _aux_table(shot: list[dict], variants: list[str], config: Config) -> list[str]:
+    """The held-out aux loss of each FLS variant's λ after its fit, per calibration size (mean ± sd over seeds),
+    beside the accuracy it pruned to; none where no row measured it."""
+    measured = [v for v in variants if any(r["variant"] == v and _finite(r.get("held_out_aux")) for r in shot)]
+    if not measured:
+        return []
+    lines = [
+        "",
+        f"Held-out aux loss 𝒜 of λ after the fit (the validation split, {AUX_PROBES} fixed probes per batch of 128, "
+        "the same for every variant of a seed; lower is better) at each seed's chosen damping (𝒜 depends on γ: "
+        "compare variants where their γ agree), mean ± sd over seeds, and test accuracy at "
+        f"{max(config.sparsities):.0%}:",
+        "",
+        "| calibration | " + " | ".join(f"{v}: aux loss | accuracy" for v in measured) + " |",
+        "|---:|" + "---:|---:|" * len(measured),
+    ]
+    for n in sorted({r["calibration"] for r in shot}):
+        cells = []
+        for v in measured:
+            mine = [r for r in shot if r["variant"] == v and r["calibration"] == n]
+            fits = {r["seed"]: (r["held_out_aux"], r["damping"]) for r in mine}
+            top = [r["accuracy"] for r in mine if r["sparsity"] == max(config.sparsities)]
+            dampings = "/".join(f"{d:g}" for _, d in fits.values())
+            cells.append(f"{_mean_sd([a for a, _ in fits.values()], '.4g')} (γ × {dampings}) | {digits.cell(top)}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _mean_sd(values: list[float], spec: str) -> str:
+    values = [v for v in values if _finite(v)]
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{spec}} ± {sd:{spec}}"
+
+
+FIELDS = [
+    "seed",
+    "mode",
+    "variant",
+    "calibration",
+    "sparsity",
+    "damping",
+    "val_accuracy",
+    "accuracy",
+    "seconds",
+    "held_out_aux",
+]
 
 
 def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | None = None) -> list[Path]:
@@ -379,6 +448,7 @@ def merge(parts: list[Path]) -> tuple[list[dict], str]:
                     "seed": int(r["seed"]),
                     "calibration": int(r["calibration"]),
                     **{k: float(r[k]) for k in ("sparsity", "damping", "val_accuracy", "accuracy", "seconds")},
+                    "held_out_aux": float(r.get("held_out_aux") or "nan"),  # runs before it was measured: NaN
                 }
                 for r in csv.DictReader(f)
             ]
