@@ -1,0 +1,48 @@
+"""FLS with ``learn_scaling=False``: the aux steps move only the Kronecker factors, A stays at its start through
+the fit, the refinements and a checkpoint round trip; a non-bool is refused before the model is touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fls_kernels as fls
+from tests.pruning.helpers import SmallNet, assert_identical, loader, snapshot
+
+
+def _pruner(model, **kw):
+    return fls.FishLegPruner(
+        model, "categorical", init="kfac", init_batches=2, refine_steps=2, lr=1e-2, update="adaptive", **kw
+    )
+
+
+def test_a_stays_at_its_kfac_start_while_r_and_l_move():
+    torch.manual_seed(0)
+    pruner = _pruner(SmallNet(), learn_scaling=False)
+    pruner.fit(loader(), steps=3)
+    blocks = pruner.method.blocks
+    start = [(b.R.detach().clone(), b.L.detach().clone()) for b in blocks]
+    pruner.fit(loader(), steps=3)
+    pruner.prune(0.6, substeps=2)  # with a refinement before the second sub-step
+    assert all(torch.equal(b.A, torch.ones_like(b.A)) for b in blocks)
+    assert all(not torch.equal(b.R, R) and not torch.equal(b.L, L) for b, (R, L) in zip(blocks, start))
+    state = pruner.state_dict()
+    again = _pruner(SmallNet(), learn_scaling=False)
+    again.load_state_dict(state)
+    again.fit(loader(), steps=2)
+    assert all(torch.equal(b.A, torch.ones_like(b.A)) for b in again.method.blocks)
+
+
+def test_learning_a_moves_it_from_its_start():
+    torch.manual_seed(0)
+    pruner = _pruner(SmallNet())
+    pruner.fit(loader(), steps=3)
+    assert any(not torch.equal(b.A, torch.ones_like(b.A)) for b in pruner.method.blocks)
+
+
+def test_a_non_bool_is_refused_naming_the_option_and_leaves_the_model_alone():
+    model = SmallNet()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="learn_scaling"):
+        _pruner(model, learn_scaling="no")
+    assert_identical(model, before)
