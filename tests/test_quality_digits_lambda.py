@@ -81,11 +81,13 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
     shot = [r for r in rows if r["mode"] == "one-shot"]
     assert len(shot) == 3 * 2 * 2  # variants × calibration sizes × sparsities
     assert all(0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["val_accuracy"]) for r in shot)
-    aux = {(r["variant"], r["calibration"]): r["held_out_aux"] for r in shot}
-    assert all(math.isfinite(v) for (variant, _), v in aux.items() if variant.startswith("FLS"))
-    assert all(math.isnan(v) for (variant, _), v in aux.items() if variant == "K-FAC")
-    # the same seed's probes and batches: the fitted λ and its start at 0 aux steps differ, each measured once
-    assert aux[("FLS-diagonal", 64)] != aux[("FLS-diagonal, 0 aux steps", 64)]
+    aux = {(r["variant"], r["calibration"]): (r["held_out_aux_start"], r["held_out_aux"]) for r in shot}
+    assert all(math.isfinite(a) for (variant, _), pair in aux.items() if variant.startswith("FLS") for a in pair)
+    assert all(math.isnan(a) for (variant, _), pair in aux.items() if variant == "K-FAC" for a in pair)
+    start, fitted = aux[("FLS-diagonal", 64)]
+    assert start != fitted  # the aux steps moved λ
+    zero = aux[("FLS-diagonal, 0 aux steps", 64)]
+    assert zero[0] == zero[1]  # no aux step: the start is the λ pruned with (same probes, same batches)
     grad = [r for r in rows if r["mode"] == "gradual"]
     assert [r["variant"] for r in grad] == ["re-fitted from K-FAC", digits_lambda.EQUAL_COMPUTE, "K-FAC re-estimated"]
     text = digits_lambda.table(rows, config)
@@ -103,7 +105,7 @@ def test_a_ci_sized_run_tabulates_writes_and_merges(tmp_path):
         digits_lambda.merge([tmp_path / "a", tmp_path / "a"])
     old = (tmp_path / "a" / "digits_lambda.csv").read_text().splitlines()  # a run from before the column
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "digits_lambda.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in old) + "\n")
+    (tmp_path / "c" / "digits_lambda.csv").write_text("\n".join(line.rsplit(",", 2)[0] for line in old) + "\n")
     earlier, _ = digits_lambda.merge([tmp_path / "c"])
     assert all(math.isnan(r["held_out_aux"]) for r in earlier) and len(earlier) == len(rows)
     assert "Held-out aux loss" not in digits_lambda.table(earlier, config)

@@ -183,17 +183,24 @@ def held_out(data: digits.Split) -> list:
     return [(data.x_val[i : i + 128], data.y_val[i : i + 128]) for i in range(0, len(data.x_val), 128)]
 
 
-def one_shot(variant, dense, data, config, seed, damping, n) -> tuple[dict[float, tuple[float, float]], float, float]:
+def one_shot(
+    variant, dense, data, config, seed, damping, n
+) -> tuple[dict[float, tuple[float, float]], float, tuple[float, float]]:
     """(validation, test) accuracy per sparsity from one fit on ``n`` calibration samples, its seconds, and the
-    held-out aux loss of its λ after the fit (FLS; NaN otherwise), measured outside the seconds."""
+    held-out aux loss of its λ at its start and after the fit (FLS, at its γ; NaN otherwise), measured outside the
+    seconds (the start on a twin pruner fitted with 0 steps, so the fit itself runs as it would alone)."""
     t0 = time.perf_counter()
     loader = calibration(data, n)
     model = copy.deepcopy(dense)
     pruner = make(variant, model, damping=damping, config=config, seed=seed, batches=len(loader))
     pruner.fit(loader, steps=fit_steps(variant, config))
     t1 = time.perf_counter()
-    fls_pruner = isinstance(pruner, fls.FishLegPruner)
-    aux = pruner.aux_loss(held_out(data), probes=AUX_PROBES, seed=seed + 1) if fls_pruner else float("nan")
+    aux = (math.nan, math.nan)
+    if isinstance(pruner, fls.FishLegPruner):
+        twin = make(variant, copy.deepcopy(dense), damping=damping, config=config, seed=seed, batches=len(loader))
+        twin.fit(loader, steps=0)
+        aux = tuple(p.aux_loss(held_out(data), probes=AUX_PROBES, seed=seed + 1) for p in (twin, pruner))
+        twin.finalize()
     t2 = time.perf_counter()
     out = digits.prune_each(pruner, model, data, tuple(config.sparsities), config.protocol.substeps)
     return out, (t1 - t0) + (time.perf_counter() - t2), aux
@@ -235,7 +242,8 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                             val_accuracy=val,
                             accuracy=test,
                             seconds=seconds,
-                            held_out_aux=aux,
+                            held_out_aux_start=aux[0],
+                            held_out_aux=aux[1],
                         )
                     )
             log(f"seed {seed} {variant:<30} γ×{best:<5} " + _summary(rows, seed, variant))
@@ -260,6 +268,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                     val_accuracy=float("nan"),
                     accuracy=acc,
                     seconds=seconds,
+                    held_out_aux_start=float("nan"),
                     held_out_aux=float("nan"),
                 )
             )
@@ -379,9 +388,9 @@ def _aux_table(shot: list[dict], variants: list[str], config: Config) -> list[st
         return []
     lines = [
         "",
-        f"Held-out aux loss 𝒜 of λ after the fit (the validation split, {AUX_PROBES} fixed probes per batch of 128, "
-        "the same for every variant of a seed; lower is better) at each seed's chosen damping (𝒜 depends on γ: "
-        "compare variants where their γ agree), mean ± sd over seeds, and test accuracy at "
+        f"Held-out aux loss 𝒜 of λ at its start → after the fit (the validation split, {AUX_PROBES} fixed probes "
+        "per batch of 128, the same for every variant of a seed; lower is better) at each seed's chosen damping "
+        "(𝒜 depends on γ: compare variants where their γ agree), mean ± sd over seeds, and test accuracy at "
         f"{max(config.sparsities):.0%}:",
         "",
         "| calibration | " + " | ".join(f"{v}: aux loss | accuracy" for v in measured) + " |",
@@ -391,10 +400,14 @@ def _aux_table(shot: list[dict], variants: list[str], config: Config) -> list[st
         cells = []
         for v in measured:
             mine = [r for r in shot if r["variant"] == v and r["calibration"] == n]
-            fits = {r["seed"]: (r["held_out_aux"], r["damping"]) for r in mine}
+            fits = {r["seed"]: (r.get("held_out_aux_start", math.nan), r["held_out_aux"], r["damping"]) for r in mine}
             top = [r["accuracy"] for r in mine if r["sparsity"] == max(config.sparsities)]
-            dampings = "/".join(f"{d:g}" for _, d in fits.values())
-            cells.append(f"{_mean_sd([a for a, _ in fits.values()], '.4g')} (γ × {dampings}) | {digits.cell(top)}")
+            dampings = "/".join(f"{d:g}" for _, _, d in fits.values())
+            start, end = (
+                _mean_sd([a for a, _, _ in fits.values()], ".4g"),
+                _mean_sd([a for _, a, _ in fits.values()], ".4g"),
+            )
+            cells.append(f"{start} → {end} (γ × {dampings}) | {digits.cell(top)}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
 
@@ -421,6 +434,7 @@ FIELDS = [
     "val_accuracy",
     "accuracy",
     "seconds",
+    "held_out_aux_start",
     "held_out_aux",
 ]
 
@@ -448,7 +462,8 @@ def merge(parts: list[Path]) -> tuple[list[dict], str]:
                     "seed": int(r["seed"]),
                     "calibration": int(r["calibration"]),
                     **{k: float(r[k]) for k in ("sparsity", "damping", "val_accuracy", "accuracy", "seconds")},
-                    "held_out_aux": float(r.get("held_out_aux") or "nan"),  # runs before it was measured: NaN
+                    # runs from before the held-out aux loss was measured: NaN
+                    **{k: float(r.get(k) or "nan") for k in ("held_out_aux_start", "held_out_aux")},
                 }
                 for r in csv.DictReader(f)
             ]
