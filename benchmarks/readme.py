@@ -211,6 +211,14 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         'K-FAC re-estimated"`: seeds 0–2 and 3–4 in two processes, then `--merge` into out/digits_equal)',
         "digits_equal/digits_lambda.md",
     ),
+    (
+        "digits CNN, one-shot, 5 seeds: the held-out aux loss of λ at its start and after the fit, beside the "
+        "accuracy it prunes to (`python -m benchmarks quality --model digits --lambda-study --seed-list … --set "
+        '"one_shot=FLS-diagonal,FLS-diagonal, 0 aux steps,FLS, K-FAC start, 0 aux steps,K-FAC,oBERT" '
+        '"gradual=K-FAC re-estimated" calib_sizes=64,1024`: seeds 0–2 and 3–4 in two processes, then `--merge` '
+        "into out/digits_aux)",
+        "digits_aux/digits_lambda.md",
+    ),
 ]
 
 
