@@ -206,9 +206,10 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
     ),
     (
         "digits CNN, gradual to 95%: λ refined at K-FAC's compute against K-FAC re-estimated and the frozen K-FAC "
-        "start, 5 seeds (`python -m benchmarks quality --model digits --lambda-study --seed-list … --set "
+        "start, 10 seeds (`python -m benchmarks quality --model digits --lambda-study --seed-list … --set "
         '"one_shot=FLS, K-FAC start, 0 aux steps,K-FAC" "gradual=refined, K-FAC\'s compute,K-FAC start, frozen,'
-        'K-FAC re-estimated"`: seeds 0–2 and 3–4 in two processes, then `--merge` into out/digits_equal)',
+        'K-FAC re-estimated"`: seeds 0–2, 3–4, 5–7 and 8–9, two processes at a time, then `--merge` into '
+        "out/digits_equal)",
         "digits_equal/digits_lambda.md",
     ),
     (
