@@ -28,6 +28,8 @@ Variants (FLS unless named):
   the same with A, Q's elementwise scaling, kept at its start (``learn_scaling=False``), so every aux step moves
   only the Kronecker factors G_R ⊗ G_L, which is all the column solver reads of Q (it reads A through a rank-one
   fit);
+- ``fit (balanced, early-stopped)``, ``restart + refine (full, balanced)``: the same as without, with R and L
+  rescaled to one scale at every start (``balance_factors=True``: Q unchanged), so that Adam moves both;
 - ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
@@ -72,6 +74,8 @@ VARIANTS = (
     "fit (Kronecker only)",
     "fit (Kronecker only, early-stopped)",
     "restart + refine (full, Kronecker only)",
+    "fit (balanced, early-stopped)",
+    "restart + refine (full, balanced)",
     "K-FAC",
     "SparseGPT",
 )
@@ -191,6 +195,7 @@ def make(
         probe_focus=sparsity if variant == "fit (focused)" else None,
         aux_space="full" if full else "alive",
         learn_scaling="Kronecker only" not in variant,
+        balance_factors="balanced" in variant,
         **common,
     )
 

@@ -123,6 +123,17 @@ class KronBlock(nn.Module):
         self.R.copy_(torch.linalg.cholesky(_sym(G_R)).mT)  # Rᵀ R = G_R
         self.A.fill_(1.0)
 
+    @torch.no_grad()
+    def balance_(self) -> None:
+        """R ← c R, L ← L / c with c² = rms(L) / rms(R): the same Q (G_R c² ⊗ G_L / c²), with R and L at one scale,
+        so that an optimizer stepping every entry by about its learning rate (Adam) moves both factors alike."""
+        r, l = self.R.square().mean().sqrt(), self.L.square().mean().sqrt()
+        if not (bool(torch.isfinite(r * l)) and float(r) > 0 and float(l) > 0):
+            return
+        c = (l / r).sqrt()
+        self.R.mul_(c)
+        self.L.div_(c)
+
     def extra_repr(self) -> str:
         return f"m={self.m}, n={self.n}"
 

@@ -96,3 +96,24 @@ def test_kfac_init_is_the_damped_factored_inverse():
     G_R = torch.linalg.inv(grad + gamma**0.5 / pi * torch.eye(m, dtype=F64))
     G_L = torch.linalg.inv(act + pi * gamma**0.5 * torch.eye(n, dtype=F64))
     torch.testing.assert_close(q_matrix(block), torch.kron(G_R, G_L))
+
+
+def test_balance_keeps_q_and_puts_r_and_l_at_one_scale():
+    """R ← cR, L ← L/c with c² = rms(L)/rms(R): Q the same to float64 rounding, rms(R) = rms(L) after."""
+    g = torch.Generator().manual_seed(0)
+    block = KronBlock(5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        block.R.copy_(
+            40 * (torch.eye(5, dtype=torch.float64) + 0.1 * torch.randn(5, 5, generator=g, dtype=torch.float64))
+        )
+        block.L.copy_(
+            0.02 * (torch.eye(7, dtype=torch.float64) + 0.1 * torch.randn(7, 7, generator=g, dtype=torch.float64))
+        )
+        block.A.uniform_(0.5, 1.5, generator=g)
+    before = q_matrix(block).detach().clone()
+    A = block.A.detach().clone()
+    block.balance_()
+    rms = [float(p.detach().square().mean().sqrt()) for p in (block.R, block.L)]
+    assert rms[0] == pytest.approx(rms[1], rel=1e-12)  # they were 2000× apart
+    torch.testing.assert_close(q_matrix(block).detach(), before, rtol=1e-12, atol=0.0)
+    assert torch.equal(block.A, A)

@@ -46,3 +46,18 @@ def test_a_non_bool_is_refused_naming_the_option_and_leaves_the_model_alone():
     with pytest.raises(TypeError, match="learn_scaling"):
         _pruner(model, learn_scaling="no")
     assert_identical(model, before)
+
+
+def test_balanced_factors_start_at_one_scale_with_the_same_q():
+    torch.manual_seed(0)
+    plain, balanced = _pruner(SmallNet()), _pruner(SmallNet(), balance_factors=True)
+    balanced.model.load_state_dict(plain.model.state_dict())
+    for p in (plain, balanced):
+        p.fit(loader(), steps=0)
+    for a, b in zip(plain.method.blocks, balanced.method.blocks):
+        rms = [float(t.detach().square().mean().sqrt()) for t in (b.R, b.L)]
+        assert rms[0] == pytest.approx(rms[1], rel=1e-5)
+        V = torch.randn(a.m, a.n)
+        torch.testing.assert_close(b.qv(V).detach(), a.qv(V).detach(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(TypeError, match="balance_factors"):
+        _pruner(SmallNet(), balance_factors=1)

@@ -67,6 +67,7 @@ class FishLeg(KronOBS):
         probe_focus: float | None = None,
         aux_space: str = "auto",
         learn_scaling: bool = True,
+        balance_factors: bool = False,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
@@ -86,6 +87,9 @@ class FishLeg(KronOBS):
         if not isinstance(learn_scaling, bool):
             raise TypeError(f"learn_scaling: expected a bool, got {type(learn_scaling).__name__}")
         self.learn_scaling = learn_scaling
+        if not isinstance(balance_factors, bool):
+            raise TypeError(f"balance_factors: expected a bool, got {type(balance_factors).__name__}")
+        self.balance_factors = balance_factors
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -153,6 +157,8 @@ class FishLeg(KronOBS):
                 block.init_kfac(s.act_cov, s.grad_cov, damping)
             else:
                 block.init_identity(1.0 / (mean_diag + damping))
+            if self.balance_factors:
+                block.balance_()
 
     def _make_fitter(self) -> AuxFitter:
         return AuxFitter(
@@ -359,6 +365,9 @@ class FishLegPruner(Pruner):
         learn_scaling: whether the aux steps learn A, the elementwise scaling in Q (default), or keep it at its
             start (1 from K-FAC), so Q stays exactly Kronecker: what the column solvers read of it (they read A
             through its best rank-one fit).
+        balance_factors: rescale R and L at every start to one scale (R ← cR, L ← L/c: Q unchanged), so that
+            Adam's steps, about ``lr`` per entry whatever its size, move both factors alike (from K-FAC, R's entries
+            can be 100× L's, so only L moves); False (default) keeps the start as ``init`` gives it.
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
