@@ -195,6 +195,14 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_kron_64/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%: the fit and the restarted refinement "
+        "with R and L balanced to one scale at every start, so that Adam moves both (`python -m benchmarks quality "
+        "--model minilm --lambda-study --set sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 "
+        "eval_sentences=256 'variants=K-FAC start,fit (balanced, early-stopped),restart + refine (full, balanced),"
+        "K-FAC' validate_every=5 sparsities=0.8 patterns=unstructured --out out/lambda_blocks_balanced`)",
+        "lambda_blocks_balanced/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
