@@ -203,6 +203,14 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_balanced/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 70% and 2:4: the restarted refinement with "
+        "balanced factors against K-FAC (`python -m benchmarks quality --model minilm --lambda-study --set "
+        "sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 "
+        "'variants=K-FAC start,restart + refine (full, balanced),K-FAC' validate_every=5 sparsities=0.7 "
+        "patterns=unstructured,2:4 --out out/lambda_blocks_balanced_70_24`)",
+        "lambda_blocks_balanced_70_24/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
