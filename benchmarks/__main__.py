@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out = "out/gpt" + ("_quick" if args.quick else "") if args.model == "gpt" else args.out
         args.out = "out/blocks_timing" + ("_quick" if args.quick else "") if args.blocks_timing else args.out
     if args.command == "quality" and args.lambda_study and args.model == "digits":
-        from benchmarks.quality import digits, digits_lambda
+        from benchmarks.quality import digits, digits_lambda, minilm
 
         try:
-            overrides = minilm_overrides(args.set, digits_lambda.Config)
+            overrides = minilm.parse_overrides(args.set, digits_lambda.Config)
         except ValueError as exc:
             parser.error(f"--set: {exc}")
         config = digits_lambda.Config(**{**(digits_lambda.SMOKE if args.quick else {}), **overrides})
@@ -284,13 +284,6 @@ def _verdict(rows: list) -> int:
     for r in bad:
         print(f"{r.provider} on {r.case}: {r.note}", file=sys.stderr)
     return 1 if bad else 0
-
-
-def minilm_overrides(items: list[str], config: type) -> dict:
-    """``--set`` FIELD=VALUE items as ``config``'s fields (:func:`benchmarks.quality.minilm.parse_overrides`)."""
-    from benchmarks.quality import minilm
-
-    return minilm.parse_overrides(items, config)
 
 
 def _study(module, args: argparse.Namespace, parser: argparse.ArgumentParser, **fixed: object) -> int:

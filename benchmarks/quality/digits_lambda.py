@@ -151,8 +151,8 @@ def make(
     if "0 aux steps" in variant:
         refine = 0
     elif variant in GRADUAL:
-        refine = {"refined, few steps": config.cheap_refine_steps, EQUAL_COMPUTE: config.equal_refine_steps}
-        refine = refine.get(variant, 0 if variant == FROZEN else p.fls_gradual_refine_steps)
+        steps = {"refined, few steps": config.cheap_refine_steps, EQUAL_COMPUTE: config.equal_refine_steps, FROZEN: 0}
+        refine = steps.get(variant, p.fls_gradual_refine_steps)
     else:
         refine = p.fls_refine_steps
     if variant in (EQUAL_COMPUTE, FROZEN):
@@ -199,7 +199,8 @@ def one_shot(
     if isinstance(pruner, fls.FishLegPruner):
         twin = make(variant, copy.deepcopy(dense), damping=damping, config=config, seed=seed, batches=len(loader))
         twin.fit(loader, steps=0)
-        aux = tuple(p.aux_loss(held_out(data), probes=AUX_PROBES, seed=seed + 1) for p in (twin, pruner))
+        batches = held_out(data)
+        aux = tuple(p.aux_loss(batches, probes=AUX_PROBES, seed=seed + 1) for p in (twin, pruner))
         twin.finalize()
     t2 = time.perf_counter()
     out = digits.prune_each(pruner, model, data, tuple(config.sparsities), config.protocol.substeps)

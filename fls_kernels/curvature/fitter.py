@@ -241,8 +241,8 @@ class AuxFitter:
         for k, g in enumerate(grams):
             if g is None:
                 b = blocks[k]
-                A, R, L = (b.A, b.R, b.L) if grad else (b.A.detach(), b.R.detach(), b.L.detach())
-                A = A if self.learn_scaling else A.detach()
+                R, L = (b.R, b.L) if grad else (b.R.detach(), b.L.detach())
+                A = b.A if grad and self.learn_scaling else b.A.detach()
                 out[k] = A * (R.mT @ ((R @ (A * Vs[k])) @ L) @ L.mT)
         return out
 

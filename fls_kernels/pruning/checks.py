@@ -40,6 +40,13 @@ def fraction(name: str, value: object) -> float:
     return float(value)
 
 
+def flag(name: str, value: object) -> bool:
+    """A bool (not merely truthy: 1, "no" and None are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
 def choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     """One of ``allowed``."""
     if value not in allowed:

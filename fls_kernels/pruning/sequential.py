@@ -34,6 +34,7 @@ from fls_kernels.layers.attention import unfused
 from fls_kernels.layers.blocks import TOKEN_WEIGHTS, Block, BlockRunner, block_output, find_blocks
 from fls_kernels.layers.views import LayerView
 from fls_kernels.pruning import execution
+from fls_kernels.pruning.checks import flag
 from fls_kernels.pruning.context import Context, DataFeed
 from fls_kernels.pruning.maskstate import MaskState
 from fls_kernels.pruning.method import Method
@@ -131,8 +132,7 @@ class BlockSequential:
                     f"{key}: with sequential='blocks' the method reads {key}={value!r} on each block (the Fisher of "
                     f"the block's output distortion); got {options[key]!r}"
                 )
-        if not isinstance(offload, bool):
-            raise TypeError(f"offload: expected a bool, got {type(offload).__name__}")
+        flag("offload", offload)
         self.model = model
         self.blocks: list[Block] = find_blocks(model, views, blocks)
         self.method_class = method_class

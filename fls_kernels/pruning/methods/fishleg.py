@@ -13,7 +13,7 @@ from fls_kernels import timing
 from fls_kernels.curvature.captures import Capture
 from fls_kernels.curvature.fitter import COMPILE_MODES, AuxFitter
 from fls_kernels.curvature.likelihoods import Likelihood
-from fls_kernels.pruning.checks import choice, fraction, integer, positive
+from fls_kernels.pruning.checks import choice, flag, fraction, integer, positive
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.methods.kron_obs import KronOBS, estimate_memory
 from fls_kernels.pruning.pruner import Pruner
@@ -84,12 +84,8 @@ class FishLeg(KronOBS):
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
-        if not isinstance(learn_scaling, bool):
-            raise TypeError(f"learn_scaling: expected a bool, got {type(learn_scaling).__name__}")
-        self.learn_scaling = learn_scaling
-        if not isinstance(balance_factors, bool):
-            raise TypeError(f"balance_factors: expected a bool, got {type(balance_factors).__name__}")
-        self.balance_factors = balance_factors
+        self.learn_scaling = flag("learn_scaling", learn_scaling)
+        self.balance_factors = flag("balance_factors", balance_factors)
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -367,7 +363,7 @@ class FishLegPruner(Pruner):
             through its best rank-one fit).
         balance_factors: rescale R and L at every start to one scale (R ← cR, L ← L/c: Q unchanged), so that
             Adam's steps, about ``lr`` per entry whatever its size, move both factors alike (from K-FAC, R's entries
-            can be 100× L's, so only L moves); False (default) keeps the start as ``init`` gives it.
+            can be 4–100× L's, so mostly L moves); False (default) keeps the start as ``init`` gives it.
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``

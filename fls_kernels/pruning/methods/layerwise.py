@@ -19,7 +19,7 @@ import torch
 from fls_kernels.curvature.inputs import InputMoments, all_input_moments, call_counts, input_moments
 from fls_kernels.data import check_finite, loader_length, split_batch
 from fls_kernels.distributed.comm import attempt
-from fls_kernels.pruning.checks import integer
+from fls_kernels.pruning.checks import flag, integer
 from fls_kernels.pruning.context import Context
 from fls_kernels.pruning.method import Method
 from fls_kernels.pruning.patterns import NMPattern
@@ -47,9 +47,7 @@ class Layerwise(Method):
         true_sequential: bool = False,
     ) -> None:
         self.calib_batches = integer("calib_batches", calib_batches, 1) if calib_batches is not None else None
-        if not isinstance(true_sequential, bool):
-            raise TypeError(f"true_sequential: expected a bool, got {type(true_sequential).__name__}")
-        self.true_sequential = true_sequential
+        self.true_sequential = flag("true_sequential", true_sequential)
         self.inputs = inputs
         self.batches: list[object] | None = None
         self._measured: dict[int, InputMoments] = {}  # later layers measured in an earlier layer's pass
