@@ -30,7 +30,10 @@ Variants (FLS unless named):
   fit);
 - ``fit (balanced, early-stopped)``, ``restart + refine (full, balanced)``: the same as without, with R and L
   rescaled to one scale at every start (``balance_factors=True``: Q unchanged), so that Adam moves both;
-- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning);
+- ``restart``: FLS's K-FAC start restarted from K-FAC statistics of the masked model before each later sub-step,
+  with no aux step anywhere: K-FAC re-estimated, but with γ fixed at the first estimate's (the ablation of the
+  restarted refinements: what their aux steps add over the restart alone);
+- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning; γ re-resolved on every estimate);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
 
@@ -76,6 +79,7 @@ VARIANTS = (
     "restart + refine (full, Kronecker only)",
     "fit (balanced, early-stopped)",
     "restart + refine (full, balanced)",
+    "restart",
     "K-FAC",
     "SparseGPT",
 )
@@ -97,7 +101,7 @@ def recipe() -> dict:
 #: the paired differences tabulated: each row minus these variants of its cell, where they ran
 REFERENCES = ("K-FAC", "K-FAC start", "SparseGPT")
 #: the variants that take no aux step (so no learning rate)
-NO_AUX_STEPS = ("K-FAC start", "K-FAC", "SparseGPT")
+NO_AUX_STEPS = ("K-FAC start", "restart", "K-FAC", "SparseGPT")
 
 
 @dataclass

@@ -389,9 +389,10 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "restart + refine (full, Kronecker only)": (2, "init", True, None, "full", False, False),
         "fit (balanced, early-stopped)": (0, "current", True, None, "alive", True, True),
         "restart + refine (full, balanced)": (2, "init", True, None, "full", True, True),
+        "restart": (0, "init", True, None, "alive", True, False),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 13 + [0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 15 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 13 + [0, 0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 16 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))

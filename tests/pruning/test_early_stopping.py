@@ -106,3 +106,43 @@ def test_aux_space_sets_what_the_refinement_and_its_validation_fit(space, update
     assert sum(int((v.weight == 0).sum()) for v in pruner.views) == expected_zeros(pruner, 0.6)
     with pytest.raises(ValueError, match="aux_space"):
         fls.FishLegPruner(SmallNet(), aux_space="masked")
+
+
+@pytest.mark.parametrize("update", ["adaptive", "diagonal"])
+def test_restarting_with_no_aux_step_is_kfac_re_estimated(update, monkeypatch):
+    """refine_from="init" with no aux step re-estimates λ from the masked model's K-FAC statistics before every
+    later sub-step, as K-FAC does (which also estimates once more before the first). With the sampled labels drawn
+    alike for both (the generator reseeded by the pruned count) the two prune bit for bit alike; without the restart
+    they do not."""
+    original = fls.FishLegPruner.method_class.statistics
+
+    def reseeded(self, *args, **kwargs):
+        self.generator.manual_seed(self.ctx.masks.num_pruned())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fls.FishLegPruner.method_class, "statistics", reseeded)
+    monkeypatch.setattr(fls.KFACPruner.method_class, "statistics", reseeded)
+    torch.manual_seed(0)
+    model = SmallNet()
+    common = dict(relative_damping=0.1, update=update)
+
+    def pruned(make):
+        m = SmallNet()
+        m.load_state_dict(model.state_dict())
+        pruner = make(m)
+        pruner.fit(loader(batches=2), steps=0)  # every estimate reads both batches
+        pruner.prune(0.7, substeps=3)
+        pruner.finalize()
+        return snapshot(m)
+
+    def fls_pruner(refine_from):
+        return lambda m: fls.FishLegPruner(
+            m, "categorical", init="kfac", init_batches=2, refine_steps=0, refine_from=refine_from, **common
+        )
+
+    kfac = pruned(lambda m: fls.KFACPruner(m, "categorical", stat_batches=2, **common))
+    restart, current = pruned(fls_pruner("init")), pruned(fls_pruner("current"))
+    assert kfac.keys() == restart.keys()
+    for k in kfac:
+        assert torch.equal(restart[k], kfac[k]), k
+    assert not torch.allclose(current["fc1.weight"], kfac["fc1.weight"]), "the frozen start differs"
