@@ -41,7 +41,9 @@ Each row is paired, over the evaluation sentences, with K-FAC, with FLS's K-FAC 
 SparseGPT of its cell. ``lrs`` runs every variant that takes an aux step at each of several Adam learning rates
 (labelled "variant (lr …)"), the others once. ``calib_sizes`` runs the cells at several calibration sizes (the first
 n calibration sentences; validation and evaluation stay fixed), and ``other_length`` scores every variant once more
-on the evaluation sentences cut at another maximum length, which no option was chosen on.
+on the evaluation sentences cut at another maximum length, which no option was chosen on; ``other_text`` (e.g.
+"docstrings", :data:`benchmarks.quality.minilm.TEXTS`) scores every variant on ``eval_sentences`` sentences of
+another text, which neither calibrates nor chooses anything.
 
 The held-out aux loss 𝒜 of each FLS variant's λ after its fit is measured on the validation batches with fixed
 probes (paired across variants; lower is better). ``python -m benchmarks quality --model minilm --lambda-study``
@@ -113,6 +115,7 @@ class Config:
     batch_size: int = 8
     max_length: int = 32
     other_length: int = 0  # also score the evaluation sentences cut at this maximum length (0: not)
+    other_text: str = ""  # also score eval_sentences sentences of this text (minilm.TEXTS; "": not)
     sparsities: tuple[float, ...] = (0.7,)
     patterns: tuple[str, ...] = ("unstructured",)
     variants: tuple[str, ...] = VARIANTS
@@ -236,6 +239,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
     other = dataclasses.replace(config, max_length=config.other_length) if config.other_length else None
+    texts = minilm.sentences(config.seed, config.other_text)[: config.eval_sentences] if config.other_text else []
 
     def batches(sents: list[str]) -> list[dict]:
         size = config.batch_size
@@ -250,6 +254,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     validation = batches(val)
     dense, dense_val = embed(evals, config), embed(val, config)
     dense_other = embed(evals, other) if other else None
+    dense_text = embed(texts, config) if texts else None
     weights = copy.deepcopy(base.state_dict())
     rows = []
     for n in sizes(config):
@@ -274,6 +279,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                     cosines, agrees = minilm.per_sentence(dense, embed(evals, config))
                     val_cos = minilm.per_sentence(dense_val, embed(val, config))[0]
                     others = minilm.per_sentence(dense_other, embed(evals, other))[0].tolist() if other else []
+                    text = minilm.per_sentence(dense_text, embed(texts, config))[0].tolist() if texts else []
                     pruner.finalize()
                     rows.append(
                         dict(
@@ -285,12 +291,14 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
                             cosine=cosines.mean().item(),
                             val_cosine=val_cos.mean().item(),
                             other_cosine=sum(others) / len(others) if others else float("nan"),
+                            text_cosine=sum(text) / len(text) if text else float("nan"),
                             nn_agreement=agrees.mean().item(),
                             held_out_aux=held,
                             validation=_validation(pruner),
                             seconds=seconds,
                             sentence_cosines=cosines.tolist(),
                             other_cosines=others,
+                            text_cosines=text,
                         )
                     )
                     cosine = rows[-1]["cosine"]
@@ -344,11 +352,19 @@ def _paired(row: dict, rows: list[dict], reference: str, key: str = "sentence_co
     return f"{d:+.4f} ± {e:.4f}"
 
 
+_TEXT_NAMES = {"topics": "CPython's language reference", "docstrings": "the standard library's docstrings"}
+
+
 def table(rows: list[dict], config: Config) -> str:
     other = (
         f" Cosine at {config.other_length} tokens: the evaluation sentences cut at another maximum length, which "
         "no option was chosen on (paired to K-FAC)."
         if config.other_length
+        else ""
+    ) + (
+        f" Cosine on {config.other_text}: {config.eval_sentences} sentences of another text "
+        f"({_TEXT_NAMES.get(config.other_text, config.other_text)}), which no option was chosen on (paired to K-FAC)."
+        if config.other_text
         else ""
     )
     lines = [
@@ -377,9 +393,11 @@ def table(rows: list[dict], config: Config) -> str:
         "| calibration | pattern | sparsity | variant | validation cosine | cosine | − K-FAC | − K-FAC start | "
         "− SparseGPT |"
         + (f" cosine at {config.other_length} tokens | − K-FAC |" if config.other_length else "")
+        + (f" cosine on {config.other_text} | − K-FAC |" if config.other_text else "")
         + " held-out aux loss | seconds | early stopping |",
         "|---:|---|---:|---|---:|---:|---:|---:|---:|"
         + ("---:|---:|" if config.other_length else "")
+        + ("---:|---:|" if config.other_text else "")
         + "---:|---:|---|",
     ]
     for r in rows:
@@ -387,6 +405,10 @@ def table(rows: list[dict], config: Config) -> str:
         others = (
             f" {r.get('other_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, 'other_cosines')} |"
             if config.other_length
+            else ""
+        ) + (
+            f" {r.get('text_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, 'text_cosines')} |"
+            if config.other_text
             else ""
         )
         aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
@@ -412,6 +434,7 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
         "cosine",
         "val_cosine",
         "other_cosine",
+        "text_cosine",
         "nn_agreement",
         "held_out_aux",
         "seconds",
@@ -427,11 +450,12 @@ def write(rows: list[dict], config: Config, out_dir: str | Path, stamp: str | No
             sentence=i,
             cosine=f"{c:.6f}",
             other_cosine=f"{r['other_cosines'][i]:.6f}" if r.get("other_cosines") else "",
+            text_cosine=f"{r['text_cosines'][i]:.6f}" if i < len(r.get("text_cosines") or []) else "",
         )
         for r in rows
         for i, c in enumerate(r.get("sentence_cosines", []))
     ]
-    fields = ["calibration", "variant", "pattern", "sparsity", "sentence", "cosine", "other_cosine"]
+    fields = ["calibration", "variant", "pattern", "sparsity", "sentence", "cosine", "other_cosine", "text_cosine"]
     write_csv(out / "lambda_sentences.csv", fields, per_sentence)
     (out / "lambda.md").write_text(table(rows, config) + f"\n\n{stamp or stamp_line(config.device)}\n")
     return [out / "lambda.csv", out / "lambda_sentences.csv", out / "lambda.md"]

@@ -18,11 +18,13 @@ values), minilm.md (with FLS's paired differences to SparseGPT) and minilm.png.
 
 from __future__ import annotations
 
+import ast
 import copy
 import csv
 import dataclasses
 import random
 import re
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,17 +165,46 @@ def _element_type(field: dataclasses.Field) -> type:
     return next((kind for kind in (int, float) if annotation.startswith(f"tuple[{kind.__name__}")), str)
 
 
-def sentences(seed: int = 0) -> list[str]:
-    """Unique English sentences (6–40 words, mostly letters) from CPython's bundled documentation, shuffled."""
+#: the text pools :func:`sentences` draws from
+TEXTS = ("topics", "docstrings")
+
+
+def sentences(seed: int = 0, text: str = "topics") -> list[str]:
+    """Unique English sentences (6–40 words, mostly letters), shuffled: from CPython's bundled documentation
+    (``text="topics"``, the language reference) or from the docstrings of its standard library's top-level modules
+    (``"docstrings"``: other prose about other things, less any sentence the topics also hold)."""
     from pydoc_data.topics import topics
 
-    text = re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics)))
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)
+    reference = re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics)))
+    if text == "topics":
+        source = reference
+    elif text == "docstrings":
+        source = re.sub(r"\s+", " ", " ".join(_docstrings()))
+    else:
+        raise ValueError(f"text: expected one of {TEXTS}, got {text!r}")
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z])", source)
     good = sorted(
         {p for p in parts if 6 <= len(p.split()) <= 40 and sum(c.isalpha() or c == " " for c in p) > 0.9 * len(p)}
     )
+    if text != "topics":
+        good = [p for p in good if p not in reference]
     random.Random(seed).shuffle(good)
     return good
+
+
+def _docstrings() -> list[str]:
+    """The docstrings (module, class, function) of the standard library's top-level ``*.py`` modules, in file
+    order, read without importing them."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docs += [d for node in ast.walk(tree) if isinstance(node, kinds) and (d := ast.get_docstring(node))]
+    return docs
 
 
 def splits(config: Config) -> tuple[list[str], list[str]]:

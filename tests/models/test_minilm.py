@@ -206,6 +206,19 @@ def test_sentences_are_english_and_the_splits_disjoint():
     assert (cosines.mean().item(), agrees.mean().item()) == pytest.approx((1.0, 1.0))
 
 
+def test_the_other_text_is_other_sentences():
+    """``text="docstrings"``: the standard library's docstrings, thousands of sentences, none of them in the
+    language reference the studies calibrate and choose on; an unknown text is refused by name."""
+    from benchmarks.quality import minilm
+
+    topics, docs = minilm.sentences(0), minilm.sentences(0, "docstrings")
+    assert len(docs) > 1000 and not set(docs) & set(topics)
+    assert all(6 <= len(s.split()) <= 40 for s in docs)
+    assert docs != minilm.sentences(1, "docstrings") and sorted(docs) == sorted(minilm.sentences(1, "docstrings"))
+    with pytest.raises(ValueError, match="text: expected one of"):
+        minilm.sentences(0, "wikipedia")
+
+
 def _first_two_blocks(monkeypatch) -> None:
     """The MiniLM studies load the model cut to its first two encoder layers."""
     from benchmarks.quality import minilm
@@ -411,6 +424,7 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
         eval_sentences=4,
         max_length=8,
         other_length=10,
+        other_text="docstrings",
         layers=r"bert\.encoder\.layer\.0\.attention\..*",  # the first block's 4 attention layers: CI-sized
     )
     with pytest.raises(ValueError, match="variants: unknown"):
@@ -420,14 +434,16 @@ def test_lambda_study_runs_every_variant_and_tabulates(tmp_path):
         (n, v) for n in (2, 4) for v in ("restart + refine", "K-FAC", "SparseGPT")
     ]
     assert all(0.0 < r["cosine"] <= 1.0 and 0.0 < r["other_cosine"] <= 1.0 for r in rows)
-    assert all(len(r["other_cosines"]) == len(r["sentence_cosines"]) == 4 for r in rows)
+    assert all(len(r["other_cosines"]) == len(r["sentence_cosines"]) == len(r["text_cosines"]) == 4 for r in rows)
+    assert all(0.0 < r["text_cosine"] <= 1.0 for r in rows)
     assert math.isfinite(rows[0]["held_out_aux"]) and math.isnan(rows[1]["held_out_aux"])
     text = lambda_study.table(rows, config)
     assert "| 2 | unstructured | 70% | restart + refine |" in text and " ± " in text
-    assert "cosine at 10 tokens" in text
-    # FLS − K-FAC, FLS − K-FAC start (absent: "—"), FLS − SparseGPT; and at 10 tokens, FLS − K-FAC
+    assert "cosine at 10 tokens" in text and "cosine on docstrings" in text
+    # FLS − K-FAC, FLS − K-FAC start (absent: "—"), FLS − SparseGPT; at 10 tokens and on the docstrings, − K-FAC
     first = text.splitlines()[4].split(" | ")
     assert " ± " in first[6] and first[7] == "—" and " ± " in first[8] and " ± " in first[10], first
+    assert " ± " in first[12] and first[11] == f"{rows[0]['text_cosine']:.4f}", first
     # fit (2 steps) and one refinement (2 steps), each validated every step: "start → end, kept step k/2"
     assert rows[0]["validation"].count("kept step") == 2 and rows[0]["validation"].count("/2") == 2
     assert text.rstrip().endswith("| — |"), "SparseGPT validates nothing"
