@@ -30,6 +30,9 @@ Variants (FLS unless named):
   fit);
 - ``fit (balanced, early-stopped)``, ``restart + refine (full, balanced)``: the same as without, with R and L
   rescaled to one scale at every start (``balance_factors=True``: Q unchanged), so that Adam moves both;
+- ``fit (annealed, early-stopped)``: the early-stopped fit from the K-FAC start damped by ``anneal``·γ, its aux
+  steps' γ annealed geometrically down to γ (``anneal_damping``: the aux problem is better conditioned at larger
+  γ), validated at γ;
 - ``restart``: FLS's K-FAC start restarted from K-FAC statistics of the masked model before each later sub-step,
   with no aux step anywhere: K-FAC re-estimated, but with γ fixed at the first estimate's (the ablation of the
   restarted refinements: what their aux steps add over the restart alone);
@@ -81,6 +84,7 @@ VARIANTS = (
     "restart + refine (full, Kronecker only)",
     "fit (balanced, early-stopped)",
     "restart + refine (full, balanced)",
+    "fit (annealed, early-stopped)",
     "restart",
     "K-FAC",
     "SparseGPT",
@@ -126,6 +130,7 @@ class Config:
     probes: int = 4
     damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
+    anneal: float = 10.0  # the "annealed" variants' anneal_damping
     lrs: tuple[float, ...] = ()  # learning rates run, each variant with aux steps at every one; () = (lr,)
     layers: str = ENCODER_LAYERS  # the layers pruned (a regex; all 36 encoder Linear layers by default)
     sequential: str = ""  # "blocks": every variant block by block (aux steps and early stopping per block)
@@ -203,6 +208,7 @@ def make(
         aux_space="full" if full else "alive",
         learn_scaling="Kronecker only" not in variant,
         balance_factors="balanced" in variant,
+        anneal_damping=config.anneal if "annealed" in variant else 1.0,
         **common,
     )
 
@@ -382,7 +388,13 @@ def table(rows: list[dict], config: Config) -> str:
         )
         + f"; FLS {config.fit_steps} aux steps (Adam, lr {'/'.join(f'{lr:g}' for lr in config.lrs or (config.lr,))}), "
         f"{config.refine_steps} per later sub-step, early stopping every {config.validate_every} steps on the "
-        f"validation batches; SparseGPT with its own defaults, one shot. Cosine to the dense embedding on the "
+        f"validation batches"
+        + (
+            f"; “annealed”: the start damped by {config.anneal:g}·γ, the fit's γ annealed down to γ"
+            if any("annealed" in v for v in config.variants)
+            else ""
+        )
+        + "; SparseGPT with its own defaults, one shot. Cosine to the dense embedding on the "
         f"validation sentences (to choose options by) and on the evaluation sentences; paired differences to "
         f"K-FAC, to FLS's K-FAC start (0 aux steps) and to SparseGPT of the same cell (mean ± standard error over "
         f"sentences); held-out aux loss of λ after the fit (validation batches, {config.probes} fixed probes each; "

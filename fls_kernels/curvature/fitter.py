@@ -305,6 +305,7 @@ class AuxFitter:
         log_every: int = 100,
         validate: Callable[[], float] | None = None,
         validate_every: int = 10,
+        anneal: float = 1.0,
     ) -> list[float]:
         """``steps`` aux steps over ``batches``; logs the running aux loss. Returns this run's losses.
 
@@ -315,8 +316,26 @@ class AuxFitter:
         Early stopping: with ``validate`` (λ → held-out aux loss, e.g. :meth:`evaluate` on held-out batches), λ is
         validated before the first step, at the first check after every ``validate_every`` steps and after the
         last, and the run ends at the best of them — never worse, on held-out data, than where it started.
-        :attr:`validation` records (step, held-out loss) of every check."""
+        :attr:`validation` records (step, held-out loss) of every check.
+
+        Annealing: with ``anneal`` c > 1, step t of n takes γ_t = γ · c^(1 − t/(n − 1)), from c·γ down to γ (the
+        aux problem is better conditioned at larger γ); the validations, and γ after the run, stay at γ."""
+        if isinstance(anneal, bool) or not isinstance(anneal, (int, float)):
+            raise TypeError(f"anneal: expected a number, got {type(anneal).__name__}")
+        if not (math.isfinite(anneal) and anneal >= 1.0):
+            raise ValueError(f"anneal: expected a finite number ≥ 1, got {anneal!r}")
+        if anneal != 1.0 and self.compile_mode is not None:
+            raise ValueError("anneal: γ changes every step, which a compiled step would recompile for")
+        target = self.damping
+        try:
+            return self._run(batches, steps, masks, progress, desc, log_every, validate, validate_every, anneal)
+        finally:
+            self.damping = target
+
+    def _run(self, batches, steps, masks, progress, desc, log_every, validate, validate_every, anneal) -> list[float]:
         from tqdm.auto import tqdm
+
+        target = self.damping
 
         start = len(self.history)
         every = self.check_every
@@ -327,6 +346,7 @@ class AuxFitter:
         checked = 0
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for t in bar:
+            self.damping = target * anneal ** (1.0 - t / (steps - 1)) if steps > 1 and anneal != 1.0 else target
             batch = next(batches)
             index = getattr(batches, "last_index", t)
             try:
@@ -358,8 +378,9 @@ class AuxFitter:
                 mark = self.snapshot()
             done = len(self.history) - start
             if validate is not None and (done - checked >= validate_every or done == steps):
-                checked = done
+                checked, annealed, self.damping = done, self.damping, target
                 best = min(best, self._validate(validate, len(self.history)), key=lambda c: c[0])
+                self.damping = annealed
         if best is not None and best[1] is not None:
             self.restore(best[1])
             log.info("%s: held-out aux loss %.6g, best at step %d", desc, best[0], best[2])

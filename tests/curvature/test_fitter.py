@@ -374,3 +374,34 @@ def test_without_learn_scaling_a_stays_and_r_l_take_the_same_first_step(monkeypa
         torch.testing.assert_close(frozen[k], learnt[k], rtol=1e-12, atol=1e-14)
     with pytest.raises(TypeError, match="learn_scaling"):
         AuxFitter([KronBlock(3, 6)], curv.fvp, 1e-2, learn_scaling=1)
+
+
+def test_annealing_steps_gamma_down_geometrically_and_validates_at_gamma():
+    """``anneal`` c: step t of n at γ·c^(1 − t/(n − 1)), c·γ first and γ last; every validation and γ after the
+    run at γ; c = 1 takes the steps of no annealing bit for bit."""
+    _, _, curv, block = _float64_problem()
+    X = least_squares(n_in=5, m=3, N=256, seed=3)[0].double()
+    gamma, c, steps = 0.05, 100.0, 5
+    fitter = AuxFitter([block], curv.fvp, gamma, lr=1e-2, generator=torch.Generator().manual_seed(0))
+    stepped, validated = [], []
+    fvp = fitter.fvp
+    fitter.fvp = lambda batch, vs: stepped.append(fitter.damping) or fvp(batch, vs)
+    fitter.run(
+        batches(X, size=32), steps, anneal=c, validate=lambda: validated.append(fitter.damping) or 0.0, validate_every=2
+    )
+    expected = [gamma * c ** (1 - t / (steps - 1)) for t in range(steps)]
+    assert stepped == pytest.approx(expected, rel=1e-12) and stepped[0] == pytest.approx(c * gamma)
+    assert validated == [gamma] * 4 and fitter.damping == gamma  # steps 0, 2, 4, 5
+    # the annealed steps differ from plain ones; c = 1 is plain
+    runs = []
+    for anneal in (None, 1.0, 4.0):
+        _, _, curv, block = _float64_problem()
+        fitter = AuxFitter([block], curv.fvp, gamma, lr=1e-2, generator=torch.Generator().manual_seed(0))
+        fitter.run(batches(X, size=32), steps, **({} if anneal is None else dict(anneal=anneal)))
+        runs.append([p.detach().clone() for p in block.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(runs[0], runs[1]))
+    assert not all(torch.equal(p, q) for p, q in zip(runs[0], runs[2]))
+    for bad, error in [(0.5, ValueError), (float("inf"), ValueError), (True, TypeError), ("2", TypeError)]:
+        with pytest.raises(error, match="anneal"):
+            fitter.run(batches(X, size=32), 1, anneal=bad)
+    assert len(fitter.history) == steps, "a refused run takes no step"

@@ -68,6 +68,7 @@ class FishLeg(KronOBS):
         aux_space: str = "auto",
         learn_scaling: bool = True,
         balance_factors: bool = False,
+        anneal_damping: float = 1.0,
         **kwargs,
     ) -> None:
         self.init = choice("init", init, INITS)
@@ -86,6 +87,11 @@ class FishLeg(KronOBS):
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
         self.learn_scaling = flag("learn_scaling", learn_scaling)
         self.balance_factors = flag("balance_factors", balance_factors)
+        self.anneal_damping = positive("anneal_damping", anneal_damping)
+        if self.anneal_damping < 1.0:
+            raise ValueError(f"anneal_damping: expected a number ≥ 1, got {anneal_damping}")
+        if self.anneal_damping != 1.0 and self.aux_compile is not None:
+            raise ValueError("anneal_damping: γ changes every aux step of the fit; use aux_compile=None")
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
@@ -121,30 +127,39 @@ class FishLeg(KronOBS):
 
     def fit(self, steps: int) -> list[float]:
         """``steps`` aux steps (masked once pruning started); the first call initialises λ and γ."""
-        if self.fitter is None:
+        first = self.fitter is None
+        if first:
             self._initialise()
         stream = self._stream("fit", self.stat_batches) if steps else iter(())
         masks = self._masks()
         self._focus()
         losses = self.fitter.run(
-            stream, steps, masks=masks, progress=self.ctx.progress, desc="fit", **self._early_stop(masks, steps)
+            stream,
+            steps,
+            masks=masks,
+            progress=self.ctx.progress,
+            desc="fit",
+            anneal=self.anneal_damping if first else 1.0,
+            **self._early_stop(masks, steps),
         )
         if steps:
             self._stale = False
         return losses
 
     def _initialise(self) -> None:
-        self._start()
+        self._start(self.anneal_damping)
         self.fitter = self._make_fitter()
 
-    def _start(self) -> None:
-        """λ from the ``init`` statistics of the model as it is now (masked, once pruning started)."""
+    def _start(self, scale: float = 1.0) -> None:
+        """λ from the ``init`` statistics of the model as it is now (masked, once pruning started), damped by
+        ``scale``·γ (γ itself is resolved, and kept, at γ)."""
         captures = [] if self._layerwise_fvp else None
         stats = self.statistics(kfac=self.init == "kfac", captures=captures, diag=self.init == "diagonal")
         self._captures = captures
         mean_diag = self.mean_diag(stats)
         damping = self.resolve_damping(mean_diag)  # the first fit's γ, kept afterwards
         log.info("mean diag F̂ %.4g, damping γ %.4g, init %s", mean_diag, damping, self.init)
+        damping *= scale
         for i, block in self.local_blocks():
             s = stats[i]
             if self.init == "diagonal":
@@ -364,6 +379,10 @@ class FishLegPruner(Pruner):
         balance_factors: rescale R and L at every start to one scale (R ← cR, L ← L/c: Q unchanged), so that
             Adam's steps, about ``lr`` per entry whatever its size, move both factors alike (from K-FAC, R's entries
             can be 4–100× L's, so mostly L moves); False (default) keeps the start as ``init`` gives it.
+        anneal_damping: c ≥ 1. With c > 1 the first fit starts λ from ``init`` damped by c·γ and anneals the γ of
+            its aux steps geometrically from c·γ down to γ (:meth:`AuxFitter.run`), fitting first where the aux
+            problem is better conditioned; validations, refinements and restarts are at γ. 1 (default): no
+            annealing.
         **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
             ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
             ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
