@@ -211,6 +211,50 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_balanced_70_24/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%, seed 1 (another calibration, validation "
+        "and evaluation split, and other probes and sampled labels): the balanced restarted refinement against K-FAC "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks calib_sentences=256 "
+        "calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 'variants=K-FAC start,restart + refine "
+        "(full, balanced),K-FAC' validate_every=5 sparsities=0.8 patterns=unstructured seed=1 --out "
+        "out/lambda_blocks_balanced_seed1`)",
+        "lambda_blocks_balanced_seed1/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 0: the noise floor of “− K-FAC”. "
+        "“restart” is K-FAC re-estimated through FLS (no aux step): it differs from K-FAC only in its sampled labels "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks calib_sentences=256 "
+        "calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 other_text=docstrings 'variants=K-FAC "
+        "start,restart,K-FAC' sparsities=0.8,0.7 patterns=unstructured,2:4 seed=0 --out "
+        "out/lambda_blocks_restart_seed0`)",
+        "lambda_blocks_restart_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 1: the noise floor of “− K-FAC”. "
+        "“restart” is K-FAC re-estimated through FLS (no aux step): it differs from K-FAC only in its sampled labels "
+        "(`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks calib_sentences=256 "
+        "calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 other_text=docstrings 'variants=K-FAC "
+        "start,restart,K-FAC' sparsities=0.8,0.7 patterns=unstructured,2:4 seed=1 --out "
+        "out/lambda_blocks_restart_seed1`)",
+        "lambda_blocks_restart_seed1/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 0 (seeds 1 and 2 below): the fit "
+        "against its K-FAC start, K-FAC and the restart (K-FAC with other sampled labels), on the evaluation "
+        "sentences, at 64 tokens and on the standard library's docstrings (`python -m benchmarks quality --model "
+        "minilm --lambda-study --set sequential=blocks calib_sentences=64 val_sentences=32 eval_sentences=256 "
+        "other_length=64 other_text=docstrings 'variants=K-FAC start,fit,restart,K-FAC' sparsities=0.7,0.8 "
+        "patterns=unstructured seed=S --out out/lambda_blocks_low64_seedS`)",
+        "lambda_blocks_low64_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 1 (the command above with seed=1)",
+        "lambda_blocks_low64_seed1/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 2 (the command above with seed=2)",
+        "lambda_blocks_low64_seed2/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
