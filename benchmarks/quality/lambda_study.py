@@ -128,6 +128,7 @@ class Config:
     refine_steps: int = 20
     validate_every: int = 10
     probes: int = 4
+    label_samples: int = 1  # sampled labels per input in every statistics pass (K-FAC and FLS's start)
     damping: float = 1e-3  # × mean diag F̂: chosen on the validation cosine (γ = 1e-4 … 1e-1)
     lr: float = 1e-3
     anneal: float = 10.0  # the "annealed" variants' anneal_damping
@@ -187,6 +188,7 @@ def make(
         allocation="uniform",
         update="adaptive",
         relative_damping=config.damping,
+        label_samples=config.label_samples,
         seed=config.seed,
     )
     if variant == "K-FAC":
@@ -379,6 +381,11 @@ def table(rows: list[dict], config: Config) -> str:
         f"validation / {config.eval_sentences} evaluation sentences (max {config.max_length} tokens, batches of "
         f"{config.batch_size}); uniform allocation, adaptive update, γ = {config.damping} × mean diag F̂, K-FAC "
         f"start, {config.substeps} sub-steps"
+        + (
+            f", {config.label_samples} sampled labels per input in every statistics pass"
+            if config.label_samples > 1
+            else ""
+        )
         + (
             ", every variant block by block (each block on the pruned blocks' outputs, curvature from a Gaussian on "
             "its output; aux steps, early stopping and its record per block, the validation batches captured "

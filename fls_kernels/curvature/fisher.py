@@ -172,10 +172,12 @@ class ModelCurvature:
         generator: torch.Generator | None = None,
         comm: Comm | None = None,
         captures: list[Capture] | None = None,
+        label_samples: int = 1,
     ) -> list[LayerStats]:
         """Per-layer Ā = E[a aᵀ], G = E[Σ_t δ δᵀ] and diag F̂ = E[g ⊙ g] from per-sample sampled-label
         gradients g (δ: output gradients, a: input patches, t: locations/tokens); with ``diag=False`` only
-        tr F̂ (:attr:`LayerStats.diag_trace`).
+        tr F̂ (:attr:`LayerStats.diag_trace`). ``label_samples`` k: k labels drawn per input, one backward pass
+        each, the expectations taken over all k draws (their Monte-Carlo variance falls as 1/k; Ā is unchanged).
 
         With ``comm``, every rank reads its own batches; the sums are added over ranks and the sampled labels
         are those of one process reading the ranks' batches concatenated in rank order. With ``captures``, each
@@ -186,7 +188,11 @@ class ModelCurvature:
         def sink(i: int, a: Tensor, d: Tensor) -> None:
             stats[i].add_patches(a, d)
 
-        self._sampled_passes(batches, num_batches, generator, comm, sink, captures)
+        if isinstance(label_samples, bool) or not isinstance(label_samples, int) or label_samples < 1:
+            raise ValueError(f"label_samples: expected a positive int, got {label_samples!r}")
+        if captures is not None and label_samples != 1:
+            raise ValueError("label_samples: captures for layer-wise FVPs hold one draw per batch; use 1")
+        self._sampled_passes(batches, num_batches, generator, comm, sink, captures, label_samples)
         if comm is not None:
             parts = [t for s in stats for t in s.totals()]
             counts = torch.tensor([float(s.samples) for s in stats], dtype=torch.float64, device=comm.device)
@@ -210,9 +216,10 @@ class ModelCurvature:
         self._sampled_passes(batches, num_batches, generator, comm, None, captures)
         return captures
 
-    def _sampled_passes(self, batches, num_batches, generator, comm, sink, captures) -> None:
-        """Forward + sampled-label backward of ``num_batches`` batches; every layer's (patches, output grads)
-        go to ``sink(i, a, d)`` and, with ``captures``, into one :class:`Capture` per batch.
+    def _sampled_passes(self, batches, num_batches, generator, comm, sink, captures, draws: int = 1) -> None:
+        """Forward + ``draws`` sampled-label backward passes of each of ``num_batches`` batches; every layer's
+        (patches, output grads) go to ``sink(i, a, d)`` once per draw and, with ``captures``, into one
+        :class:`Capture` per batch.
 
         A layer called k times in one forward (a re-used module) delivers once, after the gradients of all k
         outputs arrived, with the calls' locations concatenated (a = [a₁ … a_k] along T): its per-sample gradient
@@ -263,21 +270,22 @@ class ModelCurvature:
                     if comm is not None:
                         sizes = comm.sizes(out.shape[0] if out is not None else 0)
                         rows = (sum(sizes[: comm.rank]), sum(sizes))
-                    with attempt(comm), torch.enable_grad():
-                        target = (
-                            self.likelihood.sample(out, generator, rows)
-                            if rows
-                            else self.likelihood.sample(out, generator)
-                        )
-                        loss = self.likelihood.nll(out, target).sum()
-                        torch.autograd.grad(loss, list(params.values()))
-                        if pending:
-                            i = next(iter(pending))
-                            raise ValueError(
-                                f"model: layer {self.views[i].name!r} was called {calls[i]} times but only "
-                                f"{len(pending[i])} of its outputs reach the model output; prune it only if every "
-                                "call does (or exclude it with ignore=)"
+                    for draw in range(draws):
+                        with attempt(comm), torch.enable_grad():
+                            target = (
+                                self.likelihood.sample(out, generator, rows)
+                                if rows
+                                else self.likelihood.sample(out, generator)
                             )
+                            loss = self.likelihood.nll(out, target).sum()
+                            torch.autograd.grad(loss, list(params.values()), retain_graph=draw + 1 < draws)
+                            if pending:
+                                i = next(iter(pending))
+                                raise ValueError(
+                                    f"model: layer {self.views[i].name!r} was called {calls[i]} times but only "
+                                    f"{len(pending[i])} of its outputs reach the model output; prune it only if "
+                                    "every call does (or exclude it with ignore=)"
+                                )
                     if captures is not None:
                         missing = [v.name for i, v in enumerate(self.views) if i not in layers]
                         if missing:

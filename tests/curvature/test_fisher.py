@@ -142,3 +142,28 @@ def test_trace_only_statistics_equal_the_trace_of_the_full_diagonal(T):
         with pytest.raises(RuntimeError, match="only the trace"):
             t.diag
     assert [len(t.totals()[0]) for t in trace] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("likelihood", [Categorical(), Gaussian(0.8)])
+def test_label_samples_average_draws_as_if_each_batch_came_k_times(likelihood):
+    """k labels per input, one backward each: the statistics of a pass over batches [x₁, x₂] with k = 3 are those of
+    k = 1 over [x₁, x₁, x₁, x₂, x₂, x₂] (the same draws, in the same order); Ā does not change."""
+    model = Tiny(out=4).double() if isinstance(likelihood, Categorical) else Tokens().double()
+    shape = (4, 2, 6, 6) if isinstance(likelihood, Categorical) else (3, 4, 7)
+    xs = [torch.randn(*shape, dtype=F64) for _ in range(2)]
+    curv = ModelCurvature(model, find_layers(model), likelihood)
+    drawn = curv.statistics(iter(xs), 2, kfac=True, generator=torch.Generator().manual_seed(3), label_samples=3)
+    repeated = [x for x in xs for _ in range(3)]
+    once = curv.statistics(iter(repeated), 6, kfac=True, generator=torch.Generator().manual_seed(3))
+    single = curv.statistics(iter(xs), 2, kfac=True, generator=torch.Generator().manual_seed(3))
+    for d, o, s in zip(drawn, once, single):
+        torch.testing.assert_close(d.act_cov, o.act_cov, rtol=1e-12, atol=0)
+        torch.testing.assert_close(d.grad_cov, o.grad_cov, rtol=1e-12, atol=0)
+        torch.testing.assert_close(d.diag, o.diag, rtol=1e-12, atol=0)
+        torch.testing.assert_close(d.act_cov, s.act_cov, rtol=1e-12, atol=0)
+        assert not torch.allclose(d.grad_cov, s.grad_cov), "the other draws count"
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="label_samples"):
+            curv.statistics(iter(xs), 1, kfac=True, label_samples=bad)
+    with pytest.raises(ValueError, match="label_samples"):
+        curv.statistics(iter(xs), 1, kfac=True, captures=[], label_samples=2)

@@ -370,6 +370,10 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
     config = _lambda_config()
     built = {v: lambda_study.make(v, model, config, "unstructured", 2, ["held"], 0.7) for v in lambda_study.VARIANTS}
     assert type(built["K-FAC"]) is fls.KFACPruner and type(built["SparseGPT"]) is fls.SparseGPTPruner
+    for variant in ("K-FAC", "restart"):
+        drawn = lambda_study.make(variant, model, _lambda_config(label_samples=3), "unstructured", 2, ["held"], 0.7)
+        assert drawn.method.label_samples == 3 and built[variant].method.label_samples == 1
+        drawn.finalize()
     for variant, pruner in built.items():
         if variant != "SparseGPT":
             assert pruner.ctx.allocation == "uniform" and pruner.method.update_rule == "adaptive", variant

@@ -26,6 +26,9 @@ class FisherMethod(Method):
         damping: γ added to the Fisher. None: ``relative_damping`` · mean(diag F̂), measured by ``fit``.
         relative_damping: the factor used when ``damping`` is None.
         stat_batches: batches of sampled-label gradients per statistics pass (initialisation, recomputation).
+        label_samples: labels drawn per input in each statistics pass, one backward pass each (default 1): the
+            statistics (K-FAC factors, diag F̂) average the draws, so their sampling noise falls as 1/k for k×
+            the backward passes.
         seed: seed of sampled labels and probes.
         inputs: batch → (args, kwargs) for the model (default: tensor, first element, or mapping).
         output: model output → the tensor the likelihood reads (default :func:`~fls_kernels.data.model_output`:
@@ -44,6 +47,7 @@ class FisherMethod(Method):
         *,
         relative_damping: float = 1.0,
         stat_batches: int = 8,
+        label_samples: int = 1,
         seed: int = 0,
         inputs: Callable[[object], tuple[tuple, dict]] = split_batch,
         output: Callable[[object], Tensor] | None = None,
@@ -53,6 +57,7 @@ class FisherMethod(Method):
         self.damping = positive("damping", damping) if damping is not None else None
         self.relative_damping = positive("relative_damping", relative_damping)
         self.stat_batches = integer("stat_batches", stat_batches, 1)
+        self.label_samples = integer("label_samples", label_samples, 1)
         self.fvp_chunk = integer("fvp_chunk", fvp_chunk, 1) if fvp_chunk is not None else None
         self.seed = seed
         self.inputs = inputs
@@ -89,6 +94,7 @@ class FisherMethod(Method):
                 generator=self.generator,
                 comm=self.ctx.mode.comm,
                 captures=captures,
+                label_samples=self.label_samples,
             )
 
     def resolve_damping(self, mean_diag: float) -> float:

@@ -93,6 +93,8 @@ class FishLeg(KronOBS):
         if self.anneal_damping != 1.0 and self.aux_compile is not None:
             raise ValueError("anneal_damping: γ changes every aux step of the fit; use aux_compile=None")
         super().__init__(likelihood, damping, stat_batches=init_batches, **kwargs)
+        if self.aux_fisher == "layerwise" and self.label_samples != 1:
+            raise ValueError("label_samples: the layer-wise captures hold one draw per batch; use 1 with it")
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
         self._stale = False  # masks changed since λ was last refined
@@ -383,11 +385,11 @@ class FishLegPruner(Pruner):
             its aux steps geometrically from c·γ down to γ (:meth:`AuxFitter.run`), fitting first where the aux
             problem is better conditioned; validations, refinements and restarts are at γ. 1 (default): no
             annealing.
-        **kwargs: ``relative_damping``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``, ``precision``,
-            ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on transformers with
-            ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and ``allocation="uniform"``), ``nm_select``
-            ("greedy" default; "exact": each N:M group's set by the loss of its elimination, adaptive update only;
-            :class:`~fls_kernels.pruning.methods.kron_obs.KronOBS`), and the
+        **kwargs: ``relative_damping``, ``label_samples``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``,
+            ``precision``, ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on
+            transformers with ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and
+            ``allocation="uniform"``), ``nm_select`` ("greedy" default; "exact": each N:M group's set by the loss of
+            its elimination, adaptive update only; :class:`~fls_kernels.pruning.methods.kron_obs.KronOBS`), and the
             :class:`~fls_kernels.pruning.pruner.Pruner` arguments (pattern, schedule, substeps, layer_types,
             include, ignore, allocation, include_bias, backend, progress, distributed).
 

@@ -48,6 +48,7 @@ class OBERT(Recomputing, FisherMethod):
 
     name = "obert"
     quick_options = {"num_grads": 24, "block_size": 16}
+    hidden_options = ("label_samples",)  # its gradients are drawn by fisher= and num_grads
     #: a block's output has no labels: the sampled (true) Fisher of its Gaussian
     block_options = {**FisherMethod.block_options, "fisher": "sampled"}
 
