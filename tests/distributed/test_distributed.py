@@ -48,6 +48,7 @@ def _same_everywhere(results: list[dict]) -> None:
         "fls_sharded",
         "fls_sharded_kfac_init",
         "kfac_sharded",
+        "kfac_replicated_label_samples",
         "obd_replicated",
         "obert_replicated",
         "coreset_replicated",

@@ -85,9 +85,9 @@ def fls_run(world: int, rank: int | None, mode: str | None, **kw) -> dict:
     return result
 
 
-def kfac_run(world: int, rank: int | None, mode: str | None) -> dict:
+def kfac_run(world: int, rank: int | None, mode: str | None, **kw) -> dict:
     net = model()
-    pruner = fls.KFACPruner(net, distributed=Distributed(mode) if mode else None, stat_batches=3)
+    pruner = fls.KFACPruner(net, distributed=Distributed(mode) if mode else None, stat_batches=3, **kw)
     pruner.fit(loader(world, rank))
     pruner.prune(0.7, substeps=2)
     return _result(pruner, net)
@@ -255,6 +255,7 @@ SCENARIOS: dict[str, Callable[[int, int], dict]] = {
     "fls_sharded": lambda w, r: fls_run(w, r, "sharded"),
     "fls_sharded_kfac_init": lambda w, r: fls_run(w, r, "sharded", init="kfac"),
     "kfac_sharded": lambda w, r: kfac_run(w, r, "sharded"),
+    "kfac_replicated_label_samples": lambda w, r: kfac_run(w, r, "replicated", label_samples=3),
     "obd_replicated": lambda w, r: baseline_run(w, r, "replicated", "OBD"),
     "obert_replicated": lambda w, r: baseline_run(w, r, "replicated", "oBERT"),
     "coreset_replicated": lambda w, r: baseline_run(w, r, "replicated", "coreset"),
@@ -274,6 +275,7 @@ SINGLE: dict[str, Callable[[int], dict]] = {
     "fls_sharded": lambda w: fls_run(w, None, None),
     "fls_sharded_kfac_init": lambda w: fls_run(w, None, None, init="kfac"),
     "kfac_sharded": lambda w: kfac_run(w, None, None),
+    "kfac_replicated_label_samples": lambda w: kfac_run(w, None, None, label_samples=3),
     "obd_replicated": lambda w: baseline_run(w, None, None, "OBD"),
     "obert_replicated": lambda w: baseline_run(w, None, None, "oBERT"),
     "coreset_replicated": lambda w: baseline_run(w, None, None, "coreset"),
