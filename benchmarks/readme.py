@@ -255,6 +255,39 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_low64_seed2/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 0, 4 sampled labels per input in every "
+        "statistics pass (`label_samples=4`): the restart and K-FAC with a quarter of the label noise (`python -m "
+        "benchmarks quality --model minilm --lambda-study --set sequential=blocks calib_sentences=256 "
+        "calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 other_text=docstrings 'variants=K-FAC "
+        "start,restart,K-FAC' label_samples=4 sparsities=0.8,0.7 patterns=unstructured seed=0 --out "
+        "out/lambda_blocks_labels4_seed0`)",
+        "lambda_blocks_labels4_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences: the fit from the K-FAC start damped by 10·γ, "
+        "its γ annealed down to γ (`anneal_damping=10`) (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 "
+        "eval_sentences=256 other_length=64 other_text=docstrings 'variants=K-FAC start,fit (annealed, "
+        "early-stopped),K-FAC' anneal=10 validate_every=5 sparsities=0.8,0.7 patterns=unstructured seed=0 --out "
+        "out/lambda_blocks_anneal`)",
+        "lambda_blocks_anneal/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%, 4 sampled labels per input: the "
+        "balanced restarted refinement, seed 0 (K-FAC of the same seed and labels in the label_samples=4 table "
+        "above) (`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks "
+        "calib_sentences=256 calib_sizes=256 val_sentences=32 eval_sentences=256 other_length=64 "
+        "other_text=docstrings 'variants=restart + refine (full, balanced)' label_samples=4 validate_every=5 "
+        "sparsities=0.8 patterns=unstructured seed=0 --out out/lambda_blocks_balanced_labels4_seed0`)",
+        "lambda_blocks_balanced_labels4_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences at 80%, 4 sampled labels per input: the "
+        "balanced restarted refinement against K-FAC, seed 1 (the command above with 'variants=K-FAC start,restart "
+        "+ refine (full, balanced),K-FAC' seed=1 --out out/lambda_blocks_balanced_labels4_seed1)",
+        "lambda_blocks_balanced_labels4_seed1/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
