@@ -238,6 +238,18 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_restart_seed1/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 2: the noise floor of “− K-FAC” "
+        "(restart against K-FAC, which differ only in their sampled labels; the command above with 'variants=restart,"
+        "K-FAC' sparsities=0.8,0.7 patterns=unstructured seed=2 --out out/lambda_blocks_restart_seed2)",
+        "lambda_blocks_restart_seed2/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 3: the noise floor of “− K-FAC” "
+        "(restart against K-FAC, which differ only in their sampled labels; the command above with 'variants=restart,"
+        "K-FAC' sparsities=0.8,0.7 patterns=unstructured seed=3 --out out/lambda_blocks_restart_seed3)",
+        "lambda_blocks_restart_seed3/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 0 (seeds 1 and 2 below): the fit "
         "against its K-FAC start, K-FAC and the restart (K-FAC with other sampled labels), on the evaluation "
         "sentences, at 64 tokens and on the standard library's docstrings (`python -m benchmarks quality --model "
