@@ -1,6 +1,6 @@
-"""FLS with ``anneal_damping`` c: the first fit starts λ damped by c·γ and anneals its aux steps' γ down to γ;
-γ itself, the validations, later fits and the refinements stay at γ; bad values are refused before the model is
-touched."""
+"""FLS with ``anneal_damping`` c: λ starts damped by c·γ and the first fit that takes aux steps anneals their γ down
+to γ (also after a checkpoint taken before them); γ itself, the validations, later fits and the refinements stay at
+γ; bad values are refused before the model is touched."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_the_start_is_damped_by_c_gamma_and_gamma_is_kept():
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(_factors(annealed), _factors(plain)))
 
 
-def test_only_the_first_fit_anneals(monkeypatch):
+def test_only_the_first_aux_steps_anneal(monkeypatch):
     torch.manual_seed(0)
     pruner = _pruner(SmallNet(), anneal_damping=8.0)
     seen = []
@@ -47,11 +47,17 @@ def test_only_the_first_fit_anneals(monkeypatch):
         return run(self, *args, anneal=anneal, **kwargs)
 
     monkeypatch.setattr(fls.curvature.AuxFitter, "run", spy)
+    pruner.fit(loader(), steps=0)  # the start, damped by 8γ: nothing to anneal yet
+    state = pruner.state_dict()
     pruner.fit(loader(), steps=3)
     pruner.fit(loader(), steps=2)
     pruner.prune(0.6, substeps=2)  # a refinement before the second sub-step
     gamma = pruner.method.damping
-    assert seen == [(8.0, gamma), (1.0, gamma), (1.0, gamma)]
+    assert seen == [(1.0, gamma), (8.0, gamma), (1.0, gamma), (1.0, gamma)]
+    resumed = _pruner(SmallNet(), anneal_damping=8.0)  # a checkpoint taken before the aux steps anneals them
+    resumed.load_state_dict(state)
+    resumed.fit(loader(), steps=2)
+    assert seen[-1] == (8.0, gamma)
 
 
 @pytest.mark.parametrize(
