@@ -326,65 +326,59 @@ class AuxFitter:
             raise ValueError(f"anneal: expected a finite number ≥ 1, got {anneal!r}")
         if anneal != 1.0 and self.compile_mode is not None:
             raise ValueError("anneal: γ changes every step, which a compiled step would recompile for")
-        target = self.damping
-        try:
-            return self._run(batches, steps, masks, progress, desc, log_every, validate, validate_every, anneal)
-        finally:
-            self.damping = target
-
-    def _run(self, batches, steps, masks, progress, desc, log_every, validate, validate_every, anneal) -> list[float]:
         from tqdm.auto import tqdm
 
         target = self.damping
-
-        start = len(self.history)
-        every = self.check_every
-        ema: float | None = None
-        pending: list[tuple[Tensor, object, int]] = []
-        mark = self.snapshot() if every > 1 else None
-        best = self._validate(validate, start)
-        checked = 0
-        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-        for t in bar:
-            self.damping = target * anneal ** (1.0 - t / (steps - 1)) if steps > 1 and anneal != 1.0 else target
-            batch = next(batches)
-            index = getattr(batches, "last_index", t)
-            try:
-                loss = self._step(batch, masks, check=every == 1)
-            except FloatingPointError:
-                check_finite(batch, index)  # name the batch if it is the cause
-                raise
-            pending.append((loss, batch, index))
-            if len(pending) < every and t + 1 < steps:
-                continue
-            values = torch.stack([p[0] for p in pending]).tolist()  # the one read back of these steps
-            bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
-            if bad is not None:
-                self.restore(mark)
-                check_finite(pending[bad][1], pending[bad][2])
-                raise FloatingPointError(
-                    f"aux loss diverged at step {len(self.history) + bad} (loss {values[bad]}); lower lr or raise "
-                    f"damping (λ is back at step {len(self.history)})"
-                )
-            pending.clear()
-            for value in values:
-                self.history.append(value)
-                ema = value if ema is None else 0.95 * ema + 0.05 * value
+        try:
+            start = len(self.history)
+            every = self.check_every
+            ema: float | None = None
+            pending: list[tuple[Tensor, object, int]] = []
+            mark = self.snapshot() if every > 1 else None
+            best = self._validate(validate, start)
+            checked = 0
+            bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+            for t in bar:
+                self.damping = target * anneal ** (1.0 - t / (steps - 1)) if steps > 1 and anneal != 1.0 else target
+                batch = next(batches)
+                index = getattr(batches, "last_index", t)
+                try:
+                    loss = self._step(batch, masks, check=every == 1)
+                except FloatingPointError:
+                    check_finite(batch, index)  # name the batch if it is the cause
+                    raise
+                pending.append((loss, batch, index))
+                if len(pending) < every and t + 1 < steps:
+                    continue
+                values = torch.stack([p[0] for p in pending]).tolist()  # the one read back of these steps
+                bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+                if bad is not None:
+                    self.restore(mark)
+                    check_finite(pending[bad][1], pending[bad][2])
+                    raise FloatingPointError(
+                        f"aux loss diverged at step {len(self.history) + bad} (loss {values[bad]}); lower lr or raise "
+                        f"damping (λ is back at step {len(self.history)})"
+                    )
+                pending.clear()
+                for value in values:
+                    self.history.append(value)
+                    ema = value if ema is None else 0.95 * ema + 0.05 * value
+                    done = len(self.history) - start
+                    if done % log_every == 0 or done == steps:
+                        log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, done, steps, value, ema)
+                        bar.set_postfix(aux=f"{ema:.4g}")
+                if every > 1:
+                    mark = self.snapshot()
                 done = len(self.history) - start
-                if done % log_every == 0 or done == steps:
-                    log.info("%s step %d/%d: aux loss %.6g (running %.6g)", desc, done, steps, value, ema)
-                    bar.set_postfix(aux=f"{ema:.4g}")
-            if every > 1:
-                mark = self.snapshot()
-            done = len(self.history) - start
-            if validate is not None and (done - checked >= validate_every or done == steps):
-                checked, annealed, self.damping = done, self.damping, target
-                best = min(best, self._validate(validate, len(self.history)), key=lambda c: c[0])
-                self.damping = annealed
-        if best is not None and best[1] is not None:
-            self.restore(best[1])
-            log.info("%s: held-out aux loss %.6g, best at step %d", desc, best[0], best[2])
-        return self.history[start:]
+                if validate is not None and (done - checked >= validate_every or done == steps):
+                    checked, self.damping = done, target  # the next step sets its own γ again
+                    best = min(best, self._validate(validate, len(self.history)), key=lambda c: c[0])
+            if best is not None and best[1] is not None:
+                self.restore(best[1])
+                log.info("%s: held-out aux loss %.6g, best at step %d", desc, best[0], best[2])
+            return self.history[start:]
+        finally:
+            self.damping = target
 
     def _validate(self, validate: Callable[[], float] | None, step: int) -> tuple[float, tuple | None, int] | None:
         """(held-out loss, snapshot, step) of λ now, recorded in :attr:`validation`; None without ``validate``."""

@@ -98,7 +98,6 @@ class FishLeg(KronOBS):
         self.precondition = precondition
         self.fitter: AuxFitter | None = None
         self._stale = False  # masks changed since λ was last refined
-        self._anneal_pending = False  # λ is at its c·γ-damped start and no aux step has run yet
         self._captures: list[Capture] | None = None  # layer-wise mode: batches captured at the current weights
 
     def bind(self, ctx: Context) -> None:
@@ -126,7 +125,7 @@ class FishLeg(KronOBS):
         return self.fitter is not None
 
     def forget(self) -> None:
-        self.fitter, self._captures, self._stale, self._anneal_pending = None, None, False, False
+        self.fitter, self._captures, self._stale = None, None, False
 
     def fit(self, steps: int) -> list[float]:
         """``steps`` aux steps (masked once pruning started); the first call initialises λ and γ."""
@@ -141,17 +140,16 @@ class FishLeg(KronOBS):
             masks=masks,
             progress=self.ctx.progress,
             desc="fit",
-            anneal=self.anneal_damping if self._anneal_pending and steps else 1.0,
+            anneal=self.anneal_damping if steps and not self.fitter.history else 1.0,  # the first aux steps
             **self._early_stop(masks, steps),
         )
         if steps:
-            self._stale = self._anneal_pending = False
+            self._stale = False
         return losses
 
     def _initialise(self) -> None:
         self._start(self.anneal_damping)
         self.fitter = self._make_fitter()
-        self._anneal_pending = self.anneal_damping != 1.0  # the first aux steps anneal from the damped start
 
     def _start(self, scale: float = 1.0) -> None:
         """λ from the ``init`` statistics of the model as it is now (masked, once pruning started), damped by
@@ -280,7 +278,6 @@ class FishLeg(KronOBS):
             "optimizer": self.fitter.optimizer.state_dict() if self.fitter is not None else None,
             "history": list(self.fitter.history) if self.fitter is not None else [],
             "stale": self._stale,
-            "anneal_pending": self._anneal_pending,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -288,7 +285,6 @@ class FishLeg(KronOBS):
             return
         super().load_state_dict(state)
         self._stale = state["stale"]
-        self._anneal_pending = state.get("anneal_pending", False)
         self._captures = None
         if state["optimizer"] is None:
             self.fitter = None
@@ -385,9 +381,9 @@ class FishLegPruner(Pruner):
             Adam's steps, about ``lr`` per entry whatever its size, move both factors alike (from K-FAC, R's entries
             can be 4–100× L's, so mostly L moves); False (default) keeps the start as ``init`` gives it.
         anneal_damping: c ≥ 1. With c > 1 λ starts from ``init`` damped by c·γ, and the first ``fit`` that takes
-            aux steps anneals their γ geometrically from c·γ down to γ (:meth:`AuxFitter.run`), fitting first where
-            the aux problem is better conditioned; validations, later fits, refinements and restarts are at γ.
-            1 (default): no annealing.
+            aux steps, if none ran before it, anneals their γ geometrically from c·γ down to γ
+            (:meth:`AuxFitter.run`), fitting first where the aux problem is better conditioned; validations, later
+            fits, refinements and restarts are at γ. 1 (default): no annealing.
         **kwargs: ``relative_damping``, ``label_samples``, ``seed``, ``inputs``, ``output``, ``fvp_chunk``,
             ``precision``, ``block_score``, ``update`` ("diagonal" default; "columns"; "adaptive", best on
             transformers with ``init="kfac"``, a small ``relative_damping`` such as 1e-4 and
