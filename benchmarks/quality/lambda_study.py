@@ -363,7 +363,15 @@ def _paired(row: dict, rows: list[dict], reference: str, key: str = "sentence_co
 _TEXT_NAMES = {"topics": "CPython's language reference", "docstrings": "the standard library's docstrings"}
 
 
+def _extra_scores(config: Config) -> list[tuple[str, str]]:
+    """(column title, row key prefix) of the scores beside the evaluation cosine: at ``other_length`` tokens
+    ("other") and on ``other_text`` ("text"), each where asked for."""
+    extras = [(f"cosine at {config.other_length} tokens", "other")] if config.other_length else []
+    return extras + ([(f"cosine on {config.other_text}", "text")] if config.other_text else [])
+
+
 def table(rows: list[dict], config: Config) -> str:
+    extras = _extra_scores(config)
     other = (
         f" Cosine at {config.other_length} tokens: the evaluation sentences cut at another maximum length, which "
         "no option was chosen on (paired to K-FAC)."
@@ -411,24 +419,15 @@ def table(rows: list[dict], config: Config) -> str:
         "",
         "| calibration | pattern | sparsity | variant | validation cosine | cosine | − K-FAC | − K-FAC start | "
         "− SparseGPT |"
-        + (f" cosine at {config.other_length} tokens | − K-FAC |" if config.other_length else "")
-        + (f" cosine on {config.other_text} | − K-FAC |" if config.other_text else "")
+        + "".join(f" {title} | − K-FAC |" for title, _ in extras)
         + " held-out aux loss | seconds | early stopping |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|"
-        + ("---:|---:|" if config.other_length else "")
-        + ("---:|---:|" if config.other_text else "")
-        + "---:|---:|---|",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(extras) + "---:|---:|---|",
     ]
     for r in rows:
         diffs = " | ".join(_paired(r, rows, ref) for ref in REFERENCES)
-        others = (
-            f" {r.get('other_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, 'other_cosines')} |"
-            if config.other_length
-            else ""
-        ) + (
-            f" {r.get('text_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, 'text_cosines')} |"
-            if config.other_text
-            else ""
+        others = "".join(
+            f" {r.get(f'{key}_cosine', float('nan')):.4f} | {_paired(r, rows, REFERENCE, f'{key}_cosines')} |"
+            for _, key in extras
         )
         aux = "—" if r["held_out_aux"] != r["held_out_aux"] else f"{r['held_out_aux']:.6g}"
         lines.append(
