@@ -54,6 +54,10 @@ class AuxFitter:
             of every rank's batch.
         learn_scaling: whether the steps move A, Q's elementwise scaling, with R and L (default); False keeps A where
             it starts (1 from K-FAC), so that Q stays exactly G_R ⊗ G_L — all the column solvers read of it.
+        triangular: whether the steps move only R's upper and L's lower triangle (their other gradients zeroed
+            before Adam): from any ``init`` (K-FAC gives the Cholesky factors, identity and diagonal I) R and L stay
+            the triangular factors of G_R = RᵀR and G_L = LLᵀ, one λ per Q up to signs — the official FishLeg code's
+            parameterisation; False (default): full R and L, whose rotations R → OR leave Q unchanged.
         compile_mode: None (eager) or a ``torch.compile`` mode ("default", "reduce-overhead": CUDA graphs,
             "max-autotune") for the λ side of the step (the Q products with their backward, the residuals); the
             FVP through the model is not compiled.
@@ -76,6 +80,7 @@ class AuxFitter:
         check_every: int | None = None,
         compile_mode: str | None = None,
         learn_scaling: bool = True,
+        triangular: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
@@ -83,6 +88,8 @@ class AuxFitter:
             raise TypeError(f"check_every: expected an int or None, got {type(check_every).__name__}")
         if not isinstance(learn_scaling, bool):
             raise TypeError(f"learn_scaling: expected a bool, got {type(learn_scaling).__name__}")
+        if not isinstance(triangular, bool):
+            raise TypeError(f"triangular: expected a bool, got {type(triangular).__name__}")
         if check_every is not None and check_every < 1:
             raise ValueError(f"check_every: expected a positive int, got {check_every}")
         self.blocks = blocks
@@ -97,6 +104,9 @@ class AuxFitter:
         self.learn_scaling = learn_scaling
         learnt = [(b.R, b.L, b.A) if learn_scaling else (b.R, b.L) for b in blocks if isinstance(b, KronBlock)]
         self.params = [p for group in learnt for p in group]
+        self.triangular = triangular
+        #: (factor, upper) of every owned block when ``triangular``: the triangle its steps keep
+        self._triangles = [(f, up) for b in blocks if isinstance(b, KronBlock) for f, up in ((b.R, True), (b.L, False))]
         # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
         self.optimizer = torch.optim.Adam(self.params or [nn.Parameter(torch.zeros(0))], lr=lr)
         device = blocks[0].device if blocks else torch.device("cpu")
@@ -170,6 +180,10 @@ class AuxFitter:
         if grads is not None:
             for p, g in zip(self.params, grads):
                 p.grad = g
+        if self.triangular:
+            for factor, upper in self._triangles:
+                if factor.grad is not None:
+                    factor.grad = factor.grad.triu() if upper else factor.grad.tril()
         self.optimizer.step()
         return torch.as_tensor(loss)
 

@@ -376,6 +376,39 @@ def test_without_learn_scaling_a_stays_and_r_l_take_the_same_first_step(monkeypa
         AuxFitter([KronBlock(3, 6)], curv.fvp, 1e-2, learn_scaling=1)
 
 
+@pytest.mark.parametrize("factored", [False, True])
+def test_triangular_steps_keep_the_cholesky_factors_and_take_the_full_steps_on_their_triangles(monkeypatch, factored):
+    """triangular=True: from K-FAC's Cholesky start, every step keeps R upper- and L lower-triangular exactly (the
+    full parameterisation fills the other triangles); on the first step the kept triangles move exactly as the full
+    R and L do there (Adam's step is entrywise), and A's step is the same."""
+    from fls_kernels.curvature import fitter as fitter_module
+
+    monkeypatch.setattr(fitter_module, "factored", lambda m, n: factored)
+    X, layer, curv, _ = _float64_problem(seed=4)
+    g = torch.Generator().manual_seed(7)
+    act, grad = torch.randn(6, 9, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    runs = {}
+    for triangular in (False, True):
+        block = KronBlock(3, 6, dtype=torch.float64)
+        block.init_kfac(act @ act.T / 9, grad @ grad.T / 5, 1e-2)
+        start = [p.detach().clone() for p in (block.R, block.L, block.A)]
+        assert torch.equal(start[0], start[0].triu()) and torch.equal(start[1], start[1].tril())
+        fitter = AuxFitter([block], curv.fvp, 1e-2, generator=torch.Generator().manual_seed(8), triangular=triangular)
+        fitter.run(batches(X, 16), 1)
+        first = [p.detach().clone() for p in (block.R, block.L, block.A)]
+        fitter.run(batches(X, 16, seed=2), 4)
+        runs[triangular] = start, first, (block.R.detach().clone(), block.L.detach().clone())
+    (start, full, (R_full, L_full)), (_, tri, (R_tri, L_tri)) = runs[False], runs[True]
+    assert torch.equal(R_tri, R_tri.triu()) and torch.equal(L_tri, L_tri.tril())
+    assert not torch.equal(R_tri, start[0]) and not torch.equal(L_tri, start[1])
+    assert not torch.equal(R_full, R_full.triu()) and not torch.equal(L_full, L_full.tril())
+    torch.testing.assert_close(tri[0], full[0].triu(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(tri[1], full[1].tril(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(tri[2], full[2], rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="triangular"):
+        AuxFitter([KronBlock(3, 6)], curv.fvp, 1e-2, triangular=1)
+
+
 def test_annealing_steps_gamma_down_geometrically_and_validates_at_gamma():
     """``anneal`` c: step t of n at γ·c^(1 − t/(n − 1)), c·γ first and γ last; every validation and γ after the
     run at γ; c = 1 takes the steps of no annealing bit for bit."""

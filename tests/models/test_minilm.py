@@ -388,30 +388,33 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
             p.method.learn_scaling,
             p.method.balance_factors,
             p.method.anneal_damping,
+            p.method.triangular_factors,
         )
         for v, p in built.items()
         if v not in ("K-FAC", "SparseGPT")
     }
     assert options == {
-        "K-FAC start": (0, "current", False, None, "alive", True, False, 1.0),
-        "fit": (0, "current", False, None, "alive", True, False, 1.0),
-        "fit (early-stopped)": (0, "current", True, None, "alive", True, False, 1.0),
-        "fit (focused)": (0, "current", False, 0.7, "alive", True, False, 1.0),
-        "fit + refine": (2, "current", False, None, "alive", True, False, 1.0),
-        "fit + refine (early-stopped)": (2, "current", True, None, "alive", True, False, 1.0),
-        "restart + refine": (2, "init", True, None, "alive", True, False, 1.0),
-        "fit + refine (full)": (2, "current", True, None, "full", True, False, 1.0),
-        "restart + refine (full)": (2, "init", True, None, "full", True, False, 1.0),
-        "fit (Kronecker only)": (0, "current", False, None, "alive", False, False, 1.0),
-        "fit (Kronecker only, early-stopped)": (0, "current", True, None, "alive", False, False, 1.0),
-        "restart + refine (full, Kronecker only)": (2, "init", True, None, "full", False, False, 1.0),
-        "fit (balanced, early-stopped)": (0, "current", True, None, "alive", True, True, 1.0),
-        "restart + refine (full, balanced)": (2, "init", True, None, "full", True, True, 1.0),
-        "fit (annealed, early-stopped)": (0, "current", True, None, "alive", True, False, 10.0),
-        "restart": (0, "init", True, None, "alive", True, False, 1.0),
+        "K-FAC start": (0, "current", False, None, "alive", True, False, 1.0, False),
+        "fit": (0, "current", False, None, "alive", True, False, 1.0, False),
+        "fit (early-stopped)": (0, "current", True, None, "alive", True, False, 1.0, False),
+        "fit (focused)": (0, "current", False, 0.7, "alive", True, False, 1.0, False),
+        "fit + refine": (2, "current", False, None, "alive", True, False, 1.0, False),
+        "fit + refine (early-stopped)": (2, "current", True, None, "alive", True, False, 1.0, False),
+        "restart + refine": (2, "init", True, None, "alive", True, False, 1.0, False),
+        "fit + refine (full)": (2, "current", True, None, "full", True, False, 1.0, False),
+        "restart + refine (full)": (2, "init", True, None, "full", True, False, 1.0, False),
+        "fit (Kronecker only)": (0, "current", False, None, "alive", False, False, 1.0, False),
+        "fit (Kronecker only, early-stopped)": (0, "current", True, None, "alive", False, False, 1.0, False),
+        "restart + refine (full, Kronecker only)": (2, "init", True, None, "full", False, False, 1.0, False),
+        "fit (balanced, early-stopped)": (0, "current", True, None, "alive", True, True, 1.0, False),
+        "restart + refine (full, balanced)": (2, "init", True, None, "full", True, True, 1.0, False),
+        "fit (annealed, early-stopped)": (0, "current", True, None, "alive", True, False, 10.0, False),
+        "fit (triangular)": (0, "current", False, None, "alive", True, False, 1.0, True),
+        "restart + refine (full, triangular)": (2, "init", True, None, "full", True, False, 1.0, True),
+        "restart": (0, "init", True, None, "alive", True, False, 1.0, False),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 14 + [0, 0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 17 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 16 + [0, 0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 19 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))

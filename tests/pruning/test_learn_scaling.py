@@ -61,3 +61,25 @@ def test_balanced_factors_start_at_one_scale_with_the_same_q():
         torch.testing.assert_close(b.qv(V).detach(), a.qv(V).detach(), rtol=1e-4, atol=1e-6)
     with pytest.raises(TypeError, match="balance_factors"):
         _pruner(SmallNet(), balance_factors=1)
+
+
+@pytest.mark.parametrize("refine_from", ["current", "init"])
+def test_triangular_factors_stay_triangular_through_fit_refinements_and_a_checkpoint(refine_from):
+    torch.manual_seed(0)
+    pruner = _pruner(SmallNet(), triangular_factors=True, refine_from=refine_from)
+    pruner.fit(loader(), steps=3)
+    pruner.prune(0.6, substeps=2)  # a refinement (from a restart with "init") before the second sub-step
+    again = _pruner(SmallNet(), triangular_factors=True, refine_from=refine_from)
+    again.load_state_dict(pruner.state_dict())
+    again.fit(loader(), steps=2)
+    for p in (pruner, again):
+        for b in p.method.blocks:
+            assert torch.equal(b.R, b.R.triu()) and torch.equal(b.L, b.L.tril())
+    full = _pruner(SmallNet())
+    full.fit(loader(), steps=3)
+    assert any(not torch.equal(b.L, b.L.tril()) for b in full.method.blocks)
+    model = SmallNet()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="triangular_factors"):
+        _pruner(model, triangular_factors="yes")
+    assert_identical(model, before)

@@ -68,6 +68,7 @@ class FishLeg(KronOBS):
         aux_space: str = "auto",
         learn_scaling: bool = True,
         balance_factors: bool = False,
+        triangular_factors: bool = False,
         anneal_damping: float = 1.0,
         **kwargs,
     ) -> None:
@@ -87,6 +88,7 @@ class FishLeg(KronOBS):
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
         self.learn_scaling = flag("learn_scaling", learn_scaling)
         self.balance_factors = flag("balance_factors", balance_factors)
+        self.triangular_factors = flag("triangular_factors", triangular_factors)
         self.anneal_damping = positive("anneal_damping", anneal_damping)
         if self.anneal_damping < 1.0:
             raise ValueError(f"anneal_damping: expected a number ≥ 1, got {anneal_damping}")
@@ -185,6 +187,7 @@ class FishLeg(KronOBS):
             reduction=self.ctx.mode.aux_reduction(self.curvature.batch_size),
             compile_mode=self.aux_compile,
             learn_scaling=self.learn_scaling,
+            triangular=self.triangular_factors,
         )
 
     def _masks(self) -> list[Tensor] | None:
@@ -380,6 +383,9 @@ class FishLegPruner(Pruner):
         balance_factors: rescale R and L at every start to one scale (R ← cR, L ← L/c: Q unchanged), so that
             Adam's steps, about ``lr`` per entry whatever its size, move both factors alike (from K-FAC, R's entries
             can be 4–100× L's, so mostly L moves); False (default) keeps the start as ``init`` gives it.
+        triangular_factors: the aux steps move only R's upper and L's lower triangle, so R and L stay the
+            triangular (Cholesky) factors every ``init`` starts them as — the official FishLeg code's
+            parameterisation; False (default): full R and L (:class:`~fls_kernels.curvature.fitter.AuxFitter`).
         anneal_damping: c ≥ 1. With c > 1 λ starts from ``init`` damped by c·γ, and the first ``fit`` that takes
             aux steps, if none ran before it, anneals their γ geometrically from c·γ down to γ
             (:meth:`AuxFitter.run`), fitting first where the aux problem is better conditioned; validations, later
