@@ -23,8 +23,10 @@ and chosen sets cover the weight columns only, [m, n_weight].
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor
 
 from fls_kernels.pruning.context import Context
@@ -125,17 +127,62 @@ class Method:
 
 class Recomputing(Method):
     """A method that estimates what it needs from data at ``fit`` and again before every sub-step, on the
-    current (masked, possibly fine-tuned) model: :meth:`recompute` is its one hook."""
+    current (masked, possibly fine-tuned) model: :meth:`recompute` is its one hook.
+
+    The first sub-step after a ``fit`` uses the fit's estimate when nothing it was taken from has changed since:
+    every parameter and buffer of the model (:func:`fingerprint`), the masks and the attached data stream
+    (the same stream, at the same batch) — on every rank. So ``fit`` then ``prune(s)`` estimates once, not twice;
+    a model fine-tuned, masks changed or a checkpoint loaded in between is estimated afresh."""
+
+    #: what the last ``fit``'s estimate was taken from (:meth:`_source`), until the next sub-step reads it
+    _fresh: tuple[int, int, Tensor] | None = None
 
     def recompute(self) -> None:
         raise NotImplementedError
 
     def fit(self, steps: int) -> list[float]:
+        self._fresh = None
         self.recompute()
+        self._fresh = self._source()
         return []
 
     def before_substep(self, substep: int) -> None:
+        fresh, self._fresh = self._fresh, None
+        if substep == 0 and fresh is not None and self._unchanged(fresh):
+            return
         self.recompute()
+
+    def _source(self) -> tuple[int, int, Tensor]:
+        """(id of the data stream, its position, fingerprint of the model and masks) now."""
+        stream = self.ctx.data.stream
+        model, masks = self.ctx.model, [self.ctx.masks[name] for name in self.ctx.masks]
+        return id(stream), self.ctx.data.position, fingerprint([*model.parameters(), *model.buffers(), *masks])
+
+    def _unchanged(self, fresh: tuple[int, int, Tensor]) -> bool:
+        """Whether :meth:`_source` is still ``fresh``, on every rank (one collective in a distributed prune)."""
+        stream, position, print_ = self._source()
+        same = stream == fresh[0] and position == fresh[1] and torch.equal(print_, fresh[2])
+        comm = self.ctx.mode.comm
+        if comm is None:
+            return same
+        flag = torch.tensor([1.0 if same else 0.0], device=self.ctx.device)
+        comm.all_reduce_([flag], "min")
+        return bool(flag.item() == 1.0)
+
+
+@torch.no_grad()
+def fingerprint(tensors: Iterable[Tensor]) -> Tensor:
+    """[Σ x, ‖x‖₂] in float64 of each of ``tensors`` (integer and bool ones: Σ x twice), stacked on the first one's
+    device: equal for unchanged contents (a training step, a weight edit or a re-zeroing moves some sum), and NaN is
+    never equal to itself; reductions only, no copy of a tensor."""
+    sums: list[Tensor] = []
+    for t in tensors:
+        t = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()
+        total = t.sum(dtype=torch.float64)
+        norm = torch.linalg.vector_norm(t, dtype=torch.float64) if t.is_floating_point() else total
+        pair = torch.stack([total, norm])
+        sums.append(pair if not sums else pair.to(sums[0].device, non_blocking=True))
+    return torch.stack(sums).flatten() if sums else torch.zeros(0, dtype=torch.float64)
 
 
 def _init_chain(method_class: type[Method]) -> list[list[inspect.Parameter]]:

@@ -77,19 +77,25 @@ def loss_increase(model, W0, data):
 
 
 def test_columns_update_beats_the_diagonal_update_on_the_same_mask():
-    results = {}
-    for update in ("diagonal", "columns", "adaptive"):
-        model, data = regression()
-        layer = model[0]
-        W0 = torch.cat([layer.weight, layer.bias[:, None]], 1).detach().clone()
-        pruner = fls.KFACPruner(model, "gaussian", damping=1e-8, stat_batches=4, update=update)
-        pruner.fit(data)
-        pruner.prune(0.7)
-        results[update] = (loss_increase(model, W0, data), pruner.masks["0"].clone())
-    assert torch.equal(results["diagonal"][1], results["columns"][1])  # scores and selection are shared
-    assert results["columns"][0] < 0.85 * results["diagonal"][0]  # measured 7.17 vs 9.29
-    assert int(results["adaptive"][1].sum()) == int(results["columns"][1].sum())  # as many removed
-    assert results["adaptive"][0] < results["columns"][0]  # the mask chosen on the way does better
+    """On each of four problems the columns update removes the diagonal update's weights and the adaptive one as
+    many; over the four (each one estimate from sampled labels, so one problem can go either way), the columns
+    update loses less than the diagonal one, and the adaptive mask less than the columns update's."""
+    totals = dict.fromkeys(("diagonal", "columns", "adaptive"), 0.0)
+    for seed in range(4):
+        results = {}
+        for update in totals:
+            model, data = regression(seed)
+            layer = model[0]
+            W0 = torch.cat([layer.weight, layer.bias[:, None]], 1).detach().clone()
+            pruner = fls.KFACPruner(model, "gaussian", damping=1e-8, stat_batches=4, update=update)
+            pruner.fit(data)
+            pruner.prune(0.7)
+            results[update] = (loss_increase(model, W0, data), pruner.masks["0"].clone())
+            totals[update] += results[update][0]
+        assert torch.equal(results["diagonal"][1], results["columns"][1])  # scores and selection are shared
+        assert int(results["adaptive"][1].sum()) == int(results["columns"][1].sum())  # as many removed
+    assert totals["columns"] < 0.85 * totals["diagonal"]  # measured 27.3 vs 40.6
+    assert totals["adaptive"] < totals["columns"]  # the mask chosen on the way does better: measured 23.3
 
 
 def test_row_scale_weighs_the_adaptive_choice():
