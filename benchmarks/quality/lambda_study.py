@@ -33,9 +33,9 @@ Variants (FLS unless named):
 - ``fit (annealed, early-stopped)``: the early-stopped fit from the K-FAC start damped by ``anneal``·γ, its aux
   steps' γ annealed geometrically down to γ (``anneal_damping``: the aux problem is better conditioned at larger
   γ), validated at γ;
-- ``fit (triangular)``, ``restart + refine (full, triangular)``: the same as without, with the aux steps moving only
-  R's upper and L's lower triangle (``triangular_factors=True``: R and L stay the Cholesky factors of G_R and G_L
-  the K-FAC start gives, the official FishLeg code's parameterisation);
+- ``fit (triangular)``, ``fit (triangular, early-stopped)``, ``restart + refine (full, triangular)``: the same as
+  without, with the aux steps moving only R's upper and L's lower triangle (``triangular_factors=True``: R and L
+  stay the Cholesky factors of G_R and G_L the K-FAC start gives, the official FishLeg code's parameterisation);
 - ``restart``: FLS's K-FAC start restarted from K-FAC statistics of the masked model before each later sub-step,
   with no aux step anywhere: K-FAC re-estimated, but with γ fixed at the first estimate's (the ablation of the
   restarted refinements: what their aux steps add over the restart alone);
@@ -89,6 +89,7 @@ VARIANTS = (
     "restart + refine (full, balanced)",
     "fit (annealed, early-stopped)",
     "fit (triangular)",
+    "fit (triangular, early-stopped)",
     "restart + refine (full, triangular)",
     "restart",
     "K-FAC",

@@ -410,11 +410,12 @@ def test_lambda_study_splits_are_disjoint_and_variants_build_their_pruners():
         "restart + refine (full, balanced)": (2, "init", True, None, "full", True, True, 1.0, False),
         "fit (annealed, early-stopped)": (0, "current", True, None, "alive", True, False, 10.0, False),
         "fit (triangular)": (0, "current", False, None, "alive", True, False, 1.0, True),
+        "fit (triangular, early-stopped)": (0, "current", True, None, "alive", True, False, 1.0, True),
         "restart + refine (full, triangular)": (2, "init", True, None, "full", True, False, 1.0, True),
         "restart": (0, "init", True, None, "alive", True, False, 1.0, False),
     }
-    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 16 + [0, 0, 0]
-    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 19 + [1]
+    assert [lambda_study.fit_steps(v, config) for v in lambda_study.VARIANTS] == [0] + [2] * 17 + [0, 0, 0]
+    assert [lambda_study.substeps(v, config) for v in lambda_study.VARIANTS] == [2] * 20 + [1]
     assert lambda_study.sizes(config) == (8,) and lambda_study.sizes(_lambda_config(calib_sizes=(2, 8))) == (2, 8)
     with pytest.raises(ValueError, match="calib_sizes"):
         lambda_study.sizes(_lambda_config(calib_sizes=(9,)))
