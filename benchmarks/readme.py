@@ -319,6 +319,14 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_tri64_seed2/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences at 70%, seed 0: the full and the triangular fit, "
+        "early-stopped, with their held-out aux-loss record per block (`python -m benchmarks quality --model "
+        "minilm --lambda-study --set sequential=blocks calib_sentences=64 val_sentences=32 eval_sentences=256 "
+        "'variants=K-FAC start,fit (early-stopped),fit (triangular, early-stopped)' validate_every=5 "
+        "sparsities=0.7 patterns=unstructured seed=0 --out out/lambda_blocks_tri64_stop`)",
+        "lambda_blocks_tri64_stop/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
