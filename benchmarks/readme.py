@@ -327,6 +327,25 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_tri64_stop/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 0 (seeds 1 and 2 below), 4 sampled "
+        "labels per input in every statistics pass: the fit against its K-FAC start and K-FAC, both with a quarter "
+        "of the label noise (`python -m benchmarks quality --model minilm --lambda-study --set sequential=blocks "
+        "calib_sentences=64 val_sentences=32 eval_sentences=256 other_length=64 other_text=docstrings "
+        "'variants=K-FAC start,fit,K-FAC' label_samples=4 sparsities=0.7,0.8 patterns=unstructured seed=S --out "
+        "out/lambda_blocks_low64_labels4_seedS`)",
+        "lambda_blocks_low64_labels4_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 1, 4 sampled labels per input (the command "
+        "above with seed=1)",
+        "lambda_blocks_low64_labels4_seed1/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 2, 4 sampled labels per input (the command "
+        "above with seed=2)",
+        "lambda_blocks_low64_labels4_seed2/lambda.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
