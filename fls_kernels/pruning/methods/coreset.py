@@ -32,7 +32,8 @@ class Coreset(Recomputing, Method):
     """Sensitivity-based importance sampling with reweighting.
 
     Args:
-        calib_batches: batches of activations per sensitivity estimate (recomputed before every sub-step).
+        calib_batches: batches of activations per sensitivity estimate (recomputed before every sub-step;
+            the first after ``fit`` reads the fit's estimate while nothing it came from changed).
         reweight: rescale the kept weights by max(1, τ/s) (the method's estimator); False keeps them.
         seed: seed of the sampling.
         inputs: batch → (args, kwargs) for the model.

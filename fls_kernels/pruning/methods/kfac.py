@@ -43,7 +43,8 @@ class KFAC(Recomputing, KronOBS):
 
 class KFACPruner(Pruner):
     """K-FAC-OBS: same scores, updates, selection and life cycle as :class:`FishLegPruner`, with λ from the
-    inverted damped K-FAC factors, recomputed before every pruning sub-step.
+    inverted damped K-FAC factors, recomputed before every pruning sub-step (the first after ``fit`` reads the
+    fit's estimate while the model, masks and data are unchanged: :class:`~fls_kernels.pruning.method.Recomputing`).
 
     Args: ``likelihood``, ``damping`` and the keywords of
     :class:`~fls_kernels.pruning.methods.fisher.FisherMethod` (``stat_batches`` batches per estimate) and

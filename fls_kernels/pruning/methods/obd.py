@@ -1,5 +1,6 @@
 """Optimal Brain Damage with the diagonal (true, sampled-label) Fisher — score ½ (F̂_qq + γ) θ_q², no
-compensating update; F̂ is recomputed before every pruning sub-step."""
+compensating update; F̂ is recomputed before every pruning sub-step (the first after ``fit`` reads the fit's
+estimate while nothing it came from changed: :class:`~fls_kernels.pruning.method.Recomputing`)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The flattened weights of each layer are cut into blocks of B consecutive entries; per block
 F_B = γ I + (1/m) Σ_i g_i g_iᵀ over m per-sample loss gradients (true labels, masked), inverted by m Woodbury
-rank-1 updates from (1/γ) I, and recomputed before every pruning sub-step. Score ρ_q = θ_q² / (2 [F⁻¹]_qq);
+rank-1 updates from (1/γ) I, and recomputed before every pruning sub-step (the first after ``fit`` reads the fit's
+estimate while nothing it came from changed). Score ρ_q = θ_q² / (2 [F⁻¹]_qq);
 update δθ = −F⁻¹ z with z = M_P ⊙ θ ⊘ diag(F⁻¹) (independent approximation, within each block).
 """
 
