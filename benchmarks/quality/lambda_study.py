@@ -37,9 +37,12 @@ Variants (FLS unless named):
   without, with the aux steps moving only R's upper and L's lower triangle (``triangular_factors=True``: R and L
   stay the Cholesky factors of G_R and G_L the K-FAC start gives, the official FishLeg code's parameterisation);
 - ``restart``: FLS's K-FAC start restarted from K-FAC statistics of the masked model before each later sub-step,
-  with no aux step anywhere: K-FAC re-estimated, but with γ fixed at the first estimate's (the ablation of the
-  restarted refinements: what their aux steps add over the restart alone);
-- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step (no λ learning; γ re-resolved on every estimate);
+  with no aux step anywhere: K-FAC re-estimated (the ablation of the restarted refinements: what their aux steps add
+  over the restart alone). It draws the same labels in the same order as ``K-FAC`` and prunes bit for bit alike;
+  the noise-floor tables in benchmarks/README.md were measured when K-FAC's first sub-step drew an estimate of its
+  own, so the two differed by their labels;
+- ``K-FAC``: K-FAC-OBS re-estimated before every sub-step after the first (no λ learning; γ from the first
+  estimate, as FLS's);
 - ``SparseGPT``: :class:`~fls_kernels.SparseGPTPruner` with its published defaults (1% dampening, layers in order on
   the already-pruned model's inputs, every layer to the target sparsity), on the same calibration batches.
 
