@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,13 +154,16 @@ def prune_model(
     progress: bool = False,
     sequential: str | None = None,
     steps: int = 0,
+    options: Mapping[str, object] | None = None,
 ) -> fls.Pruner:
-    """The registry's pruner of ``method`` on ``model`` with its transformer options (:data:`RECIPES`), fitted on
-    the calibration windows ``calib_ids`` [n, L] with ``steps`` aux steps and pruned to ``sparsity`` — in
-    :data:`SUBSTEPS` sub-steps, or one pass for a layer-by-layer method; not finalized. ``sequential="blocks"``:
-    decoder block by decoder block (:mod:`fls_kernels.pruning.sequential`; ``steps`` per block)."""
+    """The registry's pruner of ``method`` on ``model`` with its transformer options (:data:`RECIPES`, then
+    ``options`` over them), fitted on the calibration windows ``calib_ids`` [n, L] with ``steps`` aux steps and pruned
+    to ``sparsity`` — in :data:`SUBSTEPS` sub-steps, or one pass for a layer-by-layer method; not finalized.
+    ``sequential="blocks"``: decoder block by decoder block (:mod:`fls_kernels.pruning.sequential`; ``steps`` per
+    block)."""
     cls = fls.PRUNERS[method]
-    pruner = cls(model, pattern=pattern, progress=progress, sequential=sequential, **RECIPES.get(method, {}))
+    chosen = {**RECIPES.get(method, {}), **(options or {})}
+    pruner = cls(model, pattern=pattern, progress=progress, sequential=sequential, **chosen)
     device = str(next(model.parameters()).device)
     pruner.fit(batches(calib_ids, batch_size, device), steps=steps)
     pruner.prune(sparsity, substeps=1 if cls.method_class.layerwise else SUBSTEPS)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from benchmarks.quality import gpt
+from fls_kernels import llm
 from fls_kernels.__main__ import main
 
 transformers = pytest.importorskip("transformers")
@@ -147,3 +148,18 @@ def test_a_bad_input_is_one_line_naming_it_and_exit_two(tmp_path, texts, capsys,
     lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(lines) == 1 and argument in lines[0], lines
     assert not (tmp_path / "never").exists()
+
+
+def test_prune_model_puts_options_over_the_recipe_and_the_gpt_study_passes_label_samples():
+    torch.manual_seed(0)
+    model = CONFIGS["gpt2"]()
+    calib = torch.randint(0, 96, (4, 16))
+    pruner = llm.prune_model(model, "kfac", 0.5, calib, batch_size=2, options={"label_samples": 3})
+    assert pruner.method.label_samples == 3 and pruner.sparsity() > 0.49
+    assert pruner.method.update_rule == llm.RECIPES["kfac"]["update"]  # the recipe's other options kept
+    pruner.finalize()
+    config = gpt.Config(label_samples=3)
+    assert gpt._options("fls", config) == gpt._options("kfac", config) == gpt._options("obd", config)
+    assert gpt._options("fls", config) == {"label_samples": 3}
+    assert gpt._options("sparsegpt", config) == gpt._options("obert", config) == gpt._options("fls", gpt.Config()) == {}
+    assert "3 sampled labels per input" in gpt.table([], config) and "sampled labels" not in gpt.table([], gpt.Config())

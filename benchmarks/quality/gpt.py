@@ -30,6 +30,7 @@ import fls_kernels as fls
 from benchmarks.harness import stamp_line, write_csv, write_study
 from benchmarks.quality import digits, minilm
 from fls_kernels import llm
+from fls_kernels.pruning.method import has_option
 
 CELLS = ("50%", "70%", "2:4")
 REFERENCE = "sparsegpt"
@@ -66,6 +67,8 @@ class Config:
     cache: str = "out/gpt_model"  # the trained GPT and tokenizer ("": train in memory, cache nothing)
     seed: int = 0
     threads: int = 2  # torch threads of the whole run
+    #: sampled labels per input in every statistics pass of the methods that take it (FLS's start, K-FAC, OBD)
+    label_samples: int = 1
 
 
 #: a CI-sized run: a tiny GPT, a few steps, two methods
@@ -205,6 +208,13 @@ def _method(label: str) -> tuple[str, str | None, int]:
     return match[1], "blocks" if match[2] else None, int(match[3] or 0)
 
 
+def _options(name: str, config: Config) -> dict:
+    """The study's options over the recipe of method ``name``: ``label_samples`` where the method takes it."""
+    if config.label_samples != 1 and has_option(fls.PRUNERS[name].method_class, "label_samples"):
+        return {"label_samples": config.label_samples}
+    return {}
+
+
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
     config = config or Config()
     for label in config.methods:
@@ -251,6 +261,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                 batch_size=config.batch_size,
                 sequential=sequential,
                 steps=steps,
+                options=_options(name, config),
             )
             seconds = time.perf_counter() - start
             held = pruner.memory_usage()["total"]
@@ -282,7 +293,12 @@ def table(rows: list[dict], config: Config) -> str:
         "per-window NLL minus SparseGPT's in the same cell (nats/token, mean ± standard error over evaluation "
         "windows, negative is better); seconds of fit + prune; MiB the method holds beside the model (block by "
         "block: its high-water mark, "
-        "captured block inputs included).",
+        "captured block inputs included)."
+        + (
+            f" {c.label_samples} sampled labels per input in every statistics pass of FLS's start, K-FAC and OBD."
+            if c.label_samples != 1
+            else ""
+        ),
         "",
         "| cell | method | validation perplexity | perplexity | NLL − SparseGPT | seconds | state MiB |",
         "|---|---|---:|---:|---:|---:|---:|",
