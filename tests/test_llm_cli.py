@@ -163,3 +163,6 @@ def test_prune_model_puts_options_over_the_recipe_and_the_gpt_study_passes_label
     assert gpt._options("fls", config) == {"label_samples": 3}
     assert gpt._options("sparsegpt", config) == gpt._options("obert", config) == gpt._options("fls", gpt.Config()) == {}
     assert "3 sampled labels per input" in gpt.table([], config) and "sampled labels" not in gpt.table([], gpt.Config())
+    seeded = gpt.Config(method_seed=5)
+    assert gpt._options("fls", seeded) == gpt._options("kfac", seeded) == {"seed": 5}
+    assert gpt._options("magnitude", seeded) == {} and "from seed 5" in gpt.table([], seeded)

@@ -69,6 +69,8 @@ class Config:
     threads: int = 2  # torch threads of the whole run
     #: sampled labels per input in every statistics pass of the methods that take it (FLS's start, K-FAC, OBD)
     label_samples: int = 1
+    #: seed of the methods' own draws (sampled labels, FLS's probes) where they take one; None: their default
+    method_seed: int | None = None
 
 
 #: a CI-sized run: a tiny GPT, a few steps, two methods
@@ -209,10 +211,15 @@ def _method(label: str) -> tuple[str, str | None, int]:
 
 
 def _options(name: str, config: Config) -> dict:
-    """The study's options over the recipe of method ``name``: ``label_samples`` where the method takes it."""
-    if config.label_samples != 1 and has_option(fls.PRUNERS[name].method_class, "label_samples"):
-        return {"label_samples": config.label_samples}
-    return {}
+    """The study's options over the recipe of method ``name``: ``label_samples`` and ``method_seed`` (as ``seed``)
+    where the method takes them."""
+    method = fls.PRUNERS[name].method_class
+    chosen: dict = {}
+    if config.label_samples != 1 and has_option(method, "label_samples"):
+        chosen["label_samples"] = config.label_samples
+    if config.method_seed is not None and has_option(method, "seed"):
+        chosen["seed"] = config.method_seed
+    return chosen
 
 
 def run(config: Config | None = None, log: Callable[[str], None] = print) -> list[dict]:
@@ -298,7 +305,8 @@ def table(rows: list[dict], config: Config) -> str:
             f" {c.label_samples} sampled labels per input in every statistics pass of FLS's start, K-FAC and OBD."
             if c.label_samples != 1
             else ""
-        ),
+        )
+        + (f" The methods' own draws (labels, probes) from seed {c.method_seed}." if c.method_seed is not None else ""),
         "",
         "| cell | method | validation perplexity | perplexity | NLL − SparseGPT | seconds | state MiB |",
         "|---|---|---:|---:|---:|---:|---:|",
