@@ -121,6 +121,27 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "gpt/gpt.md",
     ),
     (
+        "a small GPT at 70%, block by block: the fit (200 aux steps per block) against K-FAC, one draw of each at "
+        "this commit (`python -m benchmarks quality --model gpt --set methods=fls@blocks+200,kfac@blocks,sparsegpt "
+        "cells=70% --out out/gpt_labels1`)",
+        "gpt_labels1/gpt.md",
+    ),
+    (
+        "a small GPT at 70%, block by block, 4 sampled labels per input in every statistics pass of FLS's start and "
+        "K-FAC (the command above with label_samples=4 --out out/gpt_labels4)",
+        "gpt_labels4/gpt.md",
+    ),
+    (
+        "a small GPT at 70%, block by block, the methods' labels and probes drawn from seed 1 (the command above "
+        "with method_seed=1 --out out/gpt_draw1; same model and windows)",
+        "gpt_draw1/gpt.md",
+    ),
+    (
+        "a small GPT at 70%, block by block, the methods' labels and probes drawn from seed 2 (method_seed=2 --out "
+        "out/gpt_draw2)",
+        "gpt_draw2/gpt.md",
+    ),
+    (
         "all-MiniLM-L6-v2, 256 calibration sentences, block by block: FLS and K-FAC with FLS's solver beside "
         "FLS-uniform and SparseGPT (`python -m benchmarks quality --model minilm --reduced --set calib_sentences=256 "
         "methods=FLS-uniform,SparseGPT,FLS-blocks,K-FAC-blocks --out out/minilm_256_blocks`)",
