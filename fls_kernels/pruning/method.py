@@ -135,7 +135,7 @@ class Recomputing(Method):
     a model fine-tuned, masks changed or a checkpoint loaded in between is estimated afresh."""
 
     #: what the last ``fit``'s estimate was taken from (:meth:`_source`), until the next sub-step reads it
-    _fresh: tuple[int, int, Tensor] | None = None
+    _fresh: tuple[object, int, Tensor] | None = None
 
     def recompute(self) -> None:
         raise NotImplementedError
@@ -152,16 +152,16 @@ class Recomputing(Method):
             return
         self.recompute()
 
-    def _source(self) -> tuple[int, int, Tensor]:
-        """(id of the data stream, its position, fingerprint of the model and masks) now."""
+    def _source(self) -> tuple[object, int, Tensor]:
+        """(the data stream, its position, fingerprint of the model and masks) now."""
         stream = self.ctx.data.stream
         model, masks = self.ctx.model, [self.ctx.masks[name] for name in self.ctx.masks]
-        return id(stream), self.ctx.data.position, fingerprint([*model.parameters(), *model.buffers(), *masks])
+        return stream, self.ctx.data.position, fingerprint([*model.parameters(), *model.buffers(), *masks])
 
-    def _unchanged(self, fresh: tuple[int, int, Tensor]) -> bool:
+    def _unchanged(self, fresh: tuple[object, int, Tensor]) -> bool:
         """Whether :meth:`_source` is still ``fresh``, on every rank (one collective in a distributed prune)."""
         stream, position, print_ = self._source()
-        same = stream == fresh[0] and position == fresh[1] and torch.equal(print_, fresh[2])
+        same = stream is fresh[0] and position == fresh[1] and torch.equal(print_, fresh[2])
         comm = self.ctx.mode.comm
         if comm is None:
             return same
