@@ -142,6 +142,17 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "gpt_draw2/gpt.md",
     ),
     (
+        "a small GPT at 70%, block by block, 4 sampled labels per input: fits of 50 and 100 aux steps per block "
+        "(`python -m benchmarks quality --model gpt --set methods=fls@blocks+50,fls@blocks+100,sparsegpt cells=70% "
+        "label_samples=4 --out out/gpt_labels4_steps`; its seconds shared the CPU with tests)",
+        "gpt_labels4_steps/gpt.md",
+    ),
+    (
+        "a small GPT at 70%, block by block, 1 sampled label per input: fits of 50 and 100 aux steps per block (the "
+        "command above without label_samples --out out/gpt_labels1_steps; its seconds shared the CPU with tests)",
+        "gpt_labels1_steps/gpt.md",
+    ),
+    (
         "all-MiniLM-L6-v2, 256 calibration sentences, block by block: FLS and K-FAC with FLS's solver beside "
         "FLS-uniform and SparseGPT (`python -m benchmarks quality --model minilm --reduced --set calib_sentences=256 "
         "methods=FLS-uniform,SparseGPT,FLS-blocks,K-FAC-blocks --out out/minilm_256_blocks`)",
