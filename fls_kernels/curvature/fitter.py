@@ -102,11 +102,11 @@ class AuxFitter:
         self.reduction = reduction if reduction is not None else AuxReduction()
         self.owned = [isinstance(b, KronBlock) for b in blocks]
         self.learn_scaling = learn_scaling
-        learnt = [(b.R, b.L, b.A) if learn_scaling else (b.R, b.L) for b in blocks if isinstance(b, KronBlock)]
+        owned = [b for b in blocks if isinstance(b, KronBlock)]
+        learnt = [(b.R, b.L, b.A) if learn_scaling else (b.R, b.L) for b in owned]
         self.params = [p for group in learnt for p in group]
-        self.triangular = triangular
-        #: (factor, upper) of every owned block when ``triangular``: the triangle its steps keep
-        self._triangles = [(f, up) for b in blocks if isinstance(b, KronBlock) for f, up in ((b.R, True), (b.L, False))]
+        #: (factor, upper) of every owned block's R and L when ``triangular`` (else none): the triangle its steps keep
+        self._triangles = [(f, up) for b in owned for f, up in ((b.R, True), (b.L, False))] if triangular else []
         # a rank owning no block (sharded, more ranks than layers) still steps in lockstep with the others
         self.optimizer = torch.optim.Adam(self.params or [nn.Parameter(torch.zeros(0))], lr=lr)
         device = blocks[0].device if blocks else torch.device("cpu")
@@ -180,10 +180,9 @@ class AuxFitter:
         if grads is not None:
             for p, g in zip(self.params, grads):
                 p.grad = g
-        if self.triangular:
-            for factor, upper in self._triangles:
-                if factor.grad is not None:
-                    factor.grad = factor.grad.triu() if upper else factor.grad.tril()
+        for factor, upper in self._triangles:
+            if factor.grad is not None:
+                factor.grad = factor.grad.triu() if upper else factor.grad.tril()
         self.optimizer.step()
         return torch.as_tensor(loss)
 

@@ -159,15 +159,14 @@ class Recomputing(Method):
         return stream, self.ctx.data.position, fingerprint([*model.parameters(), *model.buffers(), *masks])
 
     def _unchanged(self, fresh: tuple[object, int, Tensor]) -> bool:
-        """Whether :meth:`_source` is still ``fresh``, on every rank (one collective in a distributed prune)."""
+        """Whether :meth:`_source` is still ``fresh``, on every rank (a distributed prune counts the ranks where it
+        changed in its one :meth:`~fls_kernels.distributed.Comm.check`)."""
         stream, position, print_ = self._source()
         same = stream is fresh[0] and position == fresh[1] and torch.equal(print_, fresh[2])
         comm = self.ctx.mode.comm
         if comm is None:
             return same
-        flag = torch.tensor([1.0 if same else 0.0], device=self.ctx.device)
-        comm.all_reduce_([flag], "min")
-        return bool(flag.item() == 1.0)
+        return float(comm.check(torch.tensor([0.0 if same else 1.0]))) == 0.0
 
 
 @torch.no_grad()
