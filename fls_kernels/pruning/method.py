@@ -23,7 +23,7 @@ and chosen sets cover the weight columns only, [m, n_weight].
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -61,6 +61,10 @@ class Method:
     block_options: ClassVar[dict[str, object]] = {}
 
     ctx: Context
+    #: set by the block-sequential executor when it holds held-out inputs of the block: ``trial()`` is the block's
+    #: relative output error Σ‖y(θ′) − y(θ)‖² / Σ‖y(θ)‖² on them after a trial prune θ → θ′ to the block's target
+    #: with the method's state as it is now, the block's weights and masks put back afterwards (None otherwise)
+    trial: Callable[[], float] | None = None
 
     def bind(self, ctx: Context) -> None:
         """Attach to a pruner's layers (allocate per-layer state here). Called once, by the pruner."""

@@ -152,9 +152,9 @@ class BlockSequential:
 
     def check(self, like: Context) -> None:
         """Bind a method to the first block, as a prune will (its option and pattern checks), and drop it."""
-        self._method(self._context(like, self.blocks[0], None))
+        self._method(self._context(like, self.blocks[0], None), self.validation)  # the model's batches stand in
 
-    def _method(self, ctx: Context, validation: Captured | None = None) -> Method:
+    def _method(self, ctx: Context, validation: Sequence | None = None) -> Method:
         extra = {"validation": list(validation)} if validation is not None else {}
         method = self.method_class(**self.options, **extra)
         method.bind(ctx)
@@ -191,6 +191,8 @@ class BlockSequential:
                     captured = [self._capture(batches, block, like.device) for batches in sets]
                 ctx = self._context(like, block, captured[0] if captured else None)
                 method = self._method(ctx, captured[1] if len(captured) > 1 else None)
+                if len(captured) > 1:
+                    method.trial = self._trial(ctx, method, _part(sparsity, ctx.views), substeps, captured[1])
                 method.fit(self.steps)
                 target = parse(_part(sparsity, ctx.views), ctx.masks, ctx.allocation)
                 for step, increment in target.substeps(ctx.masks, substeps):
@@ -212,6 +214,27 @@ class BlockSequential:
                 log.info("block %s pruned (%d layers)", block.name, len(block.layers))
         if bar is not None:
             bar.close()
+
+    def _trial(
+        self, ctx: Context, method: Method, sparsity: object, substeps: int, held: Captured
+    ) -> Callable[[], float]:
+        """The block's :attr:`~Method.trial`: prune the block to ``sparsity`` in ``substeps`` sub-steps with
+        ``method`` as it is (no :meth:`~Method.before_substep` between them), measure its relative output error on
+        the held-out inputs against its outputs now (before this prune), and put its weights and masks back."""
+        with torch.no_grad():
+            reference = [self._store(ctx.model(**inputs)) for inputs in held]
+
+        def trial() -> float:
+            snapshot = ctx.masks.snapshot()
+            try:
+                target = parse(sparsity, ctx.masks, ctx.allocation)
+                for _, increment in target.substeps(ctx.masks, substeps):
+                    prune_substep(ctx, method, increment)
+                return output_error(ctx.model, held, reference)
+            finally:
+                ctx.masks.restore(snapshot)
+
+        return trial
 
     def _store(self, value: object) -> object:
         return _to(value, torch.device("cpu")) if self.offload else value
@@ -305,6 +328,20 @@ class BlockSequential:
         usage = {**usage, "inputs": inputs}
         for kind, value in usage.items():
             self.peak[kind] = max(self.peak.get(kind, 0), int(value))
+
+
+@torch.no_grad()
+def output_error(runner: nn.Module, held: Sequence[dict], reference: Sequence[Tensor]) -> float:
+    """Σ_b ‖runner(**held[b]) − reference[b]‖² / Σ_b ‖reference[b]‖², in float64 (padding weighted 0 by the
+    runner's token weights)."""
+    num = torch.zeros((), dtype=torch.float64)
+    den = torch.zeros((), dtype=torch.float64)
+    for inputs, ref in zip(held, reference, strict=True):
+        out = runner(**inputs).to(torch.float64)
+        ref = ref.to(out.device, torch.float64)
+        num += (out - ref).square().sum().cpu()
+        den += ref.square().sum().cpu()
+    return float(num / den) if den > 0 else float(num)
 
 
 def _named(signature: inspect.Signature, args: tuple, kwargs: dict, name: str) -> dict:

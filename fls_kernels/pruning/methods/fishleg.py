@@ -27,6 +27,9 @@ REFINE_FROM = ("current", "init")
 #: solvers, which handle the masks exactly); "auto": the one the update reads
 AUX_SPACES = ("auto", "alive", "full")
 AUX_FISHERS = ("exact", "layerwise")
+#: what the fit's validations measure of λ: its held-out aux loss, or (block by block) the block's output error on
+#: the held-out inputs after a trial prune with it
+VALIDATE_BY = ("aux", "prune")
 #: probe scale of the alive weights outside the focus (``probe_focus``): their columns of Q still count, at 1%
 FOCUS_BACKGROUND = 0.1
 
@@ -64,6 +67,7 @@ class FishLeg(KronOBS):
         validation: object = None,
         validate_every: int = 10,
         validation_probes: int = 2,
+        validate_by: str = "aux",
         probe_focus: float | None = None,
         aux_space: str = "auto",
         learn_scaling: bool = True,
@@ -85,6 +89,9 @@ class FishLeg(KronOBS):
         self.validation = _held_out(validation)
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
+        self.validate_by = choice("validate_by", validate_by, VALIDATE_BY)
+        if self.validate_by == "prune" and self.validation is None:
+            raise ValueError("validate_by: 'prune' validates λ on held-out batches; pass validation=")
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
         self.learn_scaling = flag("learn_scaling", learn_scaling)
         self.balance_factors = flag("balance_factors", balance_factors)
@@ -107,6 +114,8 @@ class FishLeg(KronOBS):
             raise ValueError("aux_fisher: 'layerwise' runs in one process; use 'exact' with distributed=")
         if self.validation is not None and ctx.mode.comm is not None:
             raise ValueError("validation: early stopping on held-out batches runs in one process")
+        if self.validate_by == "prune" and ctx.block is None:
+            raise ValueError("validate_by: 'prune' trial-prunes one block at a time; use it with sequential='blocks'")
         if self.probe_focus is not None and ctx.mode.comm is not None:
             raise ValueError("probe_focus: focused probes are chosen in one process")
         super().bind(ctx)
@@ -143,7 +152,7 @@ class FishLeg(KronOBS):
             progress=self.ctx.progress,
             desc="fit",
             anneal=self.anneal_damping if steps and not self.fitter.history else 1.0,  # the first aux steps
-            **self._early_stop(masks, steps),
+            **self._early_stop(masks, steps, self.validate_by),
         )
         if steps:
             self._stale = False
@@ -239,11 +248,27 @@ class FishLeg(KronOBS):
                 scales.append(scale)
         self.fitter.probe_scale = scales
 
-    def _early_stop(self, masks: list[Tensor] | None, steps: int) -> dict:
-        """The fitter's early-stopping arguments: validation on the held-out batches (none without them)."""
+    def _early_stop(self, masks: list[Tensor] | None, steps: int, by: str = "aux") -> dict:
+        """The fitter's early-stopping arguments: validation on the held-out batches (none without them), by the
+        held-out aux loss or (``by="prune"``) by the block's output error after a trial prune."""
         if self.validation is None or not steps:
             return {}
+        if by == "prune":
+            return {"validate": self._trial_error, "validate_every": self.validate_every}
         return {"validate": lambda: self.aux_loss(self.validation, masks=masks), "validate_every": self.validate_every}
+
+    def _trial_error(self) -> float:
+        """The block's held-out output error after a trial prune with λ now (:attr:`Method.trial`), this method's
+        own state put back as the block's weights and masks are."""
+        if self.trial is None:
+            raise RuntimeError(
+                f"{self.ctx.owner}: validate_by='prune' needs the trial prune sequential='blocks' attaches"
+            )
+        stale, captures = self._stale, self._captures
+        try:
+            return self.trial()
+        finally:
+            self._stale, self._captures = stale, captures
 
     def aux_loss(
         self, batches: object, probes: int | None = None, seed: int = 0, masks: list[Tensor] | None = None
@@ -367,6 +392,12 @@ class FishLegPruner(Pruner):
             ``validate_every`` steps, and end at the best λ — never worse than where they started.
         validate_every: aux steps between validations.
         validation_probes: probes per held-out batch of each validation (the same probes every time: paired).
+        validate_by: what the fit's validations measure: "aux" (default), the held-out aux loss; or "prune" (with
+            ``sequential="blocks"`` and ``validation``), the block's relative output error on the held-out inputs,
+            Σ‖y(θ′) − y(θ)‖² / Σ‖y(θ)‖², after a trial prune θ → θ′ to the block's target in the prune's sub-steps
+            with λ as validated (no refinement between them), weights and masks put back — so the fit ends at the λ
+            that prunes the held-out inputs best, its K-FAC (``init``) start included, one trial prune per
+            validation. Refinements still validate by the aux loss.
         probe_focus: None (default: isotropic probes u ∼ 𝒩(0, I)) or f ∈ (0, 1]: before the fit and each
             refinement, the probes put unit variance on the f share of each layer's alive weights with the lowest
             OBS scores (the next candidates) and 1% on the rest, so that the fit weights Q's columns Q e_q by how
