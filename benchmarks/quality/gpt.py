@@ -71,6 +71,8 @@ class Config:
     label_samples: int = 1
     #: seed of the methods' own draws (sampled labels, FLS's probes) where they take one; None: their default
     method_seed: int | None = None
+    #: aux steps between the trial prunes of a "/prune" method's fit
+    validate_every: int = 25
 
 
 #: a CI-sized run: a tiny GPT, a few steps, two methods
@@ -198,16 +200,21 @@ def _cell(cell: str) -> tuple[str, float]:
     return "unstructured", float(cell.rstrip("%")) / 100
 
 
-def _method(label: str) -> tuple[str, str | None, int]:
-    """(registry name, ``sequential``, aux steps) of a study label ``name[@blocks][+steps]``: "sparsegpt" → whole
-    model, "sparsegpt@blocks" → block by block, "fls@blocks+200" → with 200 aux steps (per block); ValueError naming
-    ``methods`` for anything else."""
-    match = re.fullmatch(r"([a-z_]+)(@blocks)?(?:\+(\d+))?", label)
+def _method(label: str) -> tuple[str, str | None, int, bool]:
+    """(registry name, ``sequential``, aux steps, prune-validated) of a study label
+    ``name[@blocks][+steps][/prune]``: "sparsegpt" → whole model, "sparsegpt@blocks" → block by block,
+    "fls@blocks+200" → with 200 aux steps (per block), "fls@blocks+200/prune" → each block's fit validated every
+    ``validate_every`` steps on the validation windows by a trial prune (``validate_by="prune"``), ending at the λ
+    that pruned them best; ValueError naming ``methods`` for anything else."""
+    match = re.fullmatch(r"([a-z_]+)(@blocks)?(?:\+(\d+))?(/prune)?", label)
     if match is None or match[1] not in fls.PRUNERS:
         raise ValueError(
-            f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks' and '+<steps>'"
+            f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks', '+<steps>' "
+            "and '/prune'"
         )
-    return match[1], "blocks" if match[2] else None, int(match[3] or 0)
+    if match[4] and not (match[2] and match[3] and has_option(fls.PRUNERS[match[1]].method_class, "validate_by")):
+        raise ValueError(f"methods: {label!r}: '/prune' validates an FLS fit block by block ('fls@blocks+<steps>')")
+    return match[1], "blocks" if match[2] else None, int(match[3] or 0), bool(match[4])
 
 
 def _options(name: str, config: Config) -> dict:
@@ -258,7 +265,11 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
         for method in config.methods:
             model.load_state_dict(weights)
             start = time.perf_counter()
-            name, sequential, steps = _method(method)
+            name, sequential, steps, validated = _method(method)
+            options = _options(name, config)
+            if validated:
+                held = llm.batches(val, config.batch_size, str(next(model.parameters()).device))
+                options.update(validation=held, validate_by="prune", validate_every=config.validate_every)
             pruner = llm.prune_model(
                 model,
                 name,
@@ -268,7 +279,7 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
                 batch_size=config.batch_size,
                 sequential=sequential,
                 steps=steps,
-                options=_options(name, config),
+                options=options,
             )
             seconds = time.perf_counter() - start
             held = pruner.memory_usage()["total"]

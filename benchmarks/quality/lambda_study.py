@@ -39,6 +39,8 @@ Variants (FLS unless named):
 - ``fit (prune-validated)`` (block by block only): the fit validated, at its start and every ``validate_every``
   steps, by the block's output error on the validation batches after a trial prune to the cell's target with λ
   then (``validate_by="prune"``), ending at the λ whose trial pruned best — its K-FAC start included;
+- ``fit (prune-validated, last block)``: the same with the error of the last block's output, the trial-pruned
+  block's outputs carried through the blocks after it, against the dense model's (``validate_by="prune-last"``);
 - ``restart``: FLS's K-FAC start restarted from K-FAC statistics of the masked model before each later sub-step,
   with no aux step anywhere: K-FAC re-estimated (the ablation of the restarted refinements: what their aux steps add
   over the restart alone). It draws the same labels in the same order as ``K-FAC`` and prunes bit for bit alike;
@@ -98,6 +100,7 @@ VARIANTS = (
     "fit (triangular, early-stopped)",
     "restart + refine (full, triangular)",
     "fit (prune-validated)",
+    "fit (prune-validated, last block)",
     "restart",
     "K-FAC",
     "SparseGPT",
@@ -206,7 +209,7 @@ def make(
     )
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
-    validated = variant == "fit (prune-validated)"
+    validated = variant.startswith("fit (prune-validated")
     if validated and not config.sequential:
         raise ValueError(f"variants: {variant!r} trial-prunes block by block; use sequential='blocks'")
     refine = config.refine_steps if "refine" in variant else 0
@@ -222,7 +225,7 @@ def make(
         validation=validation if stop else None,
         validate_every=config.validate_every,
         validation_probes=config.probes,
-        validate_by="prune" if validated else "aux",
+        validate_by=("prune-last" if "last block" in variant else "prune") if validated else "aux",
         probe_focus=sparsity if variant == "fit (focused)" else None,
         aux_space="full" if full else "alive",
         learn_scaling="Kronecker only" not in variant,
@@ -262,8 +265,9 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     unknown = [v for v in config.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    if "fit (prune-validated)" in config.variants and not config.sequential:
-        raise ValueError("variants: 'fit (prune-validated)' trial-prunes block by block; use sequential='blocks'")
+    blockwise = [v for v in config.variants if v.startswith("fit (prune-validated")]
+    if blockwise and not config.sequential:
+        raise ValueError(f"variants: {blockwise} trial-prune block by block; use sequential='blocks'")
     calib, val, evals = splits(config)
     base, tokenizer = load_minilm(config.device)
     other = dataclasses.replace(config, max_length=config.other_length) if config.other_length else None

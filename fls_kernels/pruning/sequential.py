@@ -186,13 +186,19 @@ class BlockSequential:
         with _no_cache(self.model), eval_mode(self.model), unfused(self.model, math_sdpa=False):
             key = self._chain(loader) if needs_data and len(self.blocks) > 1 else None
             captured: list[Captured] = []  # the calibration batches' inputs, then the held-out ones'
+            last: list[Tensor] | None = None  # the held-out inputs' last-block outputs before this prune
             for b, block in enumerate(self.blocks):
                 if needs_data and (b == 0 or key is None):
                     captured = [self._capture(batches, block, like.device) for batches in sets]
+                if b == 0 and key is not None and len(captured) > 1:
+                    last = self._carry(captured[1], 0, key)
                 ctx = self._context(like, block, captured[0] if captured else None)
                 method = self._method(ctx, captured[1] if len(captured) > 1 else None)
                 if len(captured) > 1:
-                    method.trial = self._trial(ctx, method, _part(sparsity, ctx.views), substeps, captured[1])
+                    carry = (lambda held, b=b: self._carry(held, b, key)) if last is not None else None
+                    method.trial = self._trial(
+                        ctx, method, _part(sparsity, ctx.views), substeps, captured[1], carry, last
+                    )
                 method.fit(self.steps)
                 target = parse(_part(sparsity, ctx.views), ctx.masks, ctx.allocation)
                 for step, increment in target.substeps(ctx.masks, substeps):
@@ -216,25 +222,61 @@ class BlockSequential:
             bar.close()
 
     def _trial(
-        self, ctx: Context, method: Method, sparsity: object, substeps: int, held: Captured
-    ) -> Callable[[], float]:
+        self,
+        ctx: Context,
+        method: Method,
+        sparsity: object,
+        substeps: int,
+        held: Captured,
+        carry: Callable[[Captured], list[Tensor]] | None,
+        last: list[Tensor] | None,
+    ) -> Callable[[str], float]:
         """The block's :attr:`~Method.trial`: prune the block to ``sparsity`` in ``substeps`` sub-steps with
-        ``method`` as it is (no :meth:`~Method.before_substep` between them), measure its relative output error on
-        the held-out inputs against its outputs now (before this prune), and put its weights and masks back."""
+        ``method`` as it is (no :meth:`~Method.before_substep` between them), measure the relative error on the
+        held-out inputs, and put the block's weights and masks back. ``at="block"``: of the block's outputs against
+        its outputs now (before this prune); ``at="last"`` (blocks that chain): of the last block's outputs, the
+        pruned block's carried through the blocks after it (``carry``), against the model's before this prune
+        (``last``)."""
         with torch.no_grad():
             reference = [self._store(ctx.model(**inputs)) for inputs in held]
 
-        def trial() -> float:
+        def trial(at: str = "block") -> float:
+            if at not in ("block", "last"):
+                raise ValueError(f"at: expected 'block' or 'last', got {at!r}")
+            if at == "last" and len(self.blocks) == 1:
+                at = "block"  # the only block is the last
+            if at == "last" and carry is None:
+                raise ValueError(
+                    "validate_by: the last block's output error carries the block's outputs through the blocks after "
+                    "it, which do not chain here (each block's input the previous block's output); validate by the "
+                    "block's own output instead"
+                )
             snapshot = ctx.masks.snapshot()
             try:
                 target = parse(sparsity, ctx.masks, ctx.allocation)
                 for _, increment in target.substeps(ctx.masks, substeps):
                     prune_substep(ctx, method, increment)
-                return output_error(ctx.model, held, reference)
+                if at == "block":
+                    return output_error(ctx.model, held, reference)
+                return relative_error(carry(held), last)
             finally:
                 ctx.masks.restore(snapshot)
 
         return trial
+
+    @torch.no_grad()
+    def _carry(self, held: Captured, start: int, key: str) -> list[Tensor]:
+        """The last block's outputs (token-weighted) on ``held``, block ``start``'s inputs, through blocks ``start``
+        onwards as they are now."""
+        outputs = []
+        for index in range(len(held)):
+            inputs = held[index]
+            weights = inputs.pop(TOKEN_WEIGHTS)
+            for block in self.blocks[start:-1]:
+                inputs = {**inputs, key: block_output(block.module(**inputs))}
+            runner = BlockRunner(self.blocks[-1].name, self.blocks[-1].module)
+            outputs.append(self._store(runner(**inputs, **{TOKEN_WEIGHTS: weights})))
+        return outputs
 
     def _store(self, value: object) -> object:
         return _to(value, torch.device("cpu")) if self.offload else value
@@ -334,10 +376,15 @@ class BlockSequential:
 def output_error(runner: nn.Module, held: Sequence[dict], reference: Sequence[Tensor]) -> float:
     """Σ_b ‖runner(**held[b]) − reference[b]‖² / Σ_b ‖reference[b]‖², in float64 (padding weighted 0 by the
     runner's token weights)."""
+    return relative_error([runner(**inputs) for inputs in held], reference)
+
+
+def relative_error(outputs: Sequence[Tensor], reference: Sequence[Tensor]) -> float:
+    """Σ_b ‖outputs[b] − reference[b]‖² / Σ_b ‖reference[b]‖², in float64."""
     num = torch.zeros((), dtype=torch.float64)
     den = torch.zeros((), dtype=torch.float64)
-    for inputs, ref in zip(held, reference, strict=True):
-        out = runner(**inputs).to(torch.float64)
+    for out, ref in zip(outputs, reference, strict=True):
+        out = out.to(torch.float64)
         ref = ref.to(out.device, torch.float64)
         num += (out - ref).square().sum().cpu()
         den += ref.square().sum().cpu()

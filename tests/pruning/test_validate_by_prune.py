@@ -50,6 +50,27 @@ def test_each_block_is_pruned_with_the_lambda_whose_trial_prune_had_the_least_he
     assert len({round(e, 12) for _, e in report["layers.0"]["validation"]}) > 1  # λ's differ in what they prune
 
 
+def test_prune_last_measures_the_last_blocks_error_with_the_blocks_after_as_they_were():
+    """``validate_by="prune-last"``: block 0's trials are scored at block 1's output (block 1 still dense), block 1's
+    at its own output on the pruned block 0's outputs; both against the dense model. The least recorded error of
+    each block is that of the actual prune."""
+    model = Stack(widths=(6, 6, 6), seed=3)
+    dense = copy.deepcopy(model)
+    report = _run(model, validate_by="prune-last").block_report()
+    local = _run(Stack(widths=(6, 6, 6), seed=3), validate_by="prune").block_report()
+    inputs = _data(seed=1)
+    with torch.no_grad():
+        targets = [dense(x) for x in inputs]
+        first = [dense.layers[1](model.layers[0](x)) for x in inputs]
+        both = [model(x) for x in inputs]
+    for name, outputs in (("layers.0", first), ("layers.1", both)):
+        errors = [e for _, e in report[name]["validation"]]
+        actual = sum(float((o - t).double().square().sum()) for o, t in zip(outputs, targets))
+        actual /= sum(float(t.double().square().sum()) for t in targets)
+        assert actual == pytest.approx(min(errors), rel=1e-9, abs=0), (name, errors)
+    assert report["layers.0"]["validation"] != local["layers.0"]["validation"]
+
+
 def test_the_fit_ends_at_the_best_trial_and_prunes_as_a_fit_of_that_many_steps():
     """One block: the prune-validated fit of 4 steps prunes bit for bit as an unvalidated fit of the best step count
     k — the trials leave λ's path, the weights, the masks and the random draws as they found them."""
@@ -86,6 +107,7 @@ def test_output_error_is_relative_and_in_float64():
         (dict(sequential="blocks", validate_by="prune"), "validate_by.*validation="),
         (dict(validate_by="prune", validation=_data(seed=1)), "validate_by.*sequential='blocks'"),
         (dict(sequential="blocks", validate_by="output", validation=_data(seed=1)), "validate_by"),
+        (dict(sequential="blocks", validate_by="prune-last"), "validate_by.*validation="),
     ],
 )
 def test_bad_validate_by_is_refused_with_the_model_untouched(kwargs, match):
@@ -93,4 +115,14 @@ def test_bad_validate_by_is_refused_with_the_model_untouched(kwargs, match):
     before = snapshot(model)
     with pytest.raises(ValueError, match=match):
         fls.FishLegPruner(model, **kwargs)
+    assert_identical(model, before)
+
+
+def test_prune_last_on_blocks_that_do_not_chain_is_refused_with_the_model_untouched():
+    model = Stack(widths=(6, 6, 6), between=True)
+    before = snapshot(model)
+    pruner = build("fls", model, sequential="blocks", validation=_data(seed=1), validate_by="prune-last", **RECIPE)
+    pruner.fit(_data(), steps=2)
+    with pytest.raises(ValueError, match="validate_by: .*do not chain"):
+        pruner.prune(0.5)
     assert_identical(model, before)

@@ -27,9 +27,9 @@ REFINE_FROM = ("current", "init")
 #: solvers, which handle the masks exactly); "auto": the one the update reads
 AUX_SPACES = ("auto", "alive", "full")
 AUX_FISHERS = ("exact", "layerwise")
-#: what the fit's validations measure of λ: its held-out aux loss, or (block by block) the block's output error on
-#: the held-out inputs after a trial prune with it
-VALIDATE_BY = ("aux", "prune")
+#: what the fit's validations measure of λ: its held-out aux loss, or (block by block) the held-out output error of
+#: the block, or of the last block, after a trial prune of the block with it
+VALIDATE_BY = ("aux", "prune", "prune-last")
 #: probe scale of the alive weights outside the focus (``probe_focus``): their columns of Q still count, at 1%
 FOCUS_BACKGROUND = 0.1
 
@@ -90,8 +90,8 @@ class FishLeg(KronOBS):
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
         self.validate_by = choice("validate_by", validate_by, VALIDATE_BY)
-        if self.validate_by == "prune" and self.validation is None:
-            raise ValueError("validate_by: 'prune' validates λ on held-out batches; pass validation=")
+        if self.validate_by != "aux" and self.validation is None:
+            raise ValueError(f"validate_by: {validate_by!r} validates λ on held-out batches; pass validation=")
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
         self.learn_scaling = flag("learn_scaling", learn_scaling)
         self.balance_factors = flag("balance_factors", balance_factors)
@@ -114,8 +114,10 @@ class FishLeg(KronOBS):
             raise ValueError("aux_fisher: 'layerwise' runs in one process; use 'exact' with distributed=")
         if self.validation is not None and ctx.mode.comm is not None:
             raise ValueError("validation: early stopping on held-out batches runs in one process")
-        if self.validate_by == "prune" and ctx.block is None:
-            raise ValueError("validate_by: 'prune' trial-prunes one block at a time; use it with sequential='blocks'")
+        if self.validate_by != "aux" and ctx.block is None:
+            raise ValueError(
+                f"validate_by: {self.validate_by!r} trial-prunes one block at a time; use it with sequential='blocks'"
+            )
         if self.probe_focus is not None and ctx.mode.comm is not None:
             raise ValueError("probe_focus: focused probes are chosen in one process")
         super().bind(ctx)
@@ -250,23 +252,24 @@ class FishLeg(KronOBS):
 
     def _early_stop(self, masks: list[Tensor] | None, steps: int, by: str = "aux") -> dict:
         """The fitter's early-stopping arguments: validation on the held-out batches (none without them), by the
-        held-out aux loss or (``by="prune"``) by the block's output error after a trial prune."""
+        held-out aux loss or (``by="prune"``, ``"prune-last"``) by an output error after a trial prune."""
         if self.validation is None or not steps:
             return {}
-        if by == "prune":
-            return {"validate": self._trial_error, "validate_every": self.validate_every}
+        if by != "aux":
+            at = "last" if by == "prune-last" else "block"
+            return {"validate": lambda: self._trial_error(at), "validate_every": self.validate_every}
         return {"validate": lambda: self.aux_loss(self.validation, masks=masks), "validate_every": self.validate_every}
 
-    def _trial_error(self) -> float:
+    def _trial_error(self, at: str) -> float:
         """The block's held-out output error after a trial prune with λ now (:attr:`Method.trial`), this method's
         own state put back as the block's weights and masks are."""
         if self.trial is None:
             raise RuntimeError(
-                f"{self.ctx.owner}: validate_by='prune' needs the trial prune sequential='blocks' attaches"
+                f"{self.ctx.owner}: validate_by={self.validate_by!r} needs the trial prune sequential='blocks' attaches"
             )
         stale, captures = self._stale, self._captures
         try:
-            return self.trial()
+            return self.trial(at)
         finally:
             self._stale, self._captures = stale, captures
 
@@ -397,7 +400,10 @@ class FishLegPruner(Pruner):
             Σ‖y(θ′) − y(θ)‖² / Σ‖y(θ)‖², after a trial prune θ → θ′ to the block's target in the prune's sub-steps
             with λ as validated (no refinement between them), weights and masks put back — so the fit ends at the λ
             that prunes the held-out inputs best, its K-FAC (``init``) start included, one trial prune per
-            validation. Refinements still validate by the aux loss.
+            validation; "prune-last": the same with y the last block's output, the pruned block's outputs carried
+            through the blocks after it as they are (blocks that chain; the model's output error as the pruned blocks
+            before it leave it, so λ is chosen by what its prune costs downstream). Refinements still validate by
+            the aux loss.
         probe_focus: None (default: isotropic probes u ∼ 𝒩(0, I)) or f ∈ (0, 1]: before the fit and each
             refinement, the probes put unit variance on the f share of each layer's alive weights with the lowest
             OBS scores (the next candidates) and 1% on the rest, so that the fit weights Q's columns Q e_q by how
