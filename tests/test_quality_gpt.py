@@ -47,12 +47,13 @@ def test_the_study_runs_every_method_and_cell_and_caches_its_model(tmp_path, mon
     for bad in ("nope", "fls@layers", "fls+x"):
         with pytest.raises(ValueError, match="methods: unknown"):
             gpt.run(dataclasses.replace(config, methods=(bad,)))
-    for bad in ("fls/prune", "fls@blocks/prune", "sparsegpt@blocks+2/prune"):
+    for bad in ("fls/prune", "fls@blocks/prune-last", "sparsegpt@blocks+2/prune"):
         with pytest.raises(ValueError, match="'/prune' validates an FLS fit block by block"):
             gpt.run(dataclasses.replace(config, methods=(bad,)))
     # FLS's fit validated by trial prunes on the validation windows: a row of its own, beside the plain fit's
     validated = gpt.run(
-        dataclasses.replace(config, methods=("fls@blocks+2/prune",), cells=("50%",), validate_every=1),
+        dataclasses.replace(config, methods=("fls@blocks+2/prune", "fls@blocks+2/prune-last"), cells=("50%",)),
         log=lambda _: None,
     )
-    assert validated[1]["method"] == "fls@blocks+2/prune" and math.isfinite(validated[1]["perplexity"])
+    assert [r["method"] for r in validated[1:]] == ["fls@blocks+2/prune", "fls@blocks+2/prune-last"]
+    assert all(math.isfinite(r["perplexity"]) for r in validated)

@@ -200,21 +200,22 @@ def _cell(cell: str) -> tuple[str, float]:
     return "unstructured", float(cell.rstrip("%")) / 100
 
 
-def _method(label: str) -> tuple[str, str | None, int, bool]:
-    """(registry name, ``sequential``, aux steps, prune-validated) of a study label
-    ``name[@blocks][+steps][/prune]``: "sparsegpt" → whole model, "sparsegpt@blocks" → block by block,
+def _method(label: str) -> tuple[str, str | None, int, str]:
+    """(registry name, ``sequential``, aux steps, ``validate_by``) of a study label
+    ``name[@blocks][+steps][/prune|/prune-last]``: "sparsegpt" → whole model, "sparsegpt@blocks" → block by block,
     "fls@blocks+200" → with 200 aux steps (per block), "fls@blocks+200/prune" → each block's fit validated every
-    ``validate_every`` steps on the validation windows by a trial prune (``validate_by="prune"``), ending at the λ
-    that pruned them best; ValueError naming ``methods`` for anything else."""
-    match = re.fullmatch(r"([a-z_]+)(@blocks)?(?:\+(\d+))?(/prune)?", label)
+    ``validate_every`` steps on the validation windows by a trial prune (``validate_by="prune"``: the block's output
+    error; "/prune-last": the last block's), ending at the λ that pruned them best; ValueError naming ``methods``
+    for anything else."""
+    match = re.fullmatch(r"([a-z_]+)(@blocks)?(?:\+(\d+))?(?:/(prune|prune-last))?", label)
     if match is None or match[1] not in fls.PRUNERS:
         raise ValueError(
             f"methods: unknown {label!r}; choose from {sorted(fls.PRUNERS)}, each optionally '@blocks', '+<steps>' "
-            "and '/prune'"
+            "and '/prune' or '/prune-last'"
         )
     if match[4] and not (match[2] and match[3] and has_option(fls.PRUNERS[match[1]].method_class, "validate_by")):
         raise ValueError(f"methods: {label!r}: '/prune' validates an FLS fit block by block ('fls@blocks+<steps>')")
-    return match[1], "blocks" if match[2] else None, int(match[3] or 0), bool(match[4])
+    return match[1], "blocks" if match[2] else None, int(match[3] or 0), match[4] or "aux"
 
 
 def _options(name: str, config: Config) -> dict:
@@ -265,11 +266,11 @@ def _run(config: Config, log: Callable[[str], None]) -> list[dict]:
         for method in config.methods:
             model.load_state_dict(weights)
             start = time.perf_counter()
-            name, sequential, steps, validated = _method(method)
+            name, sequential, steps, validate_by = _method(method)
             options = _options(name, config)
-            if validated:
+            if validate_by != "aux":
                 held = llm.batches(val, config.batch_size, str(next(model.parameters()).device))
-                options.update(validation=held, validate_by="prune", validate_every=config.validate_every)
+                options.update(validation=held, validate_by=validate_by, validate_every=config.validate_every)
             pruner = llm.prune_model(
                 model,
                 name,
