@@ -378,6 +378,28 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_low64_labels4_seed2/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 0: the fit validated by trial prunes "
+        '(`validate_by="prune"`: each block\'s output error on the validation sentences after a prune with λ) '
+        "against the plain fit, its K-FAC start and K-FAC (`python -m benchmarks quality --model minilm "
+        "--lambda-study --set sequential=blocks calib_sentences=64 val_sentences=32 eval_sentences=256 "
+        "other_length=64 other_text=docstrings 'variants=K-FAC start,fit,fit (prune-validated),K-FAC' "
+        "sparsities=0.7,0.8 patterns=unstructured seed=0 --out out/lambda_blocks_pv64_seed0`)",
+        "lambda_blocks_pv64_seed0/lambda.md",
+    ),
+    (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 0: the fit validated by trial prunes "
+        "scored at the last block's output (`validate_by=\"prune-last\"`; the command above with 'variants=K-FAC "
+        "start,fit (prune-validated, last block),K-FAC' --out out/lambda_blocks_pvlast64_seed0)",
+        "lambda_blocks_pvlast64_seed0/lambda.md",
+    ),
+    (
+        "a small GPT at 70%, block by block: the fit of 200 aux steps per block validated every 25 by trial prunes "
+        "on the validation windows, scored at the block's or the last block's output (`python -m benchmarks quality "
+        "--model gpt --set 'methods=fls@blocks+200,fls@blocks+200/prune,fls@blocks+200/prune-last,kfac@blocks' "
+        "cells=70% --out out/gpt_prune`)",
+        "gpt_prune/gpt.md",
+    ),
+    (
         "all-MiniLM-L6-v2 cut to 2, 4 and 6 layers, SparseGPT's wall time: the library whole-model and block by "
         "block against the authors' flow (`python -m benchmarks quality --model minilm --blocks-timing`)",
         "blocks_timing/blocks_timing.md",
