@@ -61,12 +61,14 @@ class Method:
     block_options: ClassVar[dict[str, object]] = {}
 
     ctx: Context
-    #: set by the block-sequential executor when it holds held-out inputs of the block: ``trial(at)`` is the
-    #: relative error Σ‖y(θ′) − y(θ)‖² / Σ‖y(θ)‖² on them after a trial prune θ → θ′ of the block to its target
-    #: with the method's state as it is now, the block's weights and masks put back afterwards; y: the block's
-    #: output (``at="block"``) or, where the blocks chain, the last block's (``"last"``: the pruned block's outputs
-    #: carried through the blocks after it). None otherwise
-    trial: Callable[[str], float] | None = None
+    #: where the method's trial prunes are scored (:attr:`trial`): "block", "last" or None (it runs none)
+    trial_at: str | None = None
+    #: set by the block-sequential executor for a method with :attr:`trial_at` and held-out inputs of the block:
+    #: ``trial()`` is the relative error Σ‖y(θ′) − y(θ)‖² / Σ‖y(θ)‖² on them after a trial prune θ → θ′ of the
+    #: block to its target with the method's state as it is now, the block's weights and masks put back
+    #: afterwards; y: the block's output ("block") or, where the blocks chain, the last block's ("last": the pruned
+    #: block's outputs carried through the blocks after it, against the model's before the prune). None otherwise
+    trial: Callable[[], float] | None = None
 
     def bind(self, ctx: Context) -> None:
         """Attach to a pruner's layers (allocate per-layer state here). Called once, by the pruner."""

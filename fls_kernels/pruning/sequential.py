@@ -186,18 +186,26 @@ class BlockSequential:
         with _no_cache(self.model), eval_mode(self.model), unfused(self.model, math_sdpa=False):
             key = self._chain(loader) if needs_data and len(self.blocks) > 1 else None
             captured: list[Captured] = []  # the calibration batches' inputs, then the held-out ones'
-            last: list[Tensor] | None = None  # the held-out inputs' last-block outputs before this prune
+            last: list[Tensor] | None = None  # the held-out inputs' last-block outputs before this prune, if read
             for b, block in enumerate(self.blocks):
                 if needs_data and (b == 0 or key is None):
                     captured = [self._capture(batches, block, like.device) for batches in sets]
-                if b == 0 and key is not None and len(captured) > 1:
-                    last = self._carry(captured[1], 0, key)
                 ctx = self._context(like, block, captured[0] if captured else None)
                 method = self._method(ctx, captured[1] if len(captured) > 1 else None)
-                if len(captured) > 1:
-                    carry = (lambda held, b=b: self._carry(held, b, key)) if last is not None else None
+                at = method.trial_at if len(captured) > 1 else None
+                if at == "last" and len(self.blocks) == 1:
+                    at = "block"  # the only block is the last
+                if at == "last" and b == 0:  # the model's outputs before anything is pruned
+                    if key is None:
+                        raise ValueError(
+                            "validate_by: the last block's output error carries each block's outputs through the "
+                            "blocks after it, which do not chain here (each block's input the previous block's "
+                            "output); validate by the block's own output instead"
+                        )
+                    last = self._carry(captured[1], 0, key)
+                if at is not None:
                     method.trial = self._trial(
-                        ctx, method, _part(sparsity, ctx.views), substeps, captured[1], carry, last
+                        ctx, method, _part(sparsity, ctx.views), substeps, captured[1], at, last, b, key
                     )
                 method.fit(self.steps)
                 target = parse(_part(sparsity, ctx.views), ctx.masks, ctx.allocation)
@@ -228,29 +236,22 @@ class BlockSequential:
         sparsity: object,
         substeps: int,
         held: Captured,
-        carry: Callable[[Captured], list[Tensor]] | None,
+        at: str,
         last: list[Tensor] | None,
-    ) -> Callable[[str], float]:
-        """The block's :attr:`~Method.trial`: prune the block to ``sparsity`` in ``substeps`` sub-steps with
+        index: int,
+        key: str | None,
+    ) -> Callable[[], float]:
+        """Block ``index``'s :attr:`~Method.trial`: prune it to ``sparsity`` in ``substeps`` sub-steps with
         ``method`` as it is (no :meth:`~Method.before_substep` between them), measure the relative error on the
-        held-out inputs, and put the block's weights and masks back. ``at="block"``: of the block's outputs against
-        its outputs now (before this prune); ``at="last"`` (blocks that chain): of the last block's outputs, the
-        pruned block's carried through the blocks after it (``carry``), against the model's before this prune
-        (``last``)."""
-        with torch.no_grad():
-            reference = [self._store(ctx.model(**inputs)) for inputs in held]
+        held-out inputs ``held``, and put the block's weights and masks back. ``at="block"``: of the block's outputs
+        against its outputs now (before this prune); ``"last"`` (blocks that chain through ``key``): of the last
+        block's outputs, the pruned block's carried through the blocks after it, against ``last``, the model's
+        before this prune."""
+        if at == "block":
+            with torch.no_grad():
+                reference = [self._store(ctx.model(**inputs)) for inputs in held]
 
-        def trial(at: str = "block") -> float:
-            if at not in ("block", "last"):
-                raise ValueError(f"at: expected 'block' or 'last', got {at!r}")
-            if at == "last" and len(self.blocks) == 1:
-                at = "block"  # the only block is the last
-            if at == "last" and carry is None:
-                raise ValueError(
-                    "validate_by: the last block's output error carries the block's outputs through the blocks after "
-                    "it, which do not chain here (each block's input the previous block's output); validate by the "
-                    "block's own output instead"
-                )
+        def trial() -> float:
             snapshot = ctx.masks.snapshot()
             try:
                 target = parse(sparsity, ctx.masks, ctx.allocation)
@@ -258,7 +259,7 @@ class BlockSequential:
                     prune_substep(ctx, method, increment)
                 if at == "block":
                     return output_error(ctx.model, held, reference)
-                return relative_error(carry(held), last)
+                return relative_error(self._carry(held, index, key), last)
             finally:
                 ctx.masks.restore(snapshot)
 

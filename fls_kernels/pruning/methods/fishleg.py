@@ -90,6 +90,7 @@ class FishLeg(KronOBS):
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
         self.validate_by = choice("validate_by", validate_by, VALIDATE_BY)
+        self.trial_at = {"aux": None, "prune": "block", "prune-last": "last"}[self.validate_by]
         if self.validate_by != "aux" and self.validation is None:
             raise ValueError(f"validate_by: {validate_by!r} validates λ on held-out batches; pass validation=")
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
@@ -256,11 +257,10 @@ class FishLeg(KronOBS):
         if self.validation is None or not steps:
             return {}
         if by != "aux":
-            at = "last" if by == "prune-last" else "block"
-            return {"validate": lambda: self._trial_error(at), "validate_every": self.validate_every}
+            return {"validate": self._trial_error, "validate_every": self.validate_every}
         return {"validate": lambda: self.aux_loss(self.validation, masks=masks), "validate_every": self.validate_every}
 
-    def _trial_error(self, at: str) -> float:
+    def _trial_error(self) -> float:
         """The block's held-out output error after a trial prune with λ now (:attr:`Method.trial`), this method's
         own state put back as the block's weights and masks are."""
         if self.trial is None:
@@ -269,7 +269,7 @@ class FishLeg(KronOBS):
             )
         stale, captures = self._stale, self._captures
         try:
-            return self.trial(at)
+            return self.trial()
         finally:
             self._stale, self._captures = stale, captures
 
