@@ -393,6 +393,13 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_pvlast64_seed0/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 64 calibration sentences, seed 1: the fit validated by trial prunes at the "
+        "block's and at the last block's output against the plain fit, its K-FAC start and K-FAC (the first command "
+        "above with 'variants=K-FAC start,fit,fit (prune-validated),fit (prune-validated, last block),K-FAC' seed=1 "
+        "--out out/lambda_blocks_pv64_seed1)",
+        "lambda_blocks_pv64_seed1/lambda.md",
+    ),
+    (
         "a small GPT at 70%, block by block: the fit of 200 aux steps per block validated every 25 by trial prunes "
         "on the validation windows, scored at the block's or the last block's output (`python -m benchmarks quality "
         "--model gpt --set 'methods=fls@blocks+200,fls@blocks+200/prune,fls@blocks+200/prune-last,kfac@blocks' "
