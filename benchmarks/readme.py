@@ -400,6 +400,14 @@ QUALITY = [  # (title, output relative to the parent of the kernels' output fold
         "lambda_blocks_pv64_seed1/lambda.md",
     ),
     (
+        "all-MiniLM-L6-v2, block by block, 256 calibration sentences, seed 0: the fit validated by trial prunes at the "
+        "last block's output against the plain fit, its K-FAC start and K-FAC (`python -m benchmarks quality --model "
+        "minilm --lambda-study --set sequential=blocks calib_sentences=256 calib_sizes=256 val_sentences=32 "
+        "eval_sentences=256 other_length=64 other_text=docstrings 'variants=K-FAC start,fit,fit (prune-validated, "
+        "last block),K-FAC' sparsities=0.7,0.8 patterns=unstructured seed=0 --out out/lambda_blocks_pvlast256`)",
+        "lambda_blocks_pvlast256/lambda.md",
+    ),
+    (
         "a small GPT at 70%, block by block: the fit of 200 aux steps per block validated every 25 by trial prunes "
         "on the validation windows, scored at the block's or the last block's output (`python -m benchmarks quality "
         "--model gpt --set 'methods=fls@blocks+200,fls@blocks+200/prune,fls@blocks+200/prune-last,kfac@blocks' "
