@@ -122,6 +122,8 @@ def recipe() -> dict:
 
 #: the paired differences tabulated: each row minus these variants of its cell, where they ran
 REFERENCES = ("K-FAC", "K-FAC start", "SparseGPT")
+#: the variants whose fit is validated by trial prunes: block by block only
+PRUNE_VALIDATED = ("fit (prune-validated)", "fit (prune-validated, last block)")
 #: the variants that take no aux step (so no learning rate)
 NO_AUX_STEPS = ("K-FAC start", "restart", "K-FAC", "SparseGPT")
 
@@ -209,7 +211,7 @@ def make(
     )
     if variant == "K-FAC":
         return fls.KFACPruner(model, stat_batches=stat_batches, **common)
-    validated = variant.startswith("fit (prune-validated")
+    validated = variant in PRUNE_VALIDATED
     if validated and not config.sequential:
         raise ValueError(f"variants: {variant!r} trial-prunes block by block; use sequential='blocks'")
     refine = config.refine_steps if "refine" in variant else 0
@@ -265,7 +267,7 @@ def run(config: Config | None = None, log: Callable[[str], None] = print) -> lis
     unknown = [v for v in config.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    blockwise = [v for v in config.variants if v.startswith("fit (prune-validated")]
+    blockwise = [v for v in config.variants if v in PRUNE_VALIDATED]
     if blockwise and not config.sequential:
         raise ValueError(f"variants: {blockwise} trial-prune block by block; use sequential='blocks'")
     calib, val, evals = splits(config)

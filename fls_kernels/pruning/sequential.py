@@ -202,7 +202,7 @@ class BlockSequential:
                             "blocks after it, which do not chain here (each block's input the previous block's "
                             "output); validate by the block's own output instead"
                         )
-                    last = self._carry(captured[1], 0, key)
+                    last = self._last(self._carried(captured[1], 0, key))
                 if at is not None:
                     method.trial = self._trial(
                         ctx, method, _part(sparsity, ctx.views), substeps, captured[1], at, last, b, key
@@ -259,25 +259,24 @@ class BlockSequential:
                     prune_substep(ctx, method, increment)
                 if at == "block":
                     return output_error(ctx.model, held, reference)
-                return relative_error(self._carry(held, index, key), last)
+                return relative_error(self._last(self._carried(held, index, key)), last)
             finally:
                 ctx.masks.restore(snapshot)
 
         return trial
 
+    def _carried(self, held: Captured, start: int, key: str) -> Captured:
+        """``held``, block ``start``'s inputs, carried to the last block's inputs through the blocks from ``start``
+        on as they are now (:meth:`_propagate`)."""
+        for block in self.blocks[start:-1]:
+            held = self._propagate(held, block, key)
+        return held
+
     @torch.no_grad()
-    def _carry(self, held: Captured, start: int, key: str) -> list[Tensor]:
-        """The last block's outputs (token-weighted) on ``held``, block ``start``'s inputs, through blocks ``start``
-        onwards as they are now."""
-        outputs = []
-        for index in range(len(held)):
-            inputs = held[index]
-            weights = inputs.pop(TOKEN_WEIGHTS)
-            for block in self.blocks[start:-1]:
-                inputs = {**inputs, key: block_output(block.module(**inputs))}
-            runner = BlockRunner(self.blocks[-1].name, self.blocks[-1].module)
-            outputs.append(self._store(runner(**inputs, **{TOKEN_WEIGHTS: weights})))
-        return outputs
+    def _last(self, held: Captured) -> list[Tensor]:
+        """The last block's outputs on its inputs ``held``, padding weighted 0."""
+        runner = BlockRunner(self.blocks[-1].name, self.blocks[-1].module)
+        return [self._store(runner(**inputs)) for inputs in held]
 
     def _store(self, value: object) -> object:
         return _to(value, torch.device("cpu")) if self.offload else value

@@ -90,7 +90,6 @@ class FishLeg(KronOBS):
         self.validate_every = integer("validate_every", validate_every, 1)
         self.validation_probes = integer("validation_probes", validation_probes, 1)
         self.validate_by = choice("validate_by", validate_by, VALIDATE_BY)
-        self.trial_at = {"aux": None, "prune": "block", "prune-last": "last"}[self.validate_by]
         if self.validate_by != "aux" and self.validation is None:
             raise ValueError(f"validate_by: {validate_by!r} validates λ on held-out batches; pass validation=")
         self.probe_focus = None if probe_focus is None else fraction("probe_focus", probe_focus)
@@ -122,6 +121,11 @@ class FishLeg(KronOBS):
         if self.probe_focus is not None and ctx.mode.comm is not None:
             raise ValueError("probe_focus: focused probes are chosen in one process")
         super().bind(ctx)
+
+    @property
+    def trial_at(self) -> str | None:
+        """Where the fit's trial prunes are scored: "block" ("prune"), "last" ("prune-last"), None ("aux")."""
+        return {"aux": None, "prune": "block", "prune-last": "last"}[self.validate_by]
 
     @property
     def aux_space(self) -> str:
